@@ -1,0 +1,33 @@
+"""Pure placement solver: integer problem, CP-SAT model and exact chain DP. Never imports torch."""
+
+from solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
+from solver.problem import (
+    Device,
+    DeviceKind,
+    Edge,
+    Node,
+    Objective,
+    PlacementProblem,
+    evaluate,
+    format_bytes,
+    violations,
+)
+from solver.solution import Solution, Status
+
+__all__ = [
+    "Device",
+    "DeviceKind",
+    "Edge",
+    "InfeasiblePlanError",
+    "InvalidSpecError",
+    "LayerplanError",
+    "Node",
+    "Objective",
+    "PlacementProblem",
+    "Solution",
+    "Status",
+    "TraceError",
+    "evaluate",
+    "format_bytes",
+    "violations",
+]

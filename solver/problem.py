@@ -1,0 +1,343 @@
+"""The pure placement problem: integers only, no torch.
+
+A :class:`PlacementProblem` is a list of nodes in execution order, the tensors (edges) that flow
+between them, the devices with their caps, tied groups and pins. Every size is an ``int`` of bytes.
+
+Placement rules (shared by the CP-SAT model, the chain DP and :func:`evaluate`):
+
+* every node is placed on exactly one device;
+* the bytes placed on a device never exceed its ``cap_bytes``;
+* the nodes of a tied group share one device; the first member (in execution order) is the group's
+  *anchor*, the others are *followers*;
+* each accelerator holds at most one contiguous run of non-follower nodes in execution order
+  (followers, e.g. an ``lm_head`` tied to the input embedding, sit with their anchor and are exempt);
+* with ``ordered=True`` the accelerator blocks appear in the order the devices are listed (what
+  accelerate's ``infer_auto_device_map`` does: it fills GPU 0, then GPU 1, ...);
+* pins fix a node to a device.
+
+Offloaded nodes (on a ``CPU`` or ``DISK`` device) compute on the *execution device*: the first
+accelerator listed, or the CPU when there is none (accelerate ``big_modeling.dispatch_model``:
+``execution_device = main_device if device in ["cpu", "disk"]``).
+
+Objective, lexicographic:
+
+1. ``offload_cost`` = sum over offloaded nodes of ``size_bytes * device.offload_cost`` (a slower tier
+   has a larger per-byte cost, so disk is the last resort);
+2. ``transfer_bytes`` = for every edge and every execution device ``e`` that runs at least one of its
+   consumers while its producer runs elsewhere, ``edge.size_bytes`` once (a tensor is sent once per
+   destination device, as accelerate's ``AlignDevicesHook`` moves inputs once per module call and
+   the receiving device keeps them).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from solver.errors import InvalidSpecError
+
+__all__ = [
+    "DeviceKind",
+    "Device",
+    "Node",
+    "Edge",
+    "PlacementProblem",
+    "Objective",
+    "evaluate",
+    "violations",
+    "format_bytes",
+]
+
+
+def format_bytes(num_bytes: int) -> str:
+    """Render a byte count with a binary unit, e.g. ``1717986918 -> '1.60 GiB'``."""
+    value = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+class DeviceKind(enum.Enum):
+    """What a device is, as far as the solver cares."""
+
+    ACCELERATOR = "accelerator"
+    CPU = "cpu"
+    DISK = "disk"
+
+
+#: Default per-byte offload costs: disk is slower than host RAM, so it costs more.
+DEFAULT_OFFLOAD_COST = {DeviceKind.ACCELERATOR: 0, DeviceKind.CPU: 1, DeviceKind.DISK: 8}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Device:
+    """A placement target.
+
+    Attributes:
+        name: accelerate's name for it (``"0"``, ``"1"``, ``"cpu"``, ``"disk"``, ``"mps"``).
+        kind: accelerator, CPU or disk.
+        cap_bytes: the most bytes it may hold (accelerate's ``max_memory``), >= 0.
+        offload_cost: cost per byte of a node offloaded here; 0 for accelerators. ``-1`` (the
+            default) means "the default for this kind" (cpu 1, disk 8).
+    """
+
+    name: str
+    kind: DeviceKind
+    cap_bytes: int
+    offload_cost: int = -1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cap_bytes, int) or self.cap_bytes < 0:
+            raise InvalidSpecError(
+                f"device {self.name!r} has cap_bytes={self.cap_bytes!r}; expected an int >= 0"
+            )
+        if self.offload_cost == -1:
+            object.__setattr__(self, "offload_cost", DEFAULT_OFFLOAD_COST[self.kind])
+        if self.offload_cost < 0:
+            raise InvalidSpecError(
+                f"device {self.name!r} has offload_cost={self.offload_cost!r}; expected >= 0"
+            )
+        if self.kind is DeviceKind.ACCELERATOR and self.offload_cost != 0:
+            raise InvalidSpecError(f"accelerator {self.name!r} must have offload_cost=0")
+
+    @property
+    def is_accelerator(self) -> bool:
+        return self.kind is DeviceKind.ACCELERATOR
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Node:
+    """One vertex of the layer graph.
+
+    Attributes:
+        name: module name, e.g. ``"model.layers.7"``.
+        size_bytes: bytes resident on the device that holds it (weights + buffers), >= 0.
+    """
+
+    name: str
+    size_bytes: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size_bytes, int) or self.size_bytes < 0:
+            raise InvalidSpecError(
+                f"node {self.name!r} has size_bytes={self.size_bytes!r}; expected an int >= 0"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Edge:
+    """One tensor: produced by node ``producer``, read by each node in ``consumers``.
+
+    Attributes:
+        producer: index of the producing node.
+        consumers: indices of the reading nodes, each > ``producer`` (execution order).
+        size_bytes: bytes of the tensor per forward pass, >= 0.
+    """
+
+    producer: int
+    consumers: tuple[int, ...]
+    size_bytes: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "consumers", tuple(sorted(set(self.consumers))))
+        if not self.consumers:
+            raise InvalidSpecError(f"edge from node {self.producer} has no consumers")
+        if self.consumers[0] <= self.producer:
+            raise InvalidSpecError(
+                f"edge {self.producer} -> {self.consumers[0]} goes backwards; nodes must be in "
+                "execution order (consumer index > producer index)"
+            )
+        if self.size_bytes < 0:
+            raise InvalidSpecError(f"edge from node {self.producer} has size_bytes < 0")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Objective:
+    """Lexicographic objective value: offload cost first, then transfer bytes."""
+
+    offload_cost: int
+    transfer_bytes: int
+
+    def as_tuple(self) -> tuple[int, int]:
+        return (self.offload_cost, self.transfer_bytes)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlacementProblem:
+    """Nodes, edges, devices, tied groups and pins; see the module docstring for the rules.
+
+    Attributes:
+        nodes: in execution order.
+        edges: tensors between nodes.
+        devices: placement targets; accelerators first in the order blocks should follow.
+        tied_groups: tuples of node indices that must share a device (each sorted, disjoint).
+        pins: ``(node index, device index)`` pairs.
+        ordered: accelerator blocks follow the device order.
+
+    Raises:
+        InvalidSpecError: an index is out of range, names repeat, groups overlap, or two members of
+            a tied group are pinned to different devices.
+    """
+
+    nodes: tuple[Node, ...]
+    edges: tuple[Edge, ...] = ()
+    devices: tuple[Device, ...]
+    tied_groups: tuple[tuple[int, ...], ...] = ()
+    pins: tuple[tuple[int, int], ...] = ()
+    ordered: bool = True
+    _follower_anchor: dict[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+        object.__setattr__(self, "edges", tuple(self.edges))
+        object.__setattr__(self, "devices", tuple(self.devices))
+        object.__setattr__(
+            self, "tied_groups", tuple(tuple(sorted(set(g))) for g in self.tied_groups if len(set(g)) > 1)
+        )
+        object.__setattr__(self, "pins", tuple(sorted(set((int(n), int(d)) for n, d in self.pins))))
+        n, k = len(self.nodes), len(self.devices)
+        if k == 0:
+            raise InvalidSpecError("no devices given; declare at least one device in max_memory")
+        for label, names in (("node", [x.name for x in self.nodes]), ("device", [d.name for d in self.devices])):
+            seen: set[str] = set()
+            for name in names:
+                if name in seen:
+                    raise InvalidSpecError(f"{label} name {name!r} appears twice; names must be unique")
+                seen.add(name)
+        for e in self.edges:
+            if not (0 <= e.producer < n and e.consumers[-1] < n):
+                raise InvalidSpecError(f"edge {e.producer} -> {e.consumers} refers to a node outside 0..{n - 1}")
+        anchor: dict[int, int] = {}
+        for group in self.tied_groups:
+            if group[0] < 0 or group[-1] >= n:
+                raise InvalidSpecError(f"tied group {group} refers to a node outside 0..{n - 1}")
+            for member in group:
+                if member in anchor or any(member == a for a in anchor.values()):
+                    raise InvalidSpecError(f"node {self.nodes[member].name!r} is in two tied groups; merge them")
+            for member in group[1:]:
+                anchor[member] = group[0]
+        object.__setattr__(self, "_follower_anchor", anchor)
+        pinned: dict[int, int] = {}
+        for node, device in self.pins:
+            if not 0 <= node < n:
+                raise InvalidSpecError(f"pin refers to node {node} outside 0..{n - 1}")
+            if not 0 <= device < k:
+                raise InvalidSpecError(f"pin refers to device {device} outside 0..{k - 1}")
+            if node in pinned:
+                raise InvalidSpecError(
+                    f"node {self.nodes[node].name!r} is pinned to two devices "
+                    f"({self.devices[pinned[node]].name!r} and {self.devices[device].name!r}); pin it once"
+                )
+            pinned[node] = device
+        for group in self.tied_groups:
+            targets = {pinned[m]: m for m in group if m in pinned}
+            if len(targets) > 1:
+                (d1, m1), (d2, m2) = list(targets.items())[:2]
+                raise InvalidSpecError(
+                    f"tied nodes {self.nodes[m1].name!r} and {self.nodes[m2].name!r} are pinned to "
+                    f"different devices ({self.devices[d1].name!r} and {self.devices[d2].name!r}); "
+                    "tied parameters must share a device: pin them to the same one"
+                )
+
+    # -- derived views -------------------------------------------------------------------------
+    def anchor_of(self, node: int) -> int:
+        """The tied-group anchor of ``node`` (``node`` itself when it is not a follower)."""
+        return self._follower_anchor.get(node, node)
+
+    def is_follower(self, node: int) -> bool:
+        return node in self._follower_anchor
+
+    @property
+    def accelerators(self) -> tuple[int, ...]:
+        """Indices of accelerator devices, in listed order."""
+        return tuple(i for i, d in enumerate(self.devices) if d.is_accelerator)
+
+    @property
+    def execution_device(self) -> int:
+        """Index of the device offloaded nodes compute on: the first accelerator, else the first CPU."""
+        accs = self.accelerators
+        if accs:
+            return accs[0]
+        cpus = [i for i, d in enumerate(self.devices) if d.kind is DeviceKind.CPU]
+        return cpus[0] if cpus else 0
+
+    def compute_device(self, device: int) -> int:
+        """Where a node stored on ``device`` runs its forward."""
+        return device if self.devices[device].is_accelerator else self.execution_device
+
+    @property
+    def is_chain(self) -> bool:
+        """True when every edge goes from node ``i`` to node ``i + 1`` only."""
+        return all(e.consumers == (e.producer + 1,) for e in self.edges)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(x.size_bytes for x in self.nodes)
+
+    @property
+    def total_cap_bytes(self) -> int:
+        return sum(d.cap_bytes for d in self.devices)
+
+
+def violations(problem: PlacementProblem, assignment: Sequence[int]) -> list[str]:
+    """Every rule the ``assignment`` (device index per node) breaks, as readable lines; [] if none."""
+    out: list[str] = []
+    n, k = len(problem.nodes), len(problem.devices)
+    if len(assignment) != n:
+        return [f"assignment has {len(assignment)} entries for {n} nodes"]
+    if any(not 0 <= d < k for d in assignment):
+        return [f"assignment uses a device index outside 0..{k - 1}"]
+    load = [0] * k
+    for node, d in zip(problem.nodes, assignment):
+        load[d] += node.size_bytes
+    for d, dev in enumerate(problem.devices):
+        if load[d] > dev.cap_bytes:
+            out.append(f"device {dev.name!r} holds {load[d]} bytes > cap {dev.cap_bytes}")
+    for group in problem.tied_groups:
+        if len({assignment[m] for m in group}) > 1:
+            out.append(f"tied group {group} is split across devices")
+    for node, d in problem.pins:
+        if assignment[node] != d:
+            out.append(f"node {problem.nodes[node].name!r} is not on its pinned device")
+    first_seen: list[int] = []
+    runs: dict[int, int] = {}
+    prev = None
+    for i, d in enumerate(assignment):
+        if problem.is_follower(i):
+            continue
+        if d != prev:
+            if problem.devices[d].is_accelerator:
+                runs[d] = runs.get(d, 0) + 1
+                if runs[d] == 1:
+                    first_seen.append(d)
+            prev = d
+    for d, count in runs.items():
+        if count > 1:
+            out.append(f"accelerator {problem.devices[d].name!r} holds {count} separate blocks")
+    if problem.ordered:
+        accs = problem.accelerators
+        order = [accs.index(d) for d in first_seen]
+        if order != sorted(order):
+            out.append("accelerator blocks are not in device order")
+    return out
+
+
+def evaluate(problem: PlacementProblem, assignment: Sequence[int]) -> Objective:
+    """The objective of ``assignment`` (device index per node), feasible or not.
+
+    Returns:
+        :class:`Objective` with ``offload_cost`` (bytes x per-byte cost) and ``transfer_bytes``
+        (bytes per forward pass, each tensor counted once per destination execution device).
+    """
+    offload = sum(
+        node.size_bytes * problem.devices[d].offload_cost for node, d in zip(problem.nodes, assignment)
+    )
+    transfer = 0
+    for e in problem.edges:
+        src = problem.compute_device(assignment[e.producer])
+        dests = {problem.compute_device(assignment[c]) for c in e.consumers}
+        transfer += e.size_bytes * len(dests - {src})
+    return Objective(offload_cost=offload, transfer_bytes=transfer)
