@@ -1,0 +1,228 @@
+"""Turn a solver :class:`~solver.Solution` into an accelerate ``device_map`` and a :class:`Plan`.
+
+The device_map uses accelerate's value types (``int`` GPU ids, ``"cpu"``, ``"disk"``, ``"mps"``) and is
+collapsed to the coarsest prefixes with accelerate's own ``clean_device_map``; keys are then ordered
+by execution so that the first accelerator in the map is the one offloaded modules run on
+(accelerate ``dispatch_model`` takes ``main_device`` as the first non-cpu/disk value).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from accelerate.utils.modeling import clean_device_map
+
+from planner.graph import LayerGraph
+from solver import InvalidSpecError, PlacementProblem, Solution, format_bytes
+
+__all__ = ["DeviceUsage", "Cut", "Plan", "to_device_map", "build_plan"]
+
+
+def _accelerate_key(name: str) -> int | str:
+    return int(name) if name.isdigit() else name
+
+
+def to_device_map(graph: LayerGraph, problem: PlacementProblem, solution: Solution) -> dict[str, int | str]:
+    """``{module name: device}`` covering every node, collapsed to the coarsest prefixes.
+
+    Returns:
+        A new dict in execution order; ``{"": device}`` when everything shares one device.
+    """
+    raw = {
+        node.name: _accelerate_key(problem.devices[d].name)
+        for node, d in zip(graph.nodes, solution.assignment, strict=True)
+    }
+    cleaned = clean_device_map(dict(raw))  # accelerate mutates its argument: give it a copy
+
+    def first_position(key: str) -> int:
+        if key == "":
+            return 0
+        prefix = key + "."
+        return min(i for i, n in enumerate(graph.nodes) if n.name == key or n.name.startswith(prefix))
+
+    return {k: cleaned[k] for k in sorted(cleaned, key=first_position)}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeviceUsage:
+    """What one device holds under a plan.
+
+    Attributes:
+        device: accelerate key (``0``, ``"cpu"``, ...).
+        cap_bytes: its cap (``max_memory``).
+        used_bytes: weights + buffers placed on it.
+        nodes: node names on it, in execution order.
+    """
+
+    device: int | str
+    cap_bytes: int
+    used_bytes: int
+    nodes: tuple[str, ...]
+
+    @property
+    def utilisation(self) -> float:
+        """``used_bytes / cap_bytes`` (0 when the cap is 0)."""
+        return self.used_bytes / self.cap_bytes if self.cap_bytes else 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Cut:
+    """A tensor crossing a device boundary: ``size_bytes`` per forward pass from ``src`` to ``dst``
+    (execution devices), leaving node ``producer`` for node(s) ``consumers``."""
+
+    producer: str
+    consumers: tuple[str, ...]
+    src: int | str
+    dst: int | str
+    size_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Plan:
+    """A solved placement and everything needed to load with it.
+
+    Attributes:
+        graph: the traced layer graph.
+        problem: the pure problem that was solved.
+        solution: the solver's result (status, objective, bound).
+        device_map: accelerate ``device_map`` (module name -> device).
+        max_memory: the caps as accelerate takes them (device -> bytes).
+        offload_folder: folder for disk-offloaded weights, or ``None``.
+        usage: per device, in declaration order.
+        cuts: tensors crossing device boundaries.
+        trace_time_s: seconds spent building and tracing the meta model.
+    """
+
+    graph: LayerGraph
+    problem: PlacementProblem
+    solution: Solution
+    device_map: dict[str, int | str]
+    max_memory: dict[int | str, int]
+    offload_folder: str | None
+    usage: tuple[DeviceUsage, ...]
+    cuts: tuple[Cut, ...]
+    trace_time_s: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return self.solution.status.value
+
+    @property
+    def transfer_bytes(self) -> int:
+        """Bytes crossing device boundaries per forward pass (the objective)."""
+        return self.solution.objective.transfer_bytes
+
+    @property
+    def offloaded_bytes(self) -> int:
+        """Bytes placed on ``cpu`` or ``disk``."""
+        return sum(u.used_bytes for u in self.usage if u.device in ("cpu", "disk"))
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``AutoModel*.from_pretrained`` / ``dispatch_model``:
+        ``device_map``, ``max_memory``, ``dtype``, and ``offload_folder`` when disk is used."""
+        kwargs: dict[str, Any] = {
+            "device_map": dict(self.device_map),
+            "max_memory": dict(self.max_memory),
+            "dtype": self.graph.dtype,
+        }
+        if self.offload_folder is not None:
+            kwargs["offload_folder"] = self.offload_folder
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: ``device_map``, ``max_memory``, ``status``, objective, per-device totals."""
+        return {
+            "model": self.graph.model,
+            "model_class": self.graph.model_class,
+            "dtype": self.graph.dtype,
+            "workload": {"batch_size": self.graph.batch_size, "seq_len": self.graph.seq_len},
+            "status": self.status,
+            "solver": self.solution.solver,
+            "objective": {
+                "offload_cost": self.solution.objective.offload_cost,
+                "transfer_bytes": self.solution.objective.transfer_bytes,
+                "transfer_bytes_bound": self.solution.bound,
+                "gap": self.solution.gap,
+            },
+            "device_map": dict(self.device_map),
+            "max_memory": {str(k): v for k, v in self.max_memory.items()},
+            "offload_folder": self.offload_folder,
+            "devices": [
+                {
+                    "device": u.device,
+                    "cap_bytes": u.cap_bytes,
+                    "used_bytes": u.used_bytes,
+                    "utilisation": round(u.utilisation, 6),
+                    "first_node": u.nodes[0] if u.nodes else None,
+                    "last_node": u.nodes[-1] if u.nodes else None,
+                    "num_nodes": len(u.nodes),
+                }
+                for u in self.usage
+            ],
+            "cuts": [
+                {"producer": c.producer, "consumers": list(c.consumers), "src": c.src, "dst": c.dst,
+                 "size_bytes": c.size_bytes}
+                for c in self.cuts
+            ],
+            "total_bytes": self.graph.total_bytes,
+            "offloaded_bytes": self.offloaded_bytes,
+            "timing_s": {"trace": round(self.trace_time_s, 4), "solve": round(self.solution.wall_time_s, 4)},
+            "notes": list(self.graph.notes),
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+def build_plan(
+    graph: LayerGraph,
+    problem: PlacementProblem,
+    solution: Solution,
+    *,
+    offload_folder: str | None,
+    trace_time_s: float = 0.0,
+) -> Plan:
+    """Assemble a :class:`Plan` from a solved problem.
+
+    Raises:
+        InvalidSpecError: the plan puts weights on ``disk`` but no ``offload_folder`` was given.
+    """
+    device_map = to_device_map(graph, problem, solution)
+    usage = []
+    for d, device in enumerate(problem.devices):
+        names = tuple(n.name for n, a in zip(graph.nodes, solution.assignment) if a == d)
+        used = sum(n.size_bytes for n, a in zip(graph.nodes, solution.assignment) if a == d)
+        usage.append(DeviceUsage(device=_accelerate_key(device.name), cap_bytes=device.cap_bytes,
+                                 used_bytes=used, nodes=names))
+    disk = next((u for u in usage if u.device == "disk" and u.nodes), None)
+    if disk is not None and offload_folder is None:
+        raise InvalidSpecError(
+            f"the plan offloads {format_bytes(disk.used_bytes)} ({len(disk.nodes)} nodes, from "
+            f"{disk.nodes[0]!r}) to disk but no offload_folder was given; pass --offload-folder DIR "
+            "(offload_folder=...) or raise the cpu/GPU caps"
+        )
+    cuts = []
+    for edge in problem.edges:
+        src = problem.compute_device(solution.assignment[edge.producer])
+        by_dst: dict[int, list[str]] = {}
+        for c in edge.consumers:
+            dst = problem.compute_device(solution.assignment[c])
+            if dst != src:
+                by_dst.setdefault(dst, []).append(problem.nodes[c].name)
+        for dst, consumers in by_dst.items():
+            cuts.append(Cut(producer=problem.nodes[edge.producer].name, consumers=tuple(consumers),
+                            src=_accelerate_key(problem.devices[src].name),
+                            dst=_accelerate_key(problem.devices[dst].name), size_bytes=edge.size_bytes))
+    return Plan(
+        graph=graph,
+        problem=problem,
+        solution=solution,
+        device_map=device_map,
+        max_memory={u.device: u.cap_bytes for u in usage},
+        offload_folder=offload_folder,
+        usage=tuple(usage),
+        cuts=tuple(cuts),
+        trace_time_s=trace_time_s,
+    )

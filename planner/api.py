@@ -1,0 +1,190 @@
+"""The library entry points: :func:`trace` a model into a LayerGraph, :func:`plan` a placement."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Mapping
+
+import torch
+from accelerate.utils import check_device_map
+from torch import nn
+
+from planner.adapter import Plan, build_plan
+from planner.graph import LayerGraph
+from planner.source import resolve_source
+from planner.spec import DeviceSpec, build_devices, parse_device, parse_dtype
+from planner.trace import trace_model
+from solver import InvalidSpecError
+from solver.cpsat import solve
+
+__all__ = ["trace", "plan", "plan_graph", "DEFAULT_MAX_SEQ_LEN"]
+
+#: Default traced sequence length: the model's context, capped here (tokens).
+DEFAULT_MAX_SEQ_LEN = 4096
+
+ModelLike = str | os.PathLike | nn.Module | LayerGraph
+
+
+def _default_dtype(config) -> torch.dtype:  # noqa: ANN001
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str | torch.dtype):
+        try:
+            return parse_dtype(value)
+        except InvalidSpecError:
+            pass
+    return torch.float32
+
+
+def _default_seq_len(config) -> int:  # noqa: ANN001
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return min(value, DEFAULT_MAX_SEQ_LEN)
+    return DEFAULT_MAX_SEQ_LEN
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise InvalidSpecError(f"{name}={value!r}; expected an integer >= 1")
+
+
+def trace(
+    model: str | os.PathLike | nn.Module,
+    *,
+    dtype: str | torch.dtype | None = None,
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    no_split_module_classes: tuple[str, ...] = (),
+) -> tuple[LayerGraph, nn.Module]:
+    """Build ``model`` on the meta device and trace it into a :class:`LayerGraph`.
+
+    Args:
+        model: catalog name, directory holding ``config.json``, path to a ``config.json``, Hub id
+            (local cache only) or an ``nn.Module`` (not modified).
+        dtype: weight and activation dtype; default the checkpoint's published dtype, else float32.
+        batch_size: sequences per forward pass.
+        seq_len: tokens per sequence; default the model's context length capped at 4096.
+        no_split_module_classes: classes to keep whole in addition to the model's ``_no_split_modules``.
+
+    Returns:
+        ``(graph, meta_model)``; the meta model is what :func:`accelerate.utils.check_device_map`
+        is run against.
+
+    Raises:
+        InvalidSpecError: unknown model, bad dtype or workload.
+        TraceError: the model cannot be built on meta.
+    """
+    _positive("batch_size", batch_size)
+    _positive("seq_len", seq_len)
+    source = resolve_source(model)
+    config = source.config
+    torch_dtype = parse_dtype(dtype) if dtype is not None else _default_dtype(config)
+    meta_model = source.meta_model()
+    if source.module is None or meta_model is not source.module:
+        meta_model = meta_model.to(torch_dtype) if torch_dtype.is_floating_point else meta_model
+    graph = trace_model(
+        meta_model,
+        name=source.name,
+        dtype=torch_dtype,
+        batch_size=batch_size,
+        seq_len=seq_len or _default_seq_len(config),
+        no_split_module_classes=tuple(no_split_module_classes),
+    )
+    return graph, meta_model
+
+
+def plan_graph(
+    graph: LayerGraph,
+    *,
+    max_memory: Mapping[int | str, int | str],
+    pins: Mapping[str, int | str] | None = None,
+    offload_folder: str | os.PathLike | None = None,
+    time_limit_s: float = 30.0,
+) -> Plan:
+    """Solve the placement of an already traced ``graph``.
+
+    Args:
+        graph: from :func:`trace` or :meth:`LayerGraph.from_json`.
+        max_memory: device -> cap (``{0: "40GiB", 1: "40GiB", "cpu": "200GiB"}``), accelerate's keys.
+        pins: node name -> device, e.g. ``{"lm_head": 1}``; a pin on a module *inside* a node pins
+            the node.
+        offload_folder: where ``from_pretrained`` writes disk-offloaded weights; required when the
+            plan uses ``"disk"``.
+        time_limit_s: CP-SAT wall-clock limit in seconds; past it the best plan is returned as
+            ``feasible`` with its proven bound.
+
+    Raises:
+        InvalidSpecError: bad device, size or pin; disk used without ``offload_folder``.
+        InfeasiblePlanError: the caps cannot hold the model (message says how many bytes are missing).
+    """
+    devices: tuple[DeviceSpec, ...] = build_devices(max_memory)
+    keys = [d.key for d in devices]
+    pin_index: dict[str, int] = {}
+    for name, device in (pins or {}).items():
+        key = parse_device(device)
+        if key not in keys:
+            raise InvalidSpecError(
+                f"pin {name}={device!r} names a device not in max_memory ({', '.join(map(str, keys))}); "
+                "add it to max_memory or pin to a declared device"
+            )
+        node = graph.node_of(name)
+        if node is None:
+            raise InvalidSpecError(
+                f"pin {name!r} is not a module of {graph.model}; nodes are e.g. "
+                f"{', '.join(n.name for n in graph.nodes[:3])}, ..., {graph.nodes[-1].name}"
+            )
+        if node in pin_index and pin_index[node] != keys.index(key):
+            raise InvalidSpecError(f"pins put node {node!r} on two devices; pin it once")
+        pin_index[node] = keys.index(key)
+    problem = graph.to_problem(devices=[d.to_solver() for d in devices], pins=pin_index)
+    solution = solve(problem, time_limit_s=time_limit_s)
+    return build_plan(
+        graph, problem, solution, offload_folder=os.fspath(offload_folder) if offload_folder else None
+    )
+
+
+def plan(
+    model: ModelLike,
+    *,
+    max_memory: Mapping[int | str, int | str],
+    dtype: str | torch.dtype | None = None,
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    pins: Mapping[str, int | str] | None = None,
+    offload_folder: str | os.PathLike | None = None,
+    no_split_module_classes: tuple[str, ...] = (),
+    time_limit_s: float = 30.0,
+) -> Plan:
+    """Trace ``model`` and solve its placement on the devices in ``max_memory``.
+
+    Example::
+
+        plan = planner.plan("llama-2-70b", max_memory={0: "40GiB", 1: "40GiB", "cpu": "200GiB"})
+        model = AutoModelForCausalLM.from_pretrained(path, **plan.from_pretrained_kwargs())
+
+    Args:
+        model: see :func:`trace`; a :class:`LayerGraph` is planned as is.
+        max_memory, pins, offload_folder, time_limit_s: see :func:`plan_graph`.
+        dtype, batch_size, seq_len, no_split_module_classes: see :func:`trace`.
+
+    Returns:
+        A :class:`Plan` whose ``device_map`` accelerate's ``check_device_map`` accepts.
+
+    Raises:
+        InvalidSpecError, TraceError, InfeasiblePlanError: see :func:`trace` and :func:`plan_graph`.
+    """
+    start = time.perf_counter()
+    meta_model = None
+    if isinstance(model, LayerGraph):
+        graph = model
+    else:
+        graph, meta_model = trace(model, dtype=dtype, batch_size=batch_size, seq_len=seq_len,
+                                  no_split_module_classes=no_split_module_classes)
+    trace_time_s = time.perf_counter() - start
+    result = plan_graph(graph, max_memory=max_memory, pins=pins, offload_folder=offload_folder,
+                        time_limit_s=time_limit_s)
+    if meta_model is not None:
+        check_device_map(meta_model, result.device_map)  # accelerate's own coverage check
+    return dataclasses.replace(result, trace_time_s=trace_time_s)

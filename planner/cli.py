@@ -1,0 +1,181 @@
+"""``layerplan``: command-line entry point (thin: parse, call the library, print).
+
+Exit codes: 0 plan found, 1 the model could not be traced, 2 bad input, 3 infeasible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.text import Text
+
+from solver import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_TRACE, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
+
+_EPILOG = """\
+MODEL is a catalog name (see `layerplan models`), a directory holding config.json, a path to a
+config.json, a Hub id already in the local Hugging Face cache, or a graph JSON written by
+`layerplan trace`. Nothing is ever downloaded.
+
+examples:
+  layerplan plan llama-2-70b --max-memory 0=40GiB 1=40GiB cpu=200GiB
+  layerplan plan mixtral-8x7b --max-memory 0=24GiB 1=24GiB cpu=64GiB disk=1TB --offload-folder /tmp/off
+  layerplan plan ./my-model --max-memory 0=20GB cpu=64GB --pin lm_head=0 --format json -o plan.json
+
+exit codes: 0 plan found, 1 model could not be traced, 2 bad input, 3 infeasible
+"""
+
+
+def _key_values(items: Sequence[str], *, flag: str, example: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise InvalidSpecError(f"{flag} {item!r} is not KEY=VALUE; write e.g. {flag} {example}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _add_workload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="catalog name, model directory, config.json, Hub id or graph JSON")
+    p.add_argument("--dtype", help="weight/activation dtype (bfloat16, float16, float32, ...); "
+                                   "default: the checkpoint's published dtype")
+    p.add_argument("--batch-size", type=int, default=1, help="sequences per forward pass (default 1)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's context, at most 4096)")
+    p.add_argument("--no-split", action="append", default=[], metavar="CLASS",
+                   help="extra module class to keep whole (repeatable), besides the model's _no_split_modules")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layerplan",
+        description="Plan where each layer of a large model goes (GPUs, cpu, disk) and get an accelerate "
+                    "device_map that from_pretrained loads.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plan", help="solve a placement and print it (table or JSON)", epilog=_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_workload_args(p)
+    p.add_argument("--max-memory", nargs="+", required=True, metavar="DEVICE=SIZE",
+                   help="caps per device, accelerate's max_memory: 0=40GiB 1=40GiB cpu=200GiB disk=1TB "
+                        "(GiB = 2^30 bytes, GB = 10^9)")
+    p.add_argument("--pin", nargs="+", default=[], metavar="MODULE=DEVICE",
+                   help="force a module onto a device, e.g. lm_head=1")
+    p.add_argument("--offload-folder", metavar="DIR", help="folder for disk-offloaded weights (needed if disk is used)")
+    p.add_argument("--time-limit", type=float, default=30.0, metavar="S",
+                   help="solver time limit in seconds (default 30); past it the best plan and its gap are shown")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE instead of stdout")
+    p.set_defaults(func=cmd_plan)
+
+    t = sub.add_parser("trace", help="trace a model on the meta device and write its layer graph as JSON")
+    _add_workload_args(t)
+    t.add_argument("-o", "--output", metavar="FILE", help="write the graph JSON to FILE instead of stdout")
+    t.set_defaults(func=cmd_trace)
+
+    m = sub.add_parser("models", help="list the built-in catalog of published model configs")
+    m.set_defaults(func=cmd_models)
+    return parser
+
+
+def _load_model_arg(model: str):  # noqa: ANN202
+    """A graph JSON written by `layerplan trace`, or the model string as is."""
+    path = Path(model)
+    if path.suffix == ".json" and path.name != "config.json" and path.is_file():
+        from planner.graph import LayerGraph
+
+        return LayerGraph.from_json(path.read_text())
+    return model
+
+
+def cmd_plan(args: argparse.Namespace, err: Console) -> int:
+    from planner.api import plan
+    from planner.report import render_plan
+
+    max_memory = _key_values(args.max_memory, flag="--max-memory", example="0=40GiB")
+    pins = _key_values(args.pin, flag="--pin", example="lm_head=1")
+    with err.status(f"Tracing {args.model} on the meta device and solving ..."):
+        result = plan(
+            _load_model_arg(args.model),
+            max_memory=max_memory,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            pins=pins,
+            offload_folder=args.offload_folder,
+            no_split_module_classes=tuple(args.no_split),
+            time_limit_s=args.time_limit,
+        )
+    _emit(args.output, result.to_json() if args.format == "json" else None,
+          (lambda c: render_plan(result, c)) if args.format == "table" else None)
+    return EXIT_OK
+
+
+def cmd_trace(args: argparse.Namespace, err: Console) -> int:
+    from planner.api import trace
+
+    with err.status(f"Tracing {args.model} on the meta device ..."):
+        graph, _ = trace(args.model, dtype=args.dtype, batch_size=args.batch_size, seq_len=args.seq_len,
+                         no_split_module_classes=tuple(args.no_split))
+    _emit(args.output, graph.to_json(), None)
+    if args.output:
+        err.print(f"wrote {len(graph.nodes)} nodes and {len(graph.edges)} edges to {args.output}")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace, err: Console) -> int:
+    from planner.report import render_models
+
+    render_models(Console())
+    return EXIT_OK
+
+
+def _emit(output: str | None, text: str | None, render) -> None:  # noqa: ANN001
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            if text is not None:
+                fh.write(text + "\n")
+            else:
+                render(Console(file=fh, width=160))
+    elif text is not None:
+        sys.stdout.write(text + "\n")
+    else:
+        render(Console())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    err = Console(stderr=True)
+    try:
+        return args.func(args, err)
+    except InfeasiblePlanError as exc:
+        return _fail(err, "infeasible", exc, EXIT_INFEASIBLE)
+    except InvalidSpecError as exc:
+        return _fail(err, "error", exc, EXIT_BAD_INPUT)
+    except TraceError as exc:
+        return _fail(err, "trace failed", exc, EXIT_TRACE)
+    except LayerplanError as exc:
+        return _fail(err, "error", exc, EXIT_TRACE)
+    except OSError as exc:  # e.g. -o into a missing folder
+        return _fail(err, "error", exc, EXIT_BAD_INPUT)
+
+
+def _fail(err: Console, label: str, exc: Exception, code: int) -> int:
+    """One line on stderr, no traceback (the message is printed verbatim, not as rich markup)."""
+    err.print(Text.assemble((f"{label}: ", "bold red"), str(exc)))
+    return code
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The LayerGraph: nodes in execution order with their bytes, the tensors between them, tied groups.
+
+It is plain data (JSON round-trip with :meth:`LayerGraph.to_json` / :meth:`LayerGraph.from_json`), so
+a model can be traced once and planned many times, and it is the only thing the planner hands to
+:mod:`solver` (via :meth:`LayerGraph.to_problem`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from solver import Device, Edge, InvalidSpecError, Node, PlacementProblem
+
+__all__ = ["GraphNode", "GraphEdge", "LayerGraph"]
+
+GRAPH_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GraphNode:
+    """One node: a no-split block, a leaf module outside blocks, or a root parameter.
+
+    Attributes:
+        name: module (or parameter) name, as used in a ``device_map``, e.g. ``"model.layers.7"``.
+        kind: ``"block"`` (an instance of a ``no_split_module_classes`` class), ``"leaf"`` or
+            ``"parameter"``.
+        module_class: class name of the module (``"LlamaDecoderLayer"``), ``"Parameter"`` for
+            root parameters.
+        weight_bytes: parameter bytes in the planned dtype; tied parameters are counted once, on the
+            node that registers them first (accelerate ``compute_module_sizes`` semantics).
+        buffer_bytes: buffer bytes (persistent or not), same dtype rule.
+        executed: False when the meta forward never called the node (its position then follows
+            registration order).
+    """
+
+    name: str
+    kind: str
+    module_class: str
+    weight_bytes: int
+    buffer_bytes: int
+    executed: bool = True
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes resident on the device that holds the node (weights + buffers)."""
+        return self.weight_bytes + self.buffer_bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GraphEdge:
+    """One tensor that leaves node ``producer`` and is read by every node in ``consumers``.
+
+    Attributes:
+        producer: node name.
+        consumers: node names, each later in execution order.
+        shape: the tensor's shape as the consumer receives it, e.g. ``(batch, seq_len, hidden)``.
+        dtype: torch dtype name, e.g. ``"bfloat16"``.
+        size_bytes: ``prod(shape) * itemsize`` bytes per forward pass.
+    """
+
+    producer: str
+    consumers: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LayerGraph:
+    """A traced model, ready to be planned.
+
+    Attributes:
+        model: the model's name (catalog name, path or class).
+        model_class: e.g. ``"LlamaForCausalLM"``.
+        dtype: the dtype weights and activations were sized in, e.g. ``"bfloat16"``.
+        batch_size: batch the edges were measured at (sequences).
+        seq_len: sequence length the edges were measured at (tokens).
+        nodes: in execution order.
+        edges: tensors between nodes.
+        tied_parameters: groups of parameter names sharing one tensor (accelerate
+            ``find_tied_parameters``).
+        tied_groups: groups of node names that must share a device because of ``tied_parameters``.
+        no_split_module_classes: the classes kept whole.
+        notes: how the graph was obtained where it deviates from a full meta trace.
+    """
+
+    model: str
+    model_class: str
+    dtype: str
+    batch_size: int
+    seq_len: int
+    nodes: tuple[GraphNode, ...]
+    edges: tuple[GraphEdge, ...]
+    tied_parameters: tuple[tuple[str, ...], ...] = ()
+    tied_groups: tuple[tuple[str, ...], ...] = ()
+    no_split_module_classes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {n.name: i for i, n in enumerate(self.nodes)})
+
+    # -- views ----------------------------------------------------------------------------------
+    def index(self, name: str) -> int:
+        """Position of node ``name`` in execution order; KeyError if absent."""
+        return self._index[name]
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of every node's weights and buffers."""
+        return sum(n.size_bytes for n in self.nodes)
+
+    def node_of(self, module_or_param: str) -> str | None:
+        """The node that holds ``module_or_param`` (itself, or its closest ancestor that is a node)."""
+        name = module_or_param
+        while True:
+            if name in self._index:
+                return name
+            if not name:
+                return None
+            name = name.rpartition(".")[0]
+
+    # -- conversion -----------------------------------------------------------------------------
+    def to_problem(
+        self,
+        *,
+        devices: Sequence[Device],
+        pins: Mapping[str, int] | None = None,
+        ordered: bool = True,
+    ) -> PlacementProblem:
+        """The pure :class:`solver.PlacementProblem` for this graph on ``devices``.
+
+        Args:
+            devices: placement targets (accelerators first, in block order).
+            pins: node name -> device index.
+            ordered: accelerator blocks follow the device order.
+
+        Raises:
+            InvalidSpecError: a pin names a node that is not in the graph.
+        """
+        pin_pairs = []
+        for name, device in (pins or {}).items():
+            if name not in self._index:
+                raise InvalidSpecError(f"pin {name!r} is not a node of {self.model}; nodes are e.g. "
+                                       f"{', '.join(n.name for n in self.nodes[:3])} (see `layerplan trace`)")
+            pin_pairs.append((self._index[name], device))
+        return PlacementProblem(
+            nodes=tuple(Node(name=n.name, size_bytes=n.size_bytes) for n in self.nodes),
+            edges=tuple(
+                Edge(
+                    producer=self._index[e.producer],
+                    consumers=tuple(self._index[c] for c in e.consumers),
+                    size_bytes=e.size_bytes,
+                )
+                for e in self.edges
+            ),
+            devices=tuple(devices),
+            tied_groups=tuple(tuple(self._index[m] for m in g) for g in self.tied_groups),
+            pins=tuple(pin_pairs),
+            ordered=ordered,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("_index", None)
+        data["format_version"] = GRAPH_FORMAT_VERSION
+        return data
+
+    def to_json(self, *, indent: int | None = 1) -> str:
+        """Serialise to JSON (all sizes integer bytes)."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerGraph:
+        data = dict(data)
+        version = data.pop("format_version", GRAPH_FORMAT_VERSION)
+        if version != GRAPH_FORMAT_VERSION:
+            raise InvalidSpecError(
+                f"graph format_version={version!r} but this layerplan reads {GRAPH_FORMAT_VERSION}; "
+                "trace the model again"
+            )
+        data["nodes"] = tuple(GraphNode(**n) for n in data["nodes"])
+        data["edges"] = tuple(
+            GraphEdge(**{**e, "consumers": tuple(e["consumers"]), "shape": tuple(e["shape"])})
+            for e in data["edges"]
+        )
+        for key in ("tied_parameters", "tied_groups"):
+            data[key] = tuple(tuple(g) for g in data.get(key, ()))
+        for key in ("no_split_module_classes", "notes"):
+            data[key] = tuple(data.get(key, ()))
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> LayerGraph:
+        """Inverse of :meth:`to_json`.
+
+        Raises:
+            InvalidSpecError: the text is not a layerplan graph.
+        """
+        try:
+            return cls.from_dict(json.loads(text))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InvalidSpecError(f"not a layerplan graph JSON ({exc}); produce one with `layerplan trace`") from exc

@@ -1,0 +1,61 @@
+"""Build a Hugging Face model on PyTorch's meta device, with tied weights tied.
+
+Why not accelerate's ``init_empty_weights``: in transformers 5, a model class constructed under it
+does not tie its weights (BLOOM-176B then counts 179.8B parameters instead of 176.2B), whereas
+building under ``torch.device("meta")`` and calling ``tie_weights()`` keeps ``lm_head.weight`` the
+same Parameter as the input embedding, exactly as ``from_pretrained`` would.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
+from transformers.models.auto import modeling_auto
+
+from solver.errors import TraceError
+
+__all__ = ["auto_class_for", "build_meta_model"]
+
+
+def auto_class_for(config: PretrainedConfig) -> type:
+    """The ``AutoModel*`` class ``from_pretrained`` should use for ``config``.
+
+    Seq2seq LM for encoder-decoder types (T5), causal LM for decoder types (Llama, GPT-2, ...), the
+    bare ``AutoModel`` otherwise (BERT / MiniLM encoders).
+    """
+    model_type = config.model_type
+    if model_type in modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForSeq2SeqLM
+    if model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(
+        config, "is_encoder_decoder", False
+    ):
+        architectures = getattr(config, "architectures", None) or []
+        if not architectures or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+            return AutoModelForCausalLM
+    return AutoModel
+
+
+def build_meta_model(config: PretrainedConfig, *, auto_class: type | None = None) -> nn.Module:
+    """Instantiate ``config``'s model with every parameter on the meta device (no memory used).
+
+    Args:
+        config: a transformers config.
+        auto_class: the ``AutoModel*`` class to build with; default :func:`auto_class_for`.
+
+    Returns:
+        The model in eval mode, parameters on ``torch.device("meta")``, tied weights tied.
+
+    Raises:
+        TraceError: transformers cannot build this config.
+    """
+    cls = auto_class or auto_class_for(config)
+    try:
+        with torch.device("meta"):
+            model = cls.from_config(config)
+    except Exception as exc:  # transformers raises many types here; we report them all as one
+        raise TraceError(
+            f"cannot build model_type={config.model_type!r} with {cls.__name__}: {exc}"
+        ) from exc
+    model.tie_weights()
+    return model.eval()

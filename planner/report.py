@@ -1,0 +1,64 @@
+"""Human-readable views of plans and the catalog (rich tables)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from planner import catalog
+from planner.adapter import Plan
+from solver import format_bytes
+
+__all__ = ["render_plan", "render_models"]
+
+
+def render_plan(plan: Plan, console: Console) -> None:
+    """Print the per-device blocks, the cut edges and the solver status of ``plan``."""
+    g = plan.graph
+    console.print(
+        f"[bold]{g.model}[/bold] ({g.model_class}), {g.dtype}, batch {g.batch_size} x seq_len {g.seq_len}: "
+        f"{len(g.nodes)} nodes, {format_bytes(g.total_bytes)} of weights and buffers"
+    )
+    table = Table(title="Placement", title_justify="left")
+    for col, justify in (("device", "left"), ("block (first .. last node)", "left"), ("nodes", "right"),
+                         ("bytes", "right"), ("cap", "right"), ("used", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for u in plan.usage:
+        block = f"{u.nodes[0]} .. {u.nodes[-1]}" if len(u.nodes) > 1 else (u.nodes[0] if u.nodes else "-")
+        style = "red" if u.used_bytes > u.cap_bytes else None
+        table.add_row(str(u.device), block, str(len(u.nodes)), format_bytes(u.used_bytes),
+                      format_bytes(u.cap_bytes), f"{100 * u.utilisation:.1f}%", style=style)
+    console.print(table)
+    if plan.cuts:
+        cuts = Table(title="Tensors crossing devices (per forward pass)", title_justify="left")
+        for col in ("from node", "to node(s)", "src -> dst", "bytes"):
+            cuts.add_column(col)
+        for c in plan.cuts:
+            consumers = c.consumers[0] if len(c.consumers) == 1 else f"{c.consumers[0]} (+{len(c.consumers) - 1})"
+            cuts.add_row(c.producer, consumers, f"{c.src} -> {c.dst}", format_bytes(c.size_bytes))
+        console.print(cuts)
+    else:
+        console.print("No tensor crosses a device boundary.")
+    s = plan.solution
+    gap = "" if s.status.value == "optimal" else f", bound {format_bytes(s.bound)}, gap {100 * s.gap:.1f}%"
+    console.print(
+        f"status [bold]{s.status.value}[/bold] ({s.solver}, {s.wall_time_s:.2f} s; trace "
+        f"{plan.trace_time_s:.2f} s): {format_bytes(plan.transfer_bytes)} cross devices per forward{gap}; "
+        f"{format_bytes(plan.offloaded_bytes)} offloaded"
+    )
+    for note in g.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def render_models(console: Console) -> None:
+    """Print the built-in catalog: name, Hub id, architecture, published parameter count."""
+    table = Table(title="Built-in model catalog (published configs, no download needed)", title_justify="left")
+    for col, justify in (("name", "left"), ("hub id", "left"), ("model_type", "left"),
+                         ("parameters", "right"), ("source of the count", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name in catalog.catalog_names():
+        entry = catalog.lookup(name)
+        assert entry is not None
+        table.add_row(name, entry.hub_id, str(entry.config.get("model_type", "")),
+                      f"{entry.published_params / 1e9:.2f}B", entry.params_source)
+    console.print(table)

@@ -1,0 +1,323 @@
+"""Trace a meta-device model into a :class:`~planner.graph.LayerGraph`.
+
+Nodes are found from the module tree (each ``no_split_module_classes`` instance is one node, leaves
+and root parameters outside such blocks are nodes too) and ordered by *execution*: a forward pass on
+meta tensors (no memory, no compute) with a forward pre-hook on each node. Edges come from the same
+pass: a ``TorchFunctionMode`` follows every tensor computed outside the nodes back to the node
+outputs it derives from, so the tensor a consumer receives (e.g. ``lm_head``'s sliced hidden states,
+or T5's ``position_bias`` shared by every block) is attributed to the node that produced it, with its
+real shape and dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from accelerate.utils import compute_module_sizes, find_tied_parameters
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from planner.graph import GraphEdge, GraphNode, LayerGraph
+
+__all__ = ["trace_model", "no_split_classes"]
+
+
+def no_split_classes(model: nn.Module, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Classes to keep whole: ``_no_split_modules`` of the model and of its submodules, plus ``extra``.
+
+    Same collection rule as transformers' ``PreTrainedModel._get_no_split_modules``.
+    """
+    found: list[str] = list(extra)
+    for module in model.modules():
+        for cls_name in getattr(module, "_no_split_modules", None) or ():
+            if cls_name not in found:
+                found.append(cls_name)
+    return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
+class _NodeSpec:
+    name: str
+    kind: str
+    module_class: str
+    module: nn.Module | None  # None for a root parameter
+    tensor_names: tuple[str, ...] = ()  # for root parameters: the parameter's full name
+
+
+def _find_nodes(model: nn.Module, no_split: tuple[str, ...]) -> list[_NodeSpec]:
+    """Nodes in registration order (each module instance once, as ``named_modules`` does)."""
+    seen: set[int] = set()
+    nodes: list[_NodeSpec] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        cls_name = type(module).__name__
+        children = list(module.named_children())
+        if prefix and cls_name in no_split:
+            nodes.append(_NodeSpec(prefix, "block", cls_name, module))
+            return
+        own = [n for n, _ in module.named_parameters(recurse=False)] + [
+            n for n, _ in module.named_buffers(recurse=False)
+        ]
+        if not children:
+            if own:
+                nodes.append(_NodeSpec(prefix, "leaf", cls_name, module))
+            return
+        for tensor_name in own:  # a parameter held directly by a module that has children
+            full = f"{prefix}.{tensor_name}" if prefix else tensor_name
+            nodes.append(_NodeSpec(full, "parameter", "Parameter", None, (full,)))
+        for child_name, child in children:
+            visit(f"{prefix}.{child_name}" if prefix else child_name, child)
+
+    visit("", model)
+    return nodes
+
+
+@dataclass(slots=True)
+class _FlowTracker:
+    """Which node(s) each live tensor derives from (only tensors computed outside nodes)."""
+
+    sources: dict[int, frozenset[int]] = field(default_factory=dict)
+    keep_alive: list[torch.Tensor] = field(default_factory=list)
+    depth: int = 0
+    # (id of the tensor as received, producer) -> [shape, dtype, consumers]
+    received: dict[tuple[int, int], list] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)
+
+    def mark(self, value: object, src: frozenset[int]) -> None:
+        for t in _tensors(value):
+            self.sources[id(t)] = src
+            self.keep_alive.append(t)
+
+    def origin(self, value: object) -> frozenset[int]:
+        out: frozenset[int] = frozenset()
+        for t in _tensors(value):
+            out |= self.sources.get(id(t), frozenset())
+        return out
+
+
+def _tensors(value: object) -> Iterator[torch.Tensor]:
+    leaves, _ = tree_flatten(value)
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            yield leaf
+        elif hasattr(leaf, "__dict__") and type(leaf).__module__.startswith("transformers"):
+            # ModelOutput / Cache objects: look one level inside
+            for inner in vars(leaf).values():
+                if isinstance(inner, torch.Tensor):
+                    yield inner
+
+
+class _FlowMode(TorchFunctionMode):
+    """Propagates node provenance through the glue code between nodes."""
+
+    def __init__(self, tracker: _FlowTracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.tracker.depth == 0:
+            src = self.tracker.origin((args, kwargs))
+            if src:
+                self.tracker.mark(out, src)
+        return out
+
+
+def _example_inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+    ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device="meta")
+    inputs = {"input_ids": ids}
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = ids
+    return inputs
+
+
+def trace_model(
+    model: nn.Module,
+    *,
+    name: str,
+    dtype: torch.dtype,
+    batch_size: int = 1,
+    seq_len: int = 2048,
+    no_split_module_classes: tuple[str, ...] = (),
+) -> LayerGraph:
+    """Trace ``model`` (already on the meta device) into a :class:`LayerGraph`.
+
+    Args:
+        model: a model whose parameters are on ``torch.device("meta")``; it is not modified (hooks
+            are removed before returning).
+        name: the model's display name.
+        dtype: dtype to size floating weights in (integers are never cast: accelerate
+            ``compute_module_sizes``).
+        batch_size: sequences per forward pass.
+        seq_len: tokens per sequence in the traced forward (prefill).
+        no_split_module_classes: classes to keep whole in addition to the model's own.
+
+    Returns:
+        The graph. If the meta forward fails, nodes follow registration order, edges are estimated
+        as ``batch_size * seq_len * hidden_size * dtype bytes`` between consecutive nodes, and
+        ``notes`` says so.
+    """
+    no_split = no_split_classes(model, no_split_module_classes)
+    specs = _find_nodes(model, no_split)
+    module_to_node = {id(s.module): i for i, s in enumerate(specs) if s.module is not None}
+    sizes = compute_module_sizes(model, dtype=dtype)
+    buffer_sizes = compute_module_sizes(model, dtype=dtype, buffers_only=True)
+
+    tracker = _FlowTracker()
+    notes: list[str] = []
+    edges: list[GraphEdge] = []
+    try:
+        _run_meta_forward(model, specs, module_to_node, tracker, batch_size, seq_len)
+        traced = True
+    except Exception as exc:  # a model's forward can fail on meta in many ways; fall back
+        traced = False
+        notes.append(
+            f"meta forward failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+            "nodes follow registration order and edges are estimated as batch x seq_len x hidden_size"
+        )
+
+    order = _execution_order(len(specs), tracker.order if traced else [])
+    position = {node: pos for pos, node in enumerate(order)}
+    graph_nodes = tuple(
+        GraphNode(
+            name=specs[i].name,
+            kind=specs[i].kind,
+            module_class=specs[i].module_class,
+            weight_bytes=sizes.get(specs[i].name, 0) - buffer_sizes.get(specs[i].name, 0),
+            buffer_bytes=buffer_sizes.get(specs[i].name, 0),
+            executed=traced and i in set(tracker.order),
+        )
+        for i in order
+    )
+    if traced:
+        for (_, producer), (shape, tdtype, consumers) in tracker.received.items():
+            consumers = [c for c in consumers if position[c] > position[producer]]
+            if not consumers:
+                continue
+            edges.append(
+                GraphEdge(
+                    producer=specs[producer].name,
+                    consumers=tuple(specs[c].name for c in sorted(set(consumers), key=position.get)),
+                    shape=tuple(shape),
+                    dtype=str(tdtype).removeprefix("torch."),
+                    size_bytes=math.prod(shape) * tdtype.itemsize,
+                )
+            )
+        by_name = {n.name: pos for pos, n in enumerate(graph_nodes)}
+        edges.sort(key=lambda e: (by_name[e.producer], [by_name[c] for c in e.consumers]))
+    else:
+        hidden = _hidden_size(model)
+        size = batch_size * seq_len * hidden * dtype.itemsize
+        for a, b in zip(graph_nodes, graph_nodes[1:]):
+            edges.append(
+                GraphEdge(producer=a.name, consumers=(b.name,), shape=(batch_size, seq_len, hidden),
+                          dtype=str(dtype).removeprefix("torch."), size_bytes=size)
+            )
+
+    tied_parameters = tuple(tuple(g) for g in find_tied_parameters(model))
+    graph = LayerGraph(
+        model=name,
+        model_class=type(model).__name__,
+        dtype=str(dtype).removeprefix("torch."),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        nodes=graph_nodes,
+        edges=tuple(edges),
+        tied_parameters=tied_parameters,
+        no_split_module_classes=no_split,
+        notes=tuple(notes),
+    )
+    return _with_tied_groups(graph)
+
+
+def _run_meta_forward(model, specs, module_to_node, tracker: _FlowTracker, batch_size, seq_len) -> None:
+    handles = []
+
+    def pre_hook(module, args, kwargs):  # noqa: ANN001
+        node = module_to_node[id(module)]
+        if tracker.depth == 0:
+            if node not in tracker.order:
+                tracker.order.append(node)
+            for t in _tensors((args, kwargs)):
+                for producer in tracker.sources.get(id(t), ()):
+                    if producer == node:
+                        continue
+                    entry = tracker.received.setdefault((id(t), producer), [tuple(t.shape), t.dtype, []])
+                    entry[2].append(node)
+        tracker.depth += 1
+
+    def post_hook(module, args, kwargs, output):  # noqa: ANN001
+        tracker.depth -= 1
+        if tracker.depth == 0:
+            tracker.mark(output, frozenset({module_to_node[id(module)]}))
+
+    for spec in specs:
+        if spec.module is not None:
+            handles.append(spec.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            handles.append(spec.module.register_forward_hook(post_hook, with_kwargs=True))
+    try:
+        # FakeTensorMode on top of meta: transformers treats fake tensors as "tracing" and skips the
+        # data-dependent checks (``Tensor.item()``) that plain meta tensors cannot answer.
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True), _FlowMode(tracker):
+            model(**_example_inputs(model, batch_size, seq_len), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _execution_order(num_nodes: int, executed: list[int]) -> list[int]:
+    """Executed nodes in call order; each never-called node just before the next called node in
+    registration order (or at the end)."""
+    if not executed:
+        return list(range(num_nodes))
+    called = set(executed)
+    rank = {node: pos for pos, node in enumerate(executed)}
+    keys = {}
+    for i in range(num_nodes):
+        if i in called:
+            keys[i] = (rank[i], 1, i)
+        else:
+            nxt = next((j for j in range(i + 1, num_nodes) if j in called), None)
+            keys[i] = (rank[nxt] if nxt is not None else len(executed), 0, i)
+    return sorted(range(num_nodes), key=keys.__getitem__)
+
+
+def _hidden_size(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for attr in ("hidden_size", "d_model", "n_embd", "dim"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value
+    raise AssertionError("a model without a hidden size reached the fallback")
+
+
+def _with_tied_groups(graph: LayerGraph) -> LayerGraph:
+    """Node groups that must share a device: union of the nodes holding each tied-parameter group."""
+    parent = {n.name: n.name for n in graph.nodes}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for group in graph.tied_parameters:
+        holders = [h for h in (graph.node_of(p) for p in group) if h is not None]
+        for other in holders[1:]:
+            parent[find(other)] = find(holders[0])
+    groups: dict[str, list[str]] = {}
+    for n in graph.nodes:
+        groups.setdefault(find(n.name), []).append(n.name)
+    tied = tuple(tuple(g) for g in groups.values() if len(g) > 1)
+    return dataclasses.replace(graph, tied_groups=tied)
