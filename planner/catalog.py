@@ -1,0 +1,654 @@
+"""Built-in catalog of real, published model configs: plan without downloading anything.
+
+Each entry holds the fields of the model's released ``config.json`` on the Hugging Face Hub that
+change shapes or behaviour (sizes, heads, KV heads, positions, RoPE, sliding window, tying, MoE,
+checkpoint dtype, architectures, and each family's own names), copied from the file; the Hub repo
+id is given per entry. A field the file does not set but that decides a shape (e.g. GPT-2's tied
+head, T5's ``feed_forward_proj``) is pinned to the value transformers' default has and marked
+``# not in the file``, so that a change of default in transformers cannot silently change a
+model. Fields that only matter for remote code (``auto_map``), generation or training dropout are
+left out.
+
+Every entry also carries an official parameter count from a source independent of this project
+(the checkpoint's safetensors metadata, the model card or the paper; ``params_source`` says
+which), never a number counted on a model built by layerplan. ``tests/test_catalog.py`` builds
+every entry on the meta device and checks its count against that figure.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+from solver.errors import InvalidSpecError
+
+__all__ = ["CATALOG", "CatalogEntry", "catalog_names", "closest_names", "lookup"]
+
+# Config keys whose value must survive AutoConfig.for_model unchanged (read back under the same
+# name). transformers 5 maps some published names on purpose (``torch_dtype`` -> ``dtype``,
+# BLOOM's ``n_embed`` -> ``hidden_size``, Llama's ``rope_theta`` -> ``rope_parameters``, Qwen2's
+# ``sliding_window`` -> None when ``use_sliding_window`` is false); those are not listed here.
+_SHAPE_KEYS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "max_position_embeddings", "tie_word_embeddings",
+    "num_local_experts", "num_experts_per_tok",
+    "n_embd", "n_layer", "n_head", "n_positions",  # GPT-2 / BLOOM
+    "ffn_dim", "word_embed_proj_dim", "do_layer_norm_before", "enable_bias",  # OPT
+    "new_decoder_architecture", "num_kv_heads", "parallel_attn", "bias", "alibi",  # Falcon
+    "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",  # T5
+    "feed_forward_proj", "relative_attention_num_buckets", "is_encoder_decoder",
+    "query_pre_attn_scalar", "final_logit_softcapping", "attn_logit_softcapping",  # Gemma 2
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CatalogEntry:
+    """One published model: its config fields and its official parameter count.
+
+    Attributes:
+        name: short lower-case catalog name, e.g. ``"llama-2-70b"``.
+        hub_id: the Hub repository the config was copied from, e.g. ``"meta-llama/Llama-2-70b-hf"``.
+        config: the published ``config.json`` fields (``model_type`` and ``architectures``
+            included); read-only.
+        published_params: the official parameter count (a number of parameters, not bytes).
+        params_source: where ``published_params`` comes from and how it was derived.
+        params_rounding: the unit the published figure is rounded to: 1 for an exact count,
+            ``10**9`` for a figure published as e.g. "13B". The true count lies within half a unit.
+        counts_tied_copies: the published figure counts a tied matrix once per name it is stored
+            under in the checkpoint (e.g. Falcon-40B stores ``lm_head.weight`` next to the input
+            embedding it is tied to), whereas the built model holds it once.
+        aliases: other names accepted by :func:`lookup` (e.g. a former Hub id).
+        notes: anything surprising about the entry.
+    """
+
+    name: str
+    hub_id: str
+    config: Mapping[str, Any]
+    published_params: int
+    params_source: str
+    params_rounding: int = 1
+    counts_tied_copies: bool = False
+    aliases: tuple[str, ...] = ()
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.name != self.name.lower() or not self.name:
+            raise InvalidSpecError(f"catalog name {self.name!r} must be non-empty and lower-case")
+        for key in ("model_type", "architectures"):
+            if key not in self.config:
+                raise InvalidSpecError(
+                    f"catalog entry {self.name!r} lacks {key!r}; copy it from the published config.json"
+                )
+        if self.published_params <= 0:
+            raise InvalidSpecError(f"catalog entry {self.name!r} has published_params={self.published_params!r} <= 0")
+        if self.params_rounding < 1:
+            raise InvalidSpecError(f"catalog entry {self.name!r} has params_rounding={self.params_rounding!r} < 1")
+        # Freeze a private deep copy: callers get a read-only view and to_config() copies again.
+        object.__setattr__(self, "config", MappingProxyType(copy.deepcopy(dict(self.config))))
+
+    @property
+    def model_type(self) -> str:
+        """The transformers ``model_type`` of the entry, e.g. ``"llama"``."""
+        return str(self.config["model_type"])
+
+    def to_config(self) -> PretrainedConfig:
+        """A fresh transformers config built from the published fields.
+
+        ``torch_dtype`` (the name published configs use) is passed as ``dtype``, its transformers 5
+        name. ``architectures`` and every size and switch in ``_SHAPE_KEYS`` are read back from the
+        result, so a field that transformers dropped or renamed is an error here rather than a
+        silently different model.
+
+        Returns:
+            The config from ``AutoConfig.for_model(model_type, **fields)``; ``architectures`` is
+            set, so the intended class (e.g. ``BloomForCausalLM``) is built from it.
+
+        Raises:
+            InvalidSpecError: transformers does not read back a published field.
+        """
+        fields = copy.deepcopy(dict(self.config))
+        model_type = fields.pop("model_type")
+        if "torch_dtype" in fields:
+            fields["dtype"] = fields.pop("torch_dtype")
+        config = AutoConfig.for_model(model_type, **fields)
+        for key in ("architectures", *_SHAPE_KEYS):
+            if key in fields and getattr(config, key, None) != fields[key]:
+                raise InvalidSpecError(
+                    f"catalog entry {self.name!r}: published {key}={fields[key]!r} but transformers' "
+                    f"{type(config).__name__} reads back {getattr(config, key, None)!r}; fix the catalog "
+                    "field name for this transformers version"
+                )
+        return config
+
+
+# Llama 2 ------------------------------------------------------------------------------------------
+# The Llama-2 *-hf checkpoints were converted with transformers 4.31.0.dev0, which still saved each
+# layer's rotary ``inv_freq`` buffer (head_dim/2 = 64 float32 values, 256 bytes per layer); the
+# index's total_size includes them, so they are subtracted before dividing by 2 bytes (float16).
+_LLAMA2_COMMON: dict[str, Any] = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "max_position_embeddings": 4096,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
+    "vocab_size": 32000,
+}
+
+# Llama 3 / 3.1 ------------------------------------------------------------------------------------
+_LLAMA3_COMMON: dict[str, Any] = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "hidden_act": "silu",
+    "max_position_embeddings": 8192,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 128256,
+}
+
+_QWEN25_COMMON: dict[str, Any] = {
+    "model_type": "qwen2",
+    "architectures": ["Qwen2ForCausalLM"],
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
+    "hidden_act": "silu",
+    "max_position_embeddings": 131072,
+    "rope_theta": 1000000.0,
+    "sliding_window": 131072,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "use_sliding_window": False,
+    "vocab_size": 152064,
+}
+
+_GEMMA2_COMMON: dict[str, Any] = {
+    "model_type": "gemma2",
+    "architectures": ["Gemma2ForCausalLM"],
+    "attention_bias": False,
+    "attn_logit_softcapping": 50.0,
+    "bos_token_id": 2,
+    "cache_implementation": "hybrid",
+    "eos_token_id": 1,
+    "final_logit_softcapping": 30.0,
+    "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 8192,
+    "pad_token_id": 0,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+    "tie_word_embeddings": True,  # not in the file: Gemma2Config's default; the head is the embedding
+    "vocab_size": 256000,
+}
+
+_GPT2_COMMON: dict[str, Any] = {
+    "model_type": "gpt2",
+    "architectures": ["GPT2LMHeadModel"],
+    "activation_function": "gelu_new",
+    "bos_token_id": 50256,
+    "eos_token_id": 50256,
+    "layer_norm_epsilon": 1e-05,
+    "n_ctx": 1024,
+    "n_positions": 1024,
+    "tie_word_embeddings": True,  # not in the file: GPT2Config's default; lm_head is wte
+    "vocab_size": 50257,
+}
+
+_ENTRIES: tuple[CatalogEntry, ...] = (
+    CatalogEntry(
+        name="llama-2-7b",
+        hub_id="meta-llama/Llama-2-7b-hf",
+        config={**_LLAMA2_COMMON, "hidden_size": 4096, "intermediate_size": 11008,
+                "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32},
+        published_params=6_738_415_616,
+        params_source=(
+            "safetensors index total_size 13,476,839,424 B, minus 32 layers x 64 float32 rotary "
+            "inv_freq buffers (8,192 B) listed in its weight_map, / 2 B (float16)"
+        ),
+    ),
+    CatalogEntry(
+        name="llama-2-13b",
+        hub_id="meta-llama/Llama-2-13b-hf",
+        config={**_LLAMA2_COMMON, "hidden_size": 5120, "intermediate_size": 13824,
+                "num_attention_heads": 40, "num_hidden_layers": 40, "num_key_value_heads": 40},
+        published_params=13_000_000_000,
+        params_rounding=1_000_000_000,
+        params_source="Llama 2 paper and model card: 13B (rounded; no exact figure found)",
+    ),
+    CatalogEntry(
+        name="llama-2-70b",
+        hub_id="meta-llama/Llama-2-70b-hf",
+        config={**_LLAMA2_COMMON, "hidden_size": 8192, "intermediate_size": 28672,
+                "num_attention_heads": 64, "num_hidden_layers": 80, "num_key_value_heads": 8},
+        published_params=68_976_648_192,
+        params_source=(
+            "safetensors index total_size 137,953,316,864 B, minus 80 layers x 64 float32 rotary "
+            "inv_freq buffers (20,480 B), / 2 B (float16)"
+        ),
+    ),
+    CatalogEntry(
+        name="llama-3-8b",
+        hub_id="meta-llama/Meta-Llama-3-8B",
+        config={**_LLAMA3_COMMON, "hidden_size": 4096, "intermediate_size": 14336,
+                "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8},
+        published_params=8_030_261_248,
+        params_source="safetensors index total_size 16,060,522,496 B / 2 B (bfloat16)",
+    ),
+    CatalogEntry(
+        name="llama-3-70b",
+        hub_id="meta-llama/Meta-Llama-3-70B",
+        config={**_LLAMA3_COMMON, "hidden_size": 8192, "intermediate_size": 28672,
+                "num_attention_heads": 64, "num_hidden_layers": 80, "num_key_value_heads": 8},
+        published_params=70_553_706_496,
+        params_source=(
+            "safetensors index total_size 141,107,412,992 B / 2 B (bfloat16), as published for "
+            "meta-llama/Llama-3.1-70B, whose tensors have the same shapes"
+        ),
+    ),
+    CatalogEntry(
+        name="llama-3.1-405b",
+        hub_id="meta-llama/Llama-3.1-405B",
+        aliases=("meta-llama/Meta-Llama-3.1-405B",),
+        config={
+            **_LLAMA3_COMMON,
+            "attention_dropout": 0.0,
+            "hidden_size": 16384,
+            "intermediate_size": 53248,
+            "max_position_embeddings": 131072,
+            "mlp_bias": False,
+            "num_attention_heads": 128,
+            "num_hidden_layers": 126,
+            "num_key_value_heads": 8,
+            "rope_scaling": {
+                "factor": 8.0,
+                "high_freq_factor": 4.0,
+                "low_freq_factor": 1.0,
+                "original_max_position_embeddings": 8192,
+                "rope_type": "llama3",
+            },
+        },
+        published_params=405_853_388_800,
+        params_source=(
+            "safetensors total 811,706,777,600 B / 2 B (bfloat16) of the BF16 checkpoint "
+            "(recorded for its unsloth/Meta-Llama-3.1-405B re-upload); Meta's label: 405B"
+        ),
+        notes=(
+            "This BF16 checkpoint has 8 KV heads; Meta's FP8 release of 3.1-405B was first published "
+            "with 16 (each duplicated, for 8-way tensor parallelism), which doubles the KV cache."
+        ),
+    ),
+    CatalogEntry(
+        name="mistral-7b",
+        hub_id="mistralai/Mistral-7B-v0.1",
+        config={
+            "model_type": "mistral",
+            "architectures": ["MistralForCausalLM"],
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "hidden_act": "silu",
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "max_position_embeddings": 32768,
+            "num_attention_heads": 32,
+            "num_hidden_layers": 32,
+            "num_key_value_heads": 8,
+            "rms_norm_eps": 1e-05,
+            "rope_theta": 10000.0,
+            "sliding_window": 4096,
+            "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16",
+            "vocab_size": 32000,
+        },
+        published_params=7_241_732_096,
+        params_source="safetensors index total_size 14,483,464,192 B / 2 B (bfloat16)",
+    ),
+    CatalogEntry(
+        name="mixtral-8x7b",
+        hub_id="mistralai/Mixtral-8x7B-v0.1",
+        config={
+            "model_type": "mixtral",
+            "architectures": ["MixtralForCausalLM"],
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "hidden_act": "silu",
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "max_position_embeddings": 32768,
+            "num_attention_heads": 32,
+            "num_experts_per_tok": 2,
+            "num_hidden_layers": 32,
+            "num_key_value_heads": 8,
+            "num_local_experts": 8,
+            "output_router_logits": False,
+            "rms_norm_eps": 1e-05,
+            "rope_theta": 1000000.0,
+            "router_aux_loss_coef": 0.02,
+            "sliding_window": None,
+            "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16",
+            "vocab_size": 32000,
+        },
+        published_params=46_702_792_704,
+        params_source=(
+            "safetensors index total_size 93,405,585,408 B / 2 B (bfloat16); Mistral AI: 46.7B "
+            "total, 12.9B active per token"
+        ),
+    ),
+    CatalogEntry(
+        name="qwen2.5-7b",
+        hub_id="Qwen/Qwen2.5-7B",
+        config={**_QWEN25_COMMON, "hidden_size": 3584, "intermediate_size": 18944,
+                "max_window_layers": 28, "num_attention_heads": 28, "num_hidden_layers": 28,
+                "num_key_value_heads": 4, "rms_norm_eps": 1e-06},
+        published_params=7_615_616_512,
+        params_source=(
+            "safetensors index total_size 15,231,233,024 B / 2 B (bfloat16) of Qwen2.5-7B-Instruct "
+            "(same tensor shapes); model card: 7.61B"
+        ),
+    ),
+    CatalogEntry(
+        name="qwen2.5-72b",
+        hub_id="Qwen/Qwen2.5-72B",
+        config={**_QWEN25_COMMON, "hidden_size": 8192, "intermediate_size": 29568,
+                "max_window_layers": 80, "num_attention_heads": 64, "num_hidden_layers": 80,
+                "num_key_value_heads": 8, "rms_norm_eps": 1e-05},
+        published_params=72_706_203_648,
+        params_source=(
+            "safetensors index total_size 145,412,407,296 B / 2 B (bfloat16) of Qwen2.5-72B-Instruct "
+            "(same tensor shapes); model card: 72.7B"
+        ),
+    ),
+    CatalogEntry(
+        name="gemma-2-9b",
+        hub_id="google/gemma-2-9b",
+        config={**_GEMMA2_COMMON, "head_dim": 256, "hidden_size": 3584, "intermediate_size": 14336,
+                "num_attention_heads": 16, "num_hidden_layers": 42, "num_key_value_heads": 8,
+                "query_pre_attn_scalar": 256, "torch_dtype": "float32"},
+        published_params=9_241_705_984,
+        params_source=(
+            "Hub safetensors parameter count of google/gemma-2-9b (KerasHub preset gemma2_9b_en "
+            "lists the same); Gemma 2 report: 8,324,201,984 non-embedding"
+        ),
+        notes=(
+            "Published in float32 (8 shards, ~37 GB), unlike the bfloat16 27B. The Gemma 2 report's "
+            "embedding count (917,962,752) has 256,128 rows; the checkpoint has vocab_size 256,000."
+        ),
+    ),
+    CatalogEntry(
+        name="gemma-2-27b",
+        hub_id="google/gemma-2-27b",
+        config={**_GEMMA2_COMMON, "head_dim": 128, "hidden_size": 4608, "intermediate_size": 36864,
+                "num_attention_heads": 32, "num_hidden_layers": 46, "num_key_value_heads": 16,
+                "query_pre_attn_scalar": 144, "torch_dtype": "bfloat16"},
+        published_params=27_227_128_320,
+        params_source=(
+            "Hub safetensors parameter count of google/gemma-2-27b; Gemma 2 report: "
+            "26,047,480,320 non-embedding"
+        ),
+        notes=(
+            "query_pre_attn_scalar is 144 = hidden_size / num_attention_heads, not head_dim (128): "
+            "a config that uses head_dim**-0.5 scales attention wrongly."
+        ),
+    ),
+    CatalogEntry(
+        name="phi-3-mini",
+        hub_id="microsoft/Phi-3-mini-4k-instruct",
+        config={
+            "model_type": "phi3",
+            "architectures": ["Phi3ForCausalLM"],
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "eos_token_id": 32000,
+            "hidden_act": "silu",
+            "hidden_size": 3072,
+            "intermediate_size": 8192,
+            "max_position_embeddings": 4096,
+            "num_attention_heads": 32,
+            "num_hidden_layers": 32,
+            "num_key_value_heads": 32,
+            "original_max_position_embeddings": 4096,
+            "pad_token_id": 32000,
+            "rms_norm_eps": 1e-05,
+            "rope_scaling": None,
+            "rope_theta": 10000.0,
+            "sliding_window": 2047,
+            "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16",
+            "vocab_size": 32064,
+        },
+        published_params=3_821_079_552,
+        params_source=(
+            "Hub safetensors parameter count (BF16) of microsoft/Phi-3-mini-4k-instruct (KerasHub "
+            "preset phi3_mini_4k_instruct_en lists the same); model card: 3.8B"
+        ),
+    ),
+    CatalogEntry(
+        name="gpt2",
+        hub_id="openai-community/gpt2",
+        aliases=("gpt2-small",),
+        config={**_GPT2_COMMON, "n_embd": 768, "n_head": 12, "n_layer": 12},
+        published_params=124_439_808,
+        params_source=(
+            "KerasHub preset gpt2_base_en: 124,439,808; OpenAI's gpt-2 README: 124M (the paper's "
+            "117M was a counting error)"
+        ),
+        notes=(
+            "The Hub's safetensors count (137M) also counts the 12 causal-mask buffers "
+            "h.*.attn.bias (1024 x 1024 each), which are not parameters."
+        ),
+    ),
+    CatalogEntry(
+        name="gpt2-xl",
+        hub_id="openai-community/gpt2-xl",
+        config={**_GPT2_COMMON, "n_embd": 1600, "n_head": 25, "n_layer": 48},
+        published_params=1_557_611_200,
+        params_source=(
+            "KerasHub preset gpt2_extra_large_en: 1,557,611,200; OpenAI's gpt-2 README: 1558M "
+            "(the paper's 1542M was a counting error)"
+        ),
+    ),
+    CatalogEntry(
+        name="opt-13b",
+        hub_id="facebook/opt-13b",
+        config={
+            "model_type": "opt",
+            "architectures": ["OPTForCausalLM"],
+            "_remove_final_layer_norm": False,
+            "activation_function": "relu",
+            "bos_token_id": 2,
+            "do_layer_norm_before": True,
+            "enable_bias": True,  # not in the file: OPTConfig's default
+            "eos_token_id": 2,
+            "ffn_dim": 20480,
+            "hidden_size": 5120,
+            "max_position_embeddings": 2048,
+            "num_attention_heads": 40,
+            "num_hidden_layers": 40,
+            "pad_token_id": 1,
+            "tie_word_embeddings": True,  # not in the file: OPTConfig's default; lm_head is embed_tokens
+            "torch_dtype": "float16",
+            "vocab_size": 50272,
+            "word_embed_proj_dim": 5120,
+        },
+        published_params=13_000_000_000,
+        params_rounding=1_000_000_000,
+        params_source=(
+            "OPT paper (Zhang et al. 2022) Table 1 and model card: 13B (rounded; the checkpoint is "
+            "pickle only, with no safetensors count)"
+        ),
+        notes="Learned positions have 2 extra rows (2050 x 5120): OPT offsets position ids by 2.",
+    ),
+    CatalogEntry(
+        name="falcon-40b",
+        hub_id="tiiuae/falcon-40b",
+        config={
+            "model_type": "falcon",
+            "architectures": ["FalconForCausalLM"],
+            "alibi": False,
+            "apply_residual_connection_post_layernorm": False,
+            "attention_dropout": 0.0,
+            "bias": False,
+            "bos_token_id": 11,
+            "eos_token_id": 11,
+            "hidden_dropout": 0.0,
+            "hidden_size": 8192,
+            "layer_norm_epsilon": 1e-05,
+            "new_decoder_architecture": True,
+            "num_attention_heads": 128,
+            "num_hidden_layers": 60,
+            "num_kv_heads": 8,
+            "parallel_attn": True,
+            "tie_word_embeddings": True,  # not in the file: FalconConfig's default
+            "torch_dtype": "bfloat16",
+            "vocab_size": 65024,
+        },
+        published_params=41_835_970_560,
+        counts_tied_copies=True,
+        params_source=(
+            "Hub safetensors parameter count of tiiuae/falcon-40b, which stores lm_head.weight as "
+            "well as the word embedding it is tied to; model card label: 40B"
+        ),
+        notes=(
+            "The checkpoint stores lm_head.weight as a tensor of its own, but from_pretrained ties "
+            "it to transformer.word_embeddings, so the loaded model has 65024 x 8192 = 532,676,608 "
+            "parameters fewer than the Hub count (41.30B)."
+        ),
+    ),
+    CatalogEntry(
+        name="t5-large",
+        hub_id="google-t5/t5-large",
+        config={
+            "model_type": "t5",
+            "architectures": ["T5ForConditionalGeneration"],
+            "d_ff": 4096,
+            "d_kv": 64,
+            "d_model": 1024,
+            "decoder_start_token_id": 0,
+            "eos_token_id": 1,
+            "feed_forward_proj": "relu",  # not in the file: T5Config's default (T5 v1.0 uses ReLU)
+            "is_encoder_decoder": True,
+            "layer_norm_epsilon": 1e-06,
+            "n_positions": 512,
+            "num_decoder_layers": 24,  # not in the file: defaults to num_layers
+            "num_heads": 16,
+            "num_layers": 24,
+            "pad_token_id": 0,
+            "relative_attention_num_buckets": 32,
+            "tie_word_embeddings": True,  # not in the file: T5Config's default; v1.0 shares all three
+            "vocab_size": 32128,
+        },
+        published_params=737_668_096,
+        params_source=(
+            "KerasNLP preset t5_large: 737,668,096; Hub page: 738M (safetensors, float32). The T5 "
+            "paper's 770M counts the shared embedding once more"
+        ),
+        notes=(
+            "shared, encoder.embed_tokens, decoder.embed_tokens and lm_head are one matrix; "
+            "770,567,168 = 737,668,096 + 32128 x 1024, i.e. the paper's 770M counts it twice."
+        ),
+    ),
+    CatalogEntry(
+        name="bloom-176b",
+        hub_id="bigscience/bloom",
+        aliases=("bloom",),
+        config={
+            "model_type": "bloom",
+            "architectures": ["BloomForCausalLM"],
+            "apply_residual_connection_post_layernorm": False,
+            "attention_dropout": 0.0,
+            "attention_softmax_in_fp32": True,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "hidden_dropout": 0.0,
+            "layer_norm_epsilon": 1e-05,
+            "masked_softmax_fusion": True,
+            "n_embed": 14336,  # the file's old name; BloomConfig reads it as hidden_size
+            "n_layer": 70,
+            "num_attention_heads": 112,  # mapped to n_head by BloomConfig.attribute_map
+            "pad_token_id": 3,
+            "pretraining_tp": 4,
+            "slow_but_exact": False,
+            "tie_word_embeddings": True,  # not in the file: BloomConfig's default
+            "torch_dtype": "bfloat16",  # not in the file (removed in bigscience/bloom#35): the card's dtype
+            "vocab_size": 250880,
+        },
+        published_params=176_247_271_424,
+        params_source=(
+            "BLOOM model card: 176,247,271,424 parameters (a 176B-shaped safetensors index, "
+            "TurkuNLP/bloom-finnish-176b, has total_size 352,494,542,848 B = 2 B each)"
+        ),
+        notes=(
+            "The file still uses the 2022 names n_embed and num_attention_heads, and its "
+            "architectures field was added as ['BloomModel'] (bigscience/bloom#21); the checkpoint "
+            "is the causal LM with a tied head, so the catalog names BloomForCausalLM."
+        ),
+    ),
+)
+
+CATALOG: Mapping[str, CatalogEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
+
+
+def _spellings(entry: CatalogEntry) -> set[str]:
+    """Short name, Hub id, the Hub id's repo part (``"Llama-2-70b-hf"``) and aliases, lower-cased."""
+    return {s.lower() for s in (entry.name, entry.hub_id, entry.hub_id.rsplit("/", 1)[-1], *entry.aliases)}
+
+
+# Every accepted spelling, lower-cased -> short name.
+_INDEX: Mapping[str, str] = MappingProxyType({s: e.name for e in _ENTRIES for s in _spellings(e)})
+assert len(_INDEX) == sum(len(_spellings(e)) for e in _ENTRIES), "two catalog entries share a spelling"
+
+
+def catalog_names() -> list[str]:
+    """The short names of all catalog entries, sorted."""
+    return sorted(CATALOG)
+
+
+def lookup(name: str) -> CatalogEntry | None:
+    """The entry for ``name``, or ``None``.
+
+    ``name`` is a short name (``"llama-2-70b"``), a Hub id (``"meta-llama/Llama-2-70b-hf"``), the
+    Hub id without its owner (``"Llama-2-70b-hf"``) or an alias; case and surrounding blanks are
+    ignored.
+    """
+    short = _INDEX.get(name.strip().lower())
+    return None if short is None else CATALOG[short]
+
+
+def closest_names(name: str, n: int = 3) -> list[str]:
+    """Up to ``n`` short names that look like ``name``, best first, for "did you mean" errors.
+
+    Matches against every spelling :func:`lookup` accepts with :func:`difflib.get_close_matches`
+    (ratio >= 0.6) and reports each entry once, by its short name.
+
+    Raises:
+        InvalidSpecError: ``n < 1``.
+    """
+    if n < 1:
+        raise InvalidSpecError(f"closest_names needs n >= 1, got n={n!r}")
+    # Ask difflib for more than n: several spellings of one entry may rank first.
+    matches = difflib.get_close_matches(name.strip().lower(), list(_INDEX), n=3 * n, cutoff=0.6)
+    result: list[str] = []
+    for match in matches:
+        short = _INDEX[match]
+        if short not in result:
+            result.append(short)
+    return result[:n]
