@@ -1,0 +1,33 @@
+"""Every catalog model plans under 4 x 40 GiB + cpu, and the map covers every parameter."""
+
+from __future__ import annotations
+
+import pytest
+from accelerate.utils import check_device_map, compute_module_sizes, find_tied_parameters
+
+import planner
+from planner import catalog
+from solver import violations
+
+GIB = 2**30
+HARDWARE = {0: "40GiB", 1: "40GiB", 2: "40GiB", 3: "40GiB", "cpu": "2TiB"}
+
+
+@pytest.mark.parametrize("name", catalog.catalog_names())
+def test_catalog_model_plans_on_four_40gib_gpus_and_cpu(name):
+    graph, meta = planner.trace(name, seq_len=512)
+    plan = planner.plan(graph, max_memory=HARDWARE, time_limit_s=20)
+
+    check_device_map(meta, plan.device_map)  # raises if a parameter is not covered
+    assert violations(plan.problem, plan.solution.assignment) == []
+    assert sum(u.used_bytes for u in plan.usage) == compute_module_sizes(meta, dtype=meta.dtype)[""]
+    for u in plan.usage:
+        assert u.used_bytes <= u.cap_bytes
+    gpu_bytes = sum(u.used_bytes for u in plan.usage if isinstance(u.device, int))
+    # Whatever fits on the GPUs stays there: cpu is only for what 160 GiB cannot hold.
+    assert plan.offloaded_bytes == 0 or gpu_bytes > 160 * GIB - max(n.size_bytes for n in graph.nodes) * 4
+    # tied parameters end up on one device
+    for group in find_tied_parameters(meta):
+        holders = {graph.node_of(p) for p in group}
+        devices = {plan.solution.assignment[graph.index(h)] for h in holders}
+        assert len(devices) == 1, (group, devices)
