@@ -52,7 +52,9 @@ def build_meta_model(config: PretrainedConfig, *, auto_class: type | None = None
     cls = auto_class or auto_class_for(config)
     try:
         with torch.device("meta"):
-            model = cls.from_config(config)
+            # Auto classes build with ``from_config``, concrete model classes with ``_from_config``
+            build = cls.from_config if hasattr(cls, "from_config") else cls._from_config
+            model = build(config)
     except Exception as exc:  # transformers raises many types here; we report them all as one
         raise TraceError(
             f"cannot build model_type={config.model_type!r} with {cls.__name__}: {exc}"

@@ -20,11 +20,11 @@ def render_plan(plan: Plan, console: Console) -> None:
         f"{len(g.nodes)} nodes, {format_bytes(g.total_bytes)} of weights and buffers"
     )
     table = Table(title="Placement", title_justify="left")
-    for col, justify in (("device", "left"), ("block (first .. last node)", "left"), ("nodes", "right"),
+    for col, justify in (("device", "left"), ("nodes held (runs in execution order)", "left"), ("nodes", "right"),
                          ("bytes", "right"), ("cap", "right"), ("used", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for u in plan.usage:
-        block = f"{u.nodes[0]} .. {u.nodes[-1]}" if len(u.nodes) > 1 else (u.nodes[0] if u.nodes else "-")
+        block = _runs(g, u.nodes)
         style = "red" if u.used_bytes > u.cap_bytes else None
         table.add_row(str(u.device), block, str(len(u.nodes)), format_bytes(u.used_bytes),
                       format_bytes(u.cap_bytes), f"{100 * u.utilisation:.1f}%", style=style)
@@ -48,6 +48,21 @@ def render_plan(plan: Plan, console: Console) -> None:
     )
     for note in g.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def _runs(graph, names: tuple[str, ...]) -> str:  # noqa: ANN001
+    """``"a .. c; f"``: the nodes as runs of consecutive positions in execution order."""
+    if not names:
+        return "-"
+    positions = sorted(graph.index(n) for n in names)
+    runs: list[list[int]] = [[positions[0], positions[0]]]
+    for p in positions[1:]:
+        if p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    text = [graph.nodes[a].name if a == b else f"{graph.nodes[a].name} .. {graph.nodes[b].name}" for a, b in runs]
+    return "; ".join(text)
 
 
 def render_models(console: Console) -> None:

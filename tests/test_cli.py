@@ -65,7 +65,7 @@ def test_hub_id_offline_says_to_use_the_catalog_or_a_local_path(capsys):
 
 
 def test_json_output_has_the_contract_fields(tiny_llama_dir, capsys):
-    code, out, _ = run(["plan", tiny_llama_dir, "--seq-len", "8", "--max-memory", "0=300KB", "1=300KB",
+    code, out, _ = run(["plan", tiny_llama_dir, "--seq-len", "8", "--max-memory", "0=500KB", "1=500KB",
                         "--format", "json"], capsys)
     assert code == 0
     data = json.loads(out)
@@ -79,7 +79,7 @@ def test_json_output_has_the_contract_fields(tiny_llama_dir, capsys):
 
 def test_table_output_and_output_file(tiny_llama_dir, tmp_path, capsys):
     target = tmp_path / "plan.txt"
-    code, out, _ = run(["plan", tiny_llama_dir, "--seq-len", "8", "--max-memory", "0=300KB", "1=300KB",
+    code, out, _ = run(["plan", tiny_llama_dir, "--seq-len", "8", "--max-memory", "0=500KB", "1=500KB",
                         "-o", str(target)], capsys)
     assert code == 0 and out == ""
     text = target.read_text()

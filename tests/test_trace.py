@@ -89,7 +89,7 @@ def test_failed_meta_forward_falls_back_and_says_so():
     class Broken(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.config = LlamaConfig(hidden_size=8)
+            self.config = LlamaConfig(hidden_size=8, num_attention_heads=2, num_key_value_heads=2)
             self.a = torch.nn.Linear(8, 8)
             self.b = torch.nn.Linear(8, 8)
 
