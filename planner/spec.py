@@ -20,6 +20,19 @@ __all__ = ["parse_size", "parse_device", "parse_max_memory", "parse_dtype", "Dev
 _ACCELERATOR_NAME = re.compile(r"^(mps|(xpu|npu|mlu|musa|hpu|cuda):\d+)$")
 
 
+_TERA = re.compile(r"^(\d+(?:\.\d+)?)\s*(TIB|TB)$", re.IGNORECASE)
+
+
+def _tera(text: str) -> int | None:
+    """``"2TiB"`` / ``"4TB"``: accelerate's ``convert_file_size_to_int`` stops at GiB/GB, and disk or
+    host caps are often given in tera-bytes; same rounding rule as accelerate (``int(float * unit)``)."""
+    match = _TERA.match(text)
+    if match is None:
+        return None
+    unit = 2**40 if match.group(2).upper() == "TIB" else 10**12
+    return int(float(match.group(1)) * unit)
+
+
 def parse_size(value: int | str, *, what: str = "size") -> int:
     """Bytes from an int or a string such as ``"24GiB"``, ``"24GB"``, ``"512MB"``, ``"1000"``.
 
@@ -37,11 +50,13 @@ def parse_size(value: int | str, *, what: str = "size") -> int:
         if text.startswith("-"):
             raise InvalidSpecError(f"{what}={value!r} is negative; expected a size >= 0 such as '24GiB'")
         try:
-            size = convert_file_size_to_int(text)
+            size = _tera(text)
+            if size is None:
+                size = convert_file_size_to_int(text)
         except ValueError:
             raise InvalidSpecError(
                 f"{what}={value!r} is not a size; expected bytes or a number with a unit "
-                "(KB, MB, GB, KiB, MiB, GiB, e.g. '24GiB')"
+                "(KB, MB, GB, TB, KiB, MiB, GiB, TiB, e.g. '24GiB')"
             ) from None
     else:
         raise InvalidSpecError(f"{what}={value!r} is not a size; expected bytes or e.g. '24GiB'")
