@@ -1,5 +1,7 @@
 """Pure placement solver: integer problem, CP-SAT model and exact chain DP. Never imports torch."""
 
+from solver.cpsat import solve
+from solver.dp import chain_hint, solve_chain_dp
 from solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
 from solver.problem import (
     Device,
@@ -27,7 +29,10 @@ __all__ = [
     "Solution",
     "Status",
     "TraceError",
+    "chain_hint",
     "evaluate",
     "format_bytes",
+    "solve",
+    "solve_chain_dp",
     "violations",
 ]

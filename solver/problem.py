@@ -90,15 +90,21 @@ class Device:
     offload_cost: int = -1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kind, DeviceKind):
+            raise InvalidSpecError(
+                f"device {self.name!r} has kind={self.kind!r}; expected a DeviceKind "
+                "(ACCELERATOR, CPU or DISK)"
+            )
         if not isinstance(self.cap_bytes, int) or self.cap_bytes < 0:
             raise InvalidSpecError(
                 f"device {self.name!r} has cap_bytes={self.cap_bytes!r}; expected an int >= 0"
             )
         if self.offload_cost == -1:
             object.__setattr__(self, "offload_cost", DEFAULT_OFFLOAD_COST[self.kind])
-        if self.offload_cost < 0:
+        if not isinstance(self.offload_cost, int) or self.offload_cost < 0:
             raise InvalidSpecError(
-                f"device {self.name!r} has offload_cost={self.offload_cost!r}; expected >= 0"
+                f"device {self.name!r} has offload_cost={self.offload_cost!r}; expected an int >= 0 "
+                "(CP-SAT takes integer coefficients only)"
             )
         if self.kind is DeviceKind.ACCELERATOR and self.offload_cost != 0:
             raise InvalidSpecError(f"accelerator {self.name!r} must have offload_cost=0")
@@ -150,8 +156,11 @@ class Edge:
                 f"edge {self.producer} -> {self.consumers[0]} goes backwards; nodes must be in "
                 "execution order (consumer index > producer index)"
             )
-        if self.size_bytes < 0:
-            raise InvalidSpecError(f"edge from node {self.producer} has size_bytes < 0")
+        if not isinstance(self.size_bytes, int) or self.size_bytes < 0:
+            raise InvalidSpecError(
+                f"edge from node {self.producer} has size_bytes={self.size_bytes!r}; expected an "
+                "int >= 0"
+            )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

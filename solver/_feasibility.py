@@ -1,0 +1,134 @@
+"""Cheap infeasibility checks shared by the CP-SAT model and the chain DP.
+
+Each check raises :class:`InfeasiblePlanError` with the value, the violated relation and the fix,
+before any search starts. What the checks cannot see (contiguity, device order, bin-packing of
+whole nodes into caps) is reported by :func:`structural_infeasibility` once a solver has proven it.
+"""
+
+from __future__ import annotations
+
+from solver.errors import InfeasiblePlanError
+from solver.problem import PlacementProblem, format_bytes
+
+__all__ = ["check_capacity", "structural_infeasibility", "missing_bytes"]
+
+
+def missing_bytes(problem: PlacementProblem) -> int:
+    """Bytes by which the nodes exceed the summed caps of all devices (0 when they fit)."""
+    return max(0, problem.total_bytes - problem.total_cap_bytes)
+
+
+def _units(problem: PlacementProblem) -> list[tuple[tuple[int, ...], int, int | None]]:
+    """Nodes that must share a device, as ``(members, bytes, pinned device or None)``.
+
+    A unit is a tied group or a node outside every group; a unit is pinned when any member is.
+    """
+    pinned = dict(problem.pins)
+    grouped = {m for g in problem.tied_groups for m in g}
+    members = list(problem.tied_groups) + [(i,) for i in range(len(problem.nodes)) if i not in grouped]
+    out = []
+    for group in sorted(members):
+        size = sum(problem.nodes[m].size_bytes for m in group)
+        pins = [pinned[m] for m in group if m in pinned]
+        out.append((group, size, pins[0] if pins else None))
+    return out
+
+
+def check_capacity(problem: PlacementProblem) -> None:
+    """Raise when a node, a tied group, the pins of one device or the whole model cannot fit.
+
+    Checks, in this order: every unit (node or tied group) fits on some device it may use; the
+    summed node bytes fit in the summed caps; the bytes pinned to each device fit in its cap.
+
+    Raises:
+        InfeasiblePlanError: with ``missing_bytes = max(0, total bytes - total cap bytes)`` and, for
+            a unit that fits nowhere, ``node`` = its (first) node's name.
+    """
+    missing = missing_bytes(problem)
+    devices = problem.devices
+    for group, size, pin in _units(problem):
+        name = problem.nodes[group[0]].name
+        if pin is not None:
+            cap = devices[pin].cap_bytes
+            if size > cap:
+                what = f"node {name!r} needs" if len(group) == 1 else f"{_tied(problem, group)} need"
+                raise InfeasiblePlanError(
+                    f"{what} {format_bytes(size)} but {'it is' if len(group) == 1 else 'they are'} "
+                    f"pinned to device {devices[pin].name!r} whose cap is {format_bytes(cap)}; "
+                    f"raise max_memory for {devices[pin].name!r} or drop the pin",
+                    missing_bytes=missing,
+                    node=name,
+                )
+            continue
+        largest = max(range(len(devices)), key=lambda d: (devices[d].cap_bytes, -d))
+        cap = devices[largest].cap_bytes
+        if size > cap:
+            if len(group) == 1:
+                what = f"node {name!r} needs {format_bytes(size)}"
+            else:
+                what = (
+                    f"{_tied(problem, group)} need {format_bytes(size)} together "
+                    "(tied parameters share a device)"
+                )
+            raise InfeasiblePlanError(
+                f"{what} but the largest cap is {format_bytes(cap)} (device "
+                f"{devices[largest].name!r}); raise max_memory or add a device",
+                missing_bytes=missing,
+                node=name,
+            )
+    if missing:
+        raise InfeasiblePlanError(
+            f"the model needs {format_bytes(problem.total_bytes)} but the devices hold "
+            f"{format_bytes(problem.total_cap_bytes)} in all: {format_bytes(missing)} missing; "
+            "raise max_memory, add a device, or add 'cpu'/'disk'",
+            missing_bytes=missing,
+        )
+    pinned_bytes = [0] * len(devices)
+    for _, size, pin in _units(problem):
+        if pin is not None:
+            pinned_bytes[pin] += size
+    for d, dev in enumerate(devices):
+        if pinned_bytes[d] > dev.cap_bytes:
+            raise InfeasiblePlanError(
+                f"the nodes pinned to device {dev.name!r} need {format_bytes(pinned_bytes[d])} but "
+                f"its cap is {format_bytes(dev.cap_bytes)}: "
+                f"{format_bytes(pinned_bytes[d] - dev.cap_bytes)} over; raise max_memory for "
+                f"{dev.name!r} or pin fewer nodes there",
+                missing_bytes=missing,
+            )
+
+
+def structural_infeasibility(problem: PlacementProblem) -> InfeasiblePlanError:
+    """The error for a problem a solver proved infeasible although :func:`check_capacity` passed.
+
+    The bytes fit in total, so the cause is the shape of the rules: whole nodes must pack into
+    caps, each accelerator holds one contiguous block (in device order when ``ordered``), and pins
+    and tied groups fix some nodes.
+    """
+    rules = ["whole nodes packed into caps", "one contiguous block per accelerator"]
+    if problem.ordered and len(problem.accelerators) > 1:
+        rules.append("blocks in device order")
+    if problem.pins:
+        rules.append("the pins")
+    if problem.tied_groups:
+        rules.append("the tied groups")
+    fixes = ["raise max_memory"]
+    if all(d.is_accelerator for d in problem.devices):
+        fixes.append("add 'cpu'/'disk' to take the overflow")
+    if problem.pins:
+        fixes.append("drop pins")
+    if problem.ordered and len(problem.accelerators) > 1:
+        fixes.append("allow any block order (ordered=False)")
+    fix = fixes[0] if len(fixes) == 1 else ", ".join(fixes[:-1]) + " or " + fixes[-1]
+    return InfeasiblePlanError(
+        f"no placement fits: the devices hold {format_bytes(problem.total_cap_bytes)} for "
+        f"{format_bytes(problem.total_bytes)} of nodes "
+        f"({format_bytes(problem.total_cap_bytes - problem.total_bytes)} to spare), too little for "
+        f"{', '.join(rules[:-1])} and {rules[-1]} together; {fix}",
+        missing_bytes=missing_bytes(problem),
+    )
+
+
+def _tied(problem: PlacementProblem, group: tuple[int, ...]) -> str:
+    names = [repr(problem.nodes[m].name) for m in group]
+    return "tied nodes " + ", ".join(names[:-1]) + " and " + names[-1]

@@ -1,0 +1,187 @@
+"""Hypothesis generators of placement problems (pure integers; no torch).
+
+Sizes are drawn from a few distinct values, as in a transformer (one size for the embedding, one
+for the repeated layers, one for the head): that keeps the offload knapsack realistic and the exact
+solvers fast. Caps are drawn relative to the total bytes so that problems range from roomy to
+infeasible.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import strategies as st
+
+from solver import Device, DeviceKind, Edge, Node, PlacementProblem, evaluate, violations
+
+__all__ = ["chain_problems", "small_problems", "brute_force", "check_placement", "chain_of", "gpus"]
+
+GiB = 2**30
+
+
+def chain_of(
+    *sizes: int,
+    edge_bytes: int = 1,
+    devices: tuple[Device, ...],
+    pins: tuple[tuple[int, int], ...] = (),
+    names: tuple[str, ...] | None = None,
+    ordered: bool = True,
+) -> PlacementProblem:
+    """A chain problem: nodes of the given sizes, one ``edge_bytes`` edge between neighbours."""
+    names = names or tuple(f"layers.{i}" for i in range(len(sizes)))
+    return PlacementProblem(
+        nodes=tuple(Node(name=name, size_bytes=s) for name, s in zip(names, sizes)),
+        edges=tuple(
+            Edge(producer=i, consumers=(i + 1,), size_bytes=edge_bytes) for i in range(len(sizes) - 1)
+        ),
+        devices=devices,
+        pins=pins,
+        ordered=ordered,
+    )
+
+
+def gpus(*caps: int, cpu: int | None = None, disk: int | None = None) -> tuple[Device, ...]:
+    """Accelerators "0", "1", ... with the given caps, then optionally "cpu" and "disk"."""
+    out = [Device(name=str(i), kind=DeviceKind.ACCELERATOR, cap_bytes=c) for i, c in enumerate(caps)]
+    if cpu is not None:
+        out.append(Device(name="cpu", kind=DeviceKind.CPU, cap_bytes=cpu))
+    if disk is not None:
+        out.append(Device(name="disk", kind=DeviceKind.DISK, cap_bytes=disk))
+    return tuple(out)
+
+
+def check_placement(problem: PlacementProblem, assignment: tuple[int, ...]) -> None:
+    """Assert every placement rule directly (not only through :func:`violations`)."""
+    n, k = len(problem.nodes), len(problem.devices)
+    assert len(assignment) == n, "every node is placed exactly once"
+    assert all(isinstance(d, int) and 0 <= d < k for d in assignment)
+    assert violations(problem, assignment) == []
+    for d, device in enumerate(problem.devices):
+        held = sum(node.size_bytes for node, on in zip(problem.nodes, assignment) if on == d)
+        assert held <= device.cap_bytes, f"device {device.name!r} over its cap"
+    chain = [assignment[i] for i in range(n) if not problem.is_follower(i)]
+    for d in problem.accelerators:
+        where = [t for t, on in enumerate(chain) if on == d]
+        if where:
+            assert where == list(range(where[0], where[-1] + 1)), f"accelerator {d} holds one block"
+    for group in problem.tied_groups:
+        assert len({assignment[m] for m in group}) == 1
+    for node, d in problem.pins:
+        assert assignment[node] == d
+
+
+@st.composite
+def _devices(
+    draw: st.DrawFn, *, total_bytes: int, max_devices: int, one_per_tier: bool
+) -> tuple[Device, ...]:
+    """1..max_devices devices, accelerators first (named "0", "1", ...), then cpu and disk tiers.
+
+    With ``one_per_tier`` there is at most one cpu and one disk, as in accelerate's ``max_memory``
+    (several tight offload devices of one cost make the exact DP's label sets grow fast).
+    """
+    tiers = [DeviceKind.ACCELERATOR] * 3 + [DeviceKind.CPU, DeviceKind.DISK]
+    kinds = draw(st.lists(st.sampled_from(tiers), min_size=1, max_size=max_devices))
+    if one_per_tier:
+        kinds = [k for i, k in enumerate(kinds) if k is DeviceKind.ACCELERATOR or k not in kinds[:i]]
+    kinds.sort(key=lambda kind: kind is not DeviceKind.ACCELERATOR)
+    # The caps add up to a drawn multiple of the bytes (below 1: surely infeasible), shared out by
+    # drawn weights, so roomy, tight and infeasible problems all occur.
+    percent = draw(st.sampled_from([125, 110, 150, 100, 200, 80, 400]))
+    weights = [draw(st.integers(0, 10)) for _ in kinds]
+    if not any(weights):
+        weights = [1] * len(kinds)
+    caps = [-(-total_bytes * percent * w // (100 * max(1, sum(weights)))) for w in weights]
+    devices = []
+    for index, (kind, cap) in enumerate(zip(kinds, caps)):
+        if kind is DeviceKind.ACCELERATOR:
+            devices.append(Device(name=str(index), kind=kind, cap_bytes=cap))
+        else:
+            cost = draw(st.sampled_from([-1, -1, 0, 1, 3, 8]))  # -1: the default for the kind
+            devices.append(Device(name=f"{kind.value}{index}", kind=kind, cap_bytes=cap, offload_cost=cost))
+    return tuple(devices)
+
+
+@st.composite
+def _sizes(draw: st.DrawFn, *, num_nodes: int, max_size: int) -> list[int]:
+    values = draw(st.lists(st.integers(0, max_size), min_size=1, max_size=3))
+    return [draw(st.sampled_from(values)) for _ in range(num_nodes)]
+
+
+@st.composite
+def _pins(draw: st.DrawFn, *, num_nodes: int, num_devices: int, max_pins: int) -> tuple[tuple[int, int], ...]:
+    pinned = draw(st.lists(st.integers(0, num_nodes - 1), max_size=max_pins, unique=True))
+    return tuple((node, draw(st.integers(0, num_devices - 1))) for node in pinned)
+
+
+@st.composite
+def chain_problems(
+    draw: st.DrawFn, *, max_nodes: int = 40, max_devices: int = 6, max_size: int = 20
+) -> PlacementProblem:
+    """Chains (edges ``i -> i + 1`` only, some absent or doubled), ordered, no tied groups."""
+    n = draw(st.integers(1, max_nodes))
+    sizes = draw(_sizes(num_nodes=n, max_size=max_size))
+    edges = []
+    for i in range(n - 1):
+        for _ in range(draw(st.sampled_from([1, 1, 1, 1, 0, 2]))):
+            edges.append(Edge(producer=i, consumers=(i + 1,), size_bytes=draw(st.integers(0, 50))))
+    devices = draw(_devices(total_bytes=sum(sizes), max_devices=max_devices, one_per_tier=True))
+    pins = draw(_pins(num_nodes=n, num_devices=len(devices), max_pins=2)) if draw(st.booleans()) else ()
+    return PlacementProblem(
+        nodes=tuple(Node(name=f"layers.{i}", size_bytes=s) for i, s in enumerate(sizes)),
+        edges=tuple(edges),
+        devices=devices,
+        pins=pins,
+        ordered=True,
+    )
+
+
+@st.composite
+def small_problems(
+    draw: st.DrawFn, *, max_nodes: int = 7, max_devices: int = 3, chain: bool = False
+) -> PlacementProblem:
+    """Problems small enough to enumerate: DAG edges with several consumers, tied groups, pins.
+
+    With ``chain=True``: chain edges, ordered, no tied groups (what the DP accepts).
+    """
+    n = draw(st.integers(1, max_nodes))
+    sizes = [draw(st.integers(0, 12)) for _ in range(n)]
+    edges = []
+    for producer in range(n - 1):
+        if chain:
+            consumers: tuple[int, ...] = (producer + 1,)
+        else:
+            consumers = tuple(draw(st.sets(st.integers(producer + 1, n - 1), min_size=1, max_size=3)))
+        if draw(st.integers(0, 4)):
+            edges.append(Edge(producer=producer, consumers=consumers, size_bytes=draw(st.integers(0, 9))))
+    devices = draw(_devices(total_bytes=sum(sizes), max_devices=max_devices, one_per_tier=False))
+    tied: tuple[tuple[int, ...], ...] = ()
+    if not chain and n >= 2 and draw(st.booleans()):
+        members = draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=3, unique=True))
+        tied = (tuple(members),)
+    pins = draw(_pins(num_nodes=n, num_devices=len(devices), max_pins=2)) if draw(st.booleans()) else ()
+    if tied:  # Pins that split the group are invalid input; keep at most one pin in the group.
+        inside = [p for p in pins if p[0] in tied[0]]
+        pins = tuple(p for p in pins if p[0] not in tied[0]) + tuple(inside[:1])
+    return PlacementProblem(
+        nodes=tuple(Node(name=f"n{i}", size_bytes=s) for i, s in enumerate(sizes)),
+        edges=tuple(edges),
+        devices=devices,
+        tied_groups=tied,
+        pins=pins,
+        ordered=True if chain else draw(st.booleans()),
+    )
+
+
+def brute_force(problem: PlacementProblem) -> tuple[int, int] | None:
+    """The best objective tuple over every assignment (``k ** n`` of them), None if none is valid.
+
+    Independent of the solvers: it only uses :func:`violations` and :func:`evaluate`.
+    """
+    best = None
+    k = len(problem.devices)
+    for assignment in itertools.product(range(k), repeat=len(problem.nodes)):
+        if not violations(problem, assignment):
+            value = evaluate(problem, assignment).as_tuple()
+            if best is None or value < best:
+                best = value
+    return best
