@@ -54,7 +54,8 @@ def check_capacity(problem: PlacementProblem) -> None:
                 what = f"node {name!r} needs" if len(group) == 1 else f"{_tied(problem, group)} need"
                 raise InfeasiblePlanError(
                     f"{what} {format_bytes(size)} but {'it is' if len(group) == 1 else 'they are'} "
-                    f"pinned to device {devices[pin].name!r} whose cap is {format_bytes(cap)}; "
+                    f"pinned to device {devices[pin].name!r} whose cap is {format_bytes(cap)}: "
+                    f"{format_bytes(size - cap)} missing on {devices[pin].name!r}; "
                     f"raise max_memory for {devices[pin].name!r} or drop the pin",
                     missing_bytes=missing,
                     node=name,
@@ -72,7 +73,8 @@ def check_capacity(problem: PlacementProblem) -> None:
                 )
             raise InfeasiblePlanError(
                 f"{what} but the largest cap is {format_bytes(cap)} (device "
-                f"{devices[largest].name!r}); raise max_memory or add a device",
+                f"{devices[largest].name!r}): {format_bytes(size - cap)} missing there; "
+                "raise max_memory or add a device",
                 missing_bytes=missing,
                 node=name,
             )
