@@ -14,8 +14,36 @@ __all__ = ["check_capacity", "structural_infeasibility", "missing_bytes"]
 
 
 def missing_bytes(problem: PlacementProblem) -> int:
-    """Bytes by which the nodes exceed the summed caps of all devices (0 when they fit)."""
-    return max(0, problem.total_bytes - problem.total_cap_bytes)
+    """Bytes by which the nodes exceed the summed caps (0 when they fit), a lower bound.
+
+    Weights-only: ``total weights - total caps``. With runtime memory also: the weights, all KV
+    cache, the largest working set and the smallest reserve of a computing device against all
+    caps, and the KV cache, largest working set and smallest reserve against the caps of the
+    computing devices (offloading moves weights, never the KV cache, off them).
+    """
+    missing = problem.total_bytes - problem.total_cap_bytes
+    if problem.has_runtime_memory:
+        runtime = _runtime_floor(problem)
+        missing = max(missing, missing + runtime, runtime - _computing_cap(problem))
+    return max(0, missing)
+
+
+def _computing(problem: PlacementProblem) -> list[int]:
+    return list(problem.accelerators) or [problem.execution_device]
+
+
+def _computing_cap(problem: PlacementProblem) -> int:
+    return sum(problem.devices[c].cap_bytes for c in _computing(problem))
+
+
+def _runtime_floor(problem: PlacementProblem) -> int:
+    """KV cache + largest working set + smallest reserve: runtime bytes every placement needs."""
+    nodes = problem.nodes
+    return (
+        problem.total_kv_bytes
+        + max((x.work_bytes for x in nodes), default=0)
+        + min(problem.devices[c].reserve_bytes for c in _computing(problem))
+    )
 
 
 def _units(problem: PlacementProblem) -> list[tuple[tuple[int, ...], int, int | None]]:
@@ -78,11 +106,22 @@ def check_capacity(problem: PlacementProblem) -> None:
                 missing_bytes=missing,
                 node=name,
             )
+    if problem.has_runtime_memory:
+        _check_runtime(problem, missing)
     if missing:
+        if not problem.has_runtime_memory:
+            raise InfeasiblePlanError(
+                f"the model needs {format_bytes(problem.total_bytes)} but the devices hold "
+                f"{format_bytes(problem.total_cap_bytes)} in all: {format_bytes(missing)} missing; "
+                "raise max_memory, add a device, or add 'cpu'/'disk'",
+                missing_bytes=missing,
+            )
         raise InfeasiblePlanError(
-            f"the model needs {format_bytes(problem.total_bytes)} but the devices hold "
-            f"{format_bytes(problem.total_cap_bytes)} in all: {format_bytes(missing)} missing; "
-            "raise max_memory, add a device, or add 'cpu'/'disk'",
+            f"the model needs {format_bytes(problem.total_bytes)} of weights + "
+            f"{format_bytes(_runtime_floor(problem))} of KV cache, working set and reserve but the "
+            f"devices hold {format_bytes(problem.total_cap_bytes)} in all: "
+            f"{format_bytes(missing)} missing; raise max_memory, add a device, add 'cpu'/'disk', "
+            "or shrink the workload (batch size, context length, kv_dtype)",
             missing_bytes=missing,
         )
     pinned_bytes = [0] * len(devices)
@@ -100,6 +139,58 @@ def check_capacity(problem: PlacementProblem) -> None:
             )
 
 
+def _check_runtime(problem: PlacementProblem, missing: int) -> None:
+    """Raise when some unit cannot run anywhere, or the KV cache cannot fit on the computing devices.
+
+    A unit (node or tied group) computing on ``c`` needs there at least ``c``'s reserve, its KV
+    cache, its largest working set and its weights (stored on ``c``) or, offloaded while ``c`` is
+    the execution device, its largest member (streamed in).
+    """
+    devices = problem.devices
+    computing = _computing(problem)
+    exec_device = problem.execution_device
+    can_offload = any(not d.is_accelerator and i != exec_device for i, d in enumerate(devices))
+    for group, size, pin in _units(problem):
+        kv = sum(problem.nodes[m].kv_bytes for m in group)
+        work = max(problem.nodes[m].work_bytes for m in group)
+        largest_member = max(problem.nodes[m].size_bytes for m in group)
+        if pin is not None and problem.compute_device(pin) != pin:
+            options = [(exec_device, largest_member)]
+        elif pin is not None:
+            options = [(pin, size)]
+        else:
+            options = [(c, size) for c in computing]
+            if can_offload:
+                options.append((exec_device, largest_member))
+        needs = {c: devices[c].reserve_bytes + kv + work + weights for c, weights in options}
+        if all(need > devices[c].cap_bytes for c, need in needs.items()):
+            c = min(needs, key=lambda c: (needs[c] - devices[c].cap_bytes, c))
+            name = problem.nodes[group[0]].name
+            raise InfeasiblePlanError(
+                f"node {name!r} needs {format_bytes(needs[c])} to run on device "
+                f"{devices[c].name!r} (weights {format_bytes(needs[c] - devices[c].reserve_bytes - kv - work)}, "
+                f"KV cache {format_bytes(kv)}, working set {format_bytes(work)}, reserve "
+                f"{format_bytes(devices[c].reserve_bytes)}) but its cap is "
+                f"{format_bytes(devices[c].cap_bytes)}: {format_bytes(needs[c] - devices[c].cap_bytes)} "
+                "missing there; raise max_memory, lower the reserve, or shrink the workload "
+                "(batch size, context length, kv_dtype)",
+                missing_bytes=missing,
+                node=name,
+            )
+    floor = _runtime_floor(problem)
+    cap = _computing_cap(problem)
+    if floor > cap:
+        names = ", ".join(repr(devices[c].name) for c in computing)
+        raise InfeasiblePlanError(
+            f"the KV cache for this workload needs {format_bytes(problem.total_kv_bytes)} (plus "
+            f"{format_bytes(floor - problem.total_kv_bytes)} of working set and reserve) on the "
+            f"devices that compute ({names}), which hold {format_bytes(cap)}: "
+            f"{format_bytes(floor - cap)} missing; offloading moves weights, not the KV cache: "
+            "shrink the workload (batch size, context length, kv_dtype) or add accelerators",
+            missing_bytes=missing,
+        )
+
+
 def structural_infeasibility(problem: PlacementProblem) -> InfeasiblePlanError:
     """The error for a problem a solver proved infeasible although :func:`check_capacity` passed.
 
@@ -108,6 +199,8 @@ def structural_infeasibility(problem: PlacementProblem) -> InfeasiblePlanError:
     and tied groups fix some nodes.
     """
     rules = ["whole nodes packed into caps", "one contiguous block per accelerator"]
+    if problem.has_runtime_memory:
+        rules[0] = "whole nodes with their KV cache, working sets and reserves packed into caps"
     if problem.ordered and len(problem.accelerators) > 1:
         rules.append("blocks in device order")
     if problem.pins:

@@ -210,14 +210,22 @@ def _build(problem: PlacementProblem) -> _Model:
         if edge.size_bytes > 0
         for c in compute_devices
     }
+    # A tensor is sent to a compute device when a consumer runs there and its producer does not.
+    for (e, c), var in sent.items():
+        edge = problem.edges[e]
+        for consumer in edge.consumers:
+            model.add(var >= runs_on[consumer, c] - runs_on[edge.producer, c])
 
     # Constraints.
     # Each node is placed on exactly one device.
     for i in range(n):
         model.add_exactly_one(on[i])
-    # The bytes placed on a device never exceed its cap.
+    # What a device holds never exceeds its cap (solver.accounting): its weights, and with runtime
+    # memory, on a device that computes, also KV, working set, received tensors, streaming, reserve.
+    runtime = _runtime_terms(problem, model, on, sent) if problem.has_runtime_memory else {}
     for d, device in enumerate(devices):
         held = [nodes[i].size_bytes * on[i][d] for i in range(n) if nodes[i].size_bytes > 0]
+        held += runtime.get(d, [])
         if held:
             model.add(sum(held) <= device.cap_bytes)
     # Tied-group followers sit on their anchor's device.
@@ -244,11 +252,6 @@ def _build(problem: PlacementProblem) -> _Model:
             model.add(level[i] >= level[chain[t - 1]])
         for rank, d in enumerate(accs):
             model.add(level[i] == rank).only_enforce_if(on[i][d])
-    # A tensor is sent to a compute device when a consumer runs there and its producer does not.
-    for (e, c), var in sent.items():
-        edge = problem.edges[e]
-        for consumer in edge.consumers:
-            model.add(var >= runs_on[consumer, c] - runs_on[edge.producer, c])
 
     # Objective (minimised by the caller, one phase each).
     offload_terms = [
@@ -269,6 +272,57 @@ def _build(problem: PlacementProblem) -> _Model:
         has_offload_cost=bool(offload_terms),
         has_transfer=bool(transfer_terms),
     )
+
+
+def _runtime_terms(
+    problem: PlacementProblem,
+    model: cp_model.CpModel,
+    on: tuple[tuple[cp_model.IntVar, ...], ...],
+    sent: dict[tuple[int, int], cp_model.IntVar],
+) -> dict[int, list]:
+    """Per computing device, the runtime bytes of :mod:`solver.accounting` as linear terms.
+
+    ``runs[i, c]`` (0/1 expression) says node ``i`` computes on ``c``; ``used[c]`` that ``c``
+    computes anything (it then pays its reserve); ``work[c]`` >= each working set run there;
+    ``stream[c]`` (execution device only) >= each offloaded node's bytes. All of these only ever
+    raise a device's load, so minimal values are the accounting's exact values.
+    """
+    nodes, devices = problem.nodes, problem.devices
+    n = len(nodes)
+    offs = [d for d, dev in enumerate(devices) if not dev.is_accelerator]
+    exec_device = problem.execution_device
+    computing = list(problem.accelerators) or [exec_device]
+    terms: dict[int, list] = {}
+    for c in computing:
+        runs = [
+            on[i][c] + (sum(on[i][o] for o in offs if o != c) if c == exec_device else 0) for i in range(n)
+        ]
+        held: list = [nodes[i].kv_bytes * runs[i] for i in range(n) if nodes[i].kv_bytes]
+        max_work = max((x.work_bytes for x in nodes), default=0)
+        if max_work:
+            work = model.new_int_var(0, max_work, f"work[{devices[c].name}]")
+            for i in range(n):
+                if nodes[i].work_bytes:
+                    model.add(work >= nodes[i].work_bytes * runs[i])
+            held.append(work)
+        held += [problem.edges[e].size_bytes * var for (e, d), var in sent.items() if d == c]
+        if c == exec_device:
+            streamed = [i for i in range(n) if nodes[i].size_bytes] if offs else []
+            if streamed:
+                biggest = max(nodes[i].size_bytes for i in streamed)
+                stream = model.new_int_var(0, biggest, f"stream[{devices[c].name}]")
+                for i in streamed:
+                    for o in offs:
+                        if o != c:
+                            model.add(stream >= nodes[i].size_bytes * on[i][o])
+                held.append(stream)
+        if devices[c].reserve_bytes:
+            used = model.new_bool_var(f"used[{devices[c].name}]")
+            for i in range(n):
+                model.add(used >= runs[i])
+            held.append(devices[c].reserve_bytes * used)
+        terms[c] = held
+    return terms
 
 
 def _add_hint(built: _Model, problem: PlacementProblem, assignment: Sequence[int]) -> None:

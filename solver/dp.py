@@ -41,7 +41,8 @@ import numpy as np
 
 from solver._feasibility import check_capacity, structural_infeasibility
 from solver.errors import InvalidSpecError
-from solver.problem import Edge, Node, PlacementProblem, evaluate, violations
+from solver.accounting import device_loads
+from solver.problem import Device, Edge, Node, PlacementProblem, evaluate, violations
 from solver.solution import Solution, Status
 
 __all__ = ["solve_chain_dp", "chain_hint"]
@@ -50,6 +51,8 @@ __all__ = ["solve_chain_dp", "chain_hint"]
 _HINT_MAX_LABELS = 8
 #: Wall-clock budget of the DP inside :func:`chain_hint`, in seconds; the greedy fill follows.
 _HINT_DP_BUDGET_S = 0.5
+#: Rounds of cap shrinking :func:`chain_hint` tries on a problem with runtime memory.
+_HINT_RUNTIME_ROUNDS = 4
 
 
 class _Label(NamedTuple):
@@ -84,7 +87,8 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
         deterministically.
 
     Raises:
-        InvalidSpecError: the problem is not a chain, is unordered or has tied groups.
+        InvalidSpecError: the problem is not a chain, is unordered, has tied groups or has
+            runtime memory (KV, working sets, reserves).
         InfeasiblePlanError: no placement satisfies the caps, pins, contiguity and device order.
     """
     if not problem.is_chain:
@@ -96,6 +100,11 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
         raise InvalidSpecError(
             "solve_chain_dp needs ordered=True (blocks in device order); use solver.solve for "
             "ordered=False"
+        )
+    if problem.has_runtime_memory:
+        raise InvalidSpecError(
+            "solve_chain_dp solves weights-only problems (no kv_bytes, work_bytes or "
+            "reserve_bytes); use solver.solve (CP-SAT) for problems with runtime memory"
         )
     if problem.tied_groups:
         raise InvalidSpecError(
@@ -134,6 +143,12 @@ def chain_hint(problem: PlacementProblem) -> tuple[int, ...] | None:
     decreasing cap), falling back to a greedy fill (accelerators in order, overflow to the
     cheapest offload device with room).
 
+    A problem with runtime memory is first made weights-only: each node weighs its weights plus
+    its KV cache, and each computing device's cap shrinks by its reserve, the largest working set,
+    the largest tensor and (execution device) the largest node. When the hint still overflows a
+    device under the full accounting, that device's cap shrinks by the overflow and the hint is
+    searched again (a few rounds).
+
     Args:
         problem: any placement problem (DAG edges, tied groups, pins, ``ordered`` either way).
 
@@ -143,6 +158,53 @@ def chain_hint(problem: PlacementProblem) -> tuple[int, ...] | None:
     """
     if not problem.nodes:
         return ()
+    if not problem.has_runtime_memory:
+        return _weights_hint(problem)
+    shrink = [0] * len(problem.devices)
+    for _ in range(_HINT_RUNTIME_ROUNDS):
+        hint = _weights_hint(_weights_only(problem, shrink))
+        if hint is None:
+            return None
+        if not violations(problem, hint):
+            return hint
+        over = [
+            max(0, load.total - device.cap_bytes)
+            for load, device in zip(device_loads(problem, hint), problem.devices)
+        ]
+        if not any(over):
+            return None
+        shrink = [s + o for s, o in zip(shrink, over)]
+    return None
+
+
+def _weights_only(problem: PlacementProblem, shrink: list[int]) -> PlacementProblem:
+    """The weights-only surrogate of a problem with runtime memory (see :func:`chain_hint`)."""
+    nodes = problem.nodes
+    work = max((x.work_bytes for x in nodes), default=0)
+    edge = max((e.size_bytes for e in problem.edges), default=0)
+    largest = max((x.size_bytes for x in nodes), default=0)
+    devices = []
+    for d, device in enumerate(problem.devices):
+        cap = device.cap_bytes - shrink[d]
+        if device.is_accelerator or d == problem.execution_device:
+            cap -= device.reserve_bytes + work + edge
+            if d == problem.execution_device:
+                cap -= largest
+        devices.append(
+            Device(name=device.name, kind=device.kind, cap_bytes=max(0, cap), offload_cost=device.offload_cost)
+        )
+    return PlacementProblem(
+        nodes=tuple(Node(name=x.name, size_bytes=x.size_bytes + x.kv_bytes) for x in nodes),
+        edges=problem.edges,
+        devices=tuple(devices),
+        tied_groups=problem.tied_groups,
+        pins=problem.pins,
+        ordered=problem.ordered,
+    )
+
+
+def _weights_hint(problem: PlacementProblem) -> tuple[int, ...] | None:
+    """:func:`chain_hint` for a weights-only problem."""
     deadline = time.perf_counter() + _HINT_DP_BUDGET_S
     orders = [problem.accelerators]
     if not problem.ordered:

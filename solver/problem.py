@@ -6,7 +6,11 @@ between them, the devices with their caps, tied groups and pins. Every size is a
 Placement rules (shared by the CP-SAT model, the chain DP and :func:`evaluate`):
 
 * every node is placed on exactly one device;
-* the bytes placed on a device never exceed its ``cap_bytes``;
+* what a device holds never exceeds its ``cap_bytes``: the weights of the nodes stored on it and,
+  for a problem with runtime memory (:attr:`PlacementProblem.has_runtime_memory`: some node has KV
+  or working-set bytes, or some device a reserve), on each device that computes also the KV cache,
+  the largest working set, the tensors it receives, the streaming buffer for offloaded nodes and
+  the reserve (see :mod:`solver.accounting`);
 * the nodes of a tied group share one device; the first member (in execution order) is the group's
   *anchor*, the others are *followers*;
 * each accelerator holds at most one contiguous run of non-follower nodes in execution order
@@ -35,6 +39,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from solver.accounting import device_loads
 from solver.errors import InvalidSpecError
 
 __all__ = [
@@ -82,12 +87,15 @@ class Device:
         cap_bytes: the most bytes it may hold (accelerate's ``max_memory``), >= 0.
         offload_cost: cost per byte of a node offloaded here; 0 for accelerators. ``-1`` (the
             default) means "the default for this kind" (cpu 1, disk 8).
+        reserve_bytes: bytes held back on this device whenever it computes (CUDA context,
+            allocator slack), >= 0; ignored on a device that never computes.
     """
 
     name: str
     kind: DeviceKind
     cap_bytes: int
     offload_cost: int = -1
+    reserve_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, DeviceKind):
@@ -106,6 +114,10 @@ class Device:
                 f"device {self.name!r} has offload_cost={self.offload_cost!r}; expected an int >= 0 "
                 "(CP-SAT takes integer coefficients only)"
             )
+        if not isinstance(self.reserve_bytes, int) or self.reserve_bytes < 0:
+            raise InvalidSpecError(
+                f"device {self.name!r} has reserve_bytes={self.reserve_bytes!r}; expected an int >= 0"
+            )
         if self.kind is DeviceKind.ACCELERATOR and self.offload_cost != 0:
             raise InvalidSpecError(f"accelerator {self.name!r} must have offload_cost=0")
 
@@ -121,16 +133,23 @@ class Node:
     Attributes:
         name: module name, e.g. ``"model.layers.7"``.
         size_bytes: bytes resident on the device that holds it (weights + buffers), >= 0.
+        kv_bytes: KV cache it keeps for the whole workload, charged to the device it computes
+            on, >= 0.
+        work_bytes: peak working set of its forward (transient activations), >= 0.
     """
 
     name: str
     size_bytes: int
+    kv_bytes: int = 0
+    work_bytes: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.size_bytes, int) or self.size_bytes < 0:
-            raise InvalidSpecError(
-                f"node {self.name!r} has size_bytes={self.size_bytes!r}; expected an int >= 0"
-            )
+        for field_name in ("size_bytes", "kv_bytes", "work_bytes"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidSpecError(
+                    f"node {self.name!r} has {field_name}={value!r}; expected an int >= 0"
+                )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -283,8 +302,24 @@ class PlacementProblem:
         return all(e.consumers == (e.producer + 1,) for e in self.edges)
 
     @property
+    def has_runtime_memory(self) -> bool:
+        """True when some node has KV or working-set bytes or some device a reserve.
+
+        A problem without any is weights-only (accelerate's own accounting): then neither the
+        tensors a device receives nor the streaming buffer are charged to its cap either.
+        """
+        return any(x.kv_bytes or x.work_bytes for x in self.nodes) or any(
+            d.reserve_bytes for d in self.devices
+        )
+
+    @property
     def total_bytes(self) -> int:
+        """Weight bytes of all nodes."""
         return sum(x.size_bytes for x in self.nodes)
+
+    @property
+    def total_kv_bytes(self) -> int:
+        return sum(x.kv_bytes for x in self.nodes)
 
     @property
     def total_cap_bytes(self) -> int:
@@ -299,12 +334,13 @@ def violations(problem: PlacementProblem, assignment: Sequence[int]) -> list[str
         return [f"assignment has {len(assignment)} entries for {n} nodes"]
     if any(not 0 <= d < k for d in assignment):
         return [f"assignment uses a device index outside 0..{k - 1}"]
-    load = [0] * k
-    for node, d in zip(problem.nodes, assignment):
-        load[d] += node.size_bytes
-    for d, dev in enumerate(problem.devices):
-        if load[d] > dev.cap_bytes:
-            out.append(f"device {dev.name!r} holds {load[d]} bytes > cap {dev.cap_bytes}")
+    for dev, load in zip(problem.devices, device_loads(problem, assignment)):
+        if load.total > dev.cap_bytes:
+            detail = "" if not problem.has_runtime_memory else (
+                f" (weights {load.weights}, KV {load.kv}, activations {load.activations}, "
+                f"streaming {load.streaming}, reserve {load.reserve})"
+            )
+            out.append(f"device {dev.name!r} holds {load.total} bytes > cap {dev.cap_bytes}{detail}")
     for group in problem.tied_groups:
         if len({assignment[m] for m in group}) > 1:
             out.append(f"tied group {group} is split across devices")

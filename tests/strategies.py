@@ -8,13 +8,22 @@ infeasible.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from hypothesis import strategies as st
 
 from solver import Device, DeviceKind, Edge, Node, PlacementProblem, evaluate, violations
 
-__all__ = ["chain_problems", "small_problems", "brute_force", "check_placement", "chain_of", "gpus"]
+__all__ = [
+    "chain_problems",
+    "small_problems",
+    "runtime_problems",
+    "brute_force",
+    "check_placement",
+    "chain_of",
+    "gpus",
+]
 
 GiB = 2**30
 
@@ -170,6 +179,21 @@ def small_problems(
         pins=pins,
         ordered=True if chain else draw(st.booleans()),
     )
+
+
+@st.composite
+def runtime_problems(draw: st.DrawFn, *, max_nodes: int = 6, max_devices: int = 3) -> PlacementProblem:
+    """:func:`small_problems` with runtime memory: KV and working-set bytes, device reserves."""
+    base = draw(small_problems(max_nodes=max_nodes, max_devices=max_devices))
+    nodes = tuple(
+        dataclasses.replace(x, kv_bytes=draw(st.integers(0, 4)), work_bytes=draw(st.integers(0, 6)))
+        for x in base.nodes
+    )
+    devices = tuple(
+        dataclasses.replace(d, cap_bytes=d.cap_bytes + draw(st.integers(0, 12)), reserve_bytes=draw(st.integers(0, 3)))
+        for d in base.devices
+    )
+    return dataclasses.replace(base, nodes=nodes, devices=devices)
 
 
 def brute_force(problem: PlacementProblem) -> tuple[int, int] | None:
