@@ -31,6 +31,7 @@ from planner.api import plan_graph  # noqa: E402
 from planner.meta import build_meta_model  # noqa: E402
 from planner.spec import parse_dtype, parse_max_memory  # noqa: E402
 from planner.trace import no_split_classes, trace_model  # noqa: E402
+from planner.workload import Workload  # noqa: E402
 from solver import InfeasiblePlanError, format_bytes  # noqa: E402
 
 DEVICE_SETS = {
@@ -63,7 +64,8 @@ def main() -> None:
             build_s = time.perf_counter() - t0
             status.update(f"{name}: tracing")
             t0 = time.perf_counter()
-            graph = trace_model(model, name=name, dtype=dtype, seq_len=args.seq_len)
+            workload = Workload.from_lengths(model_context=None, seq_len=args.seq_len, dtype=dtype)
+            graph = trace_model(model, name=name, workload=workload, allow_cast=True)
             trace_s = time.perf_counter() - t0
             for devices in args.devices:
                 status.update(f"{name} on {devices}: solving")

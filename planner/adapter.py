@@ -137,7 +137,7 @@ class Plan:
             "model": self.graph.model,
             "model_class": self.graph.model_class,
             "dtype": self.graph.dtype,
-            "workload": {"batch_size": self.graph.batch_size, "seq_len": self.graph.seq_len},
+            "workload": dict(self.graph.workload),
             "status": self.status,
             "solver": self.solution.solver,
             "objective": {

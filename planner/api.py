@@ -6,6 +6,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from accelerate.utils import check_device_map
@@ -13,16 +14,15 @@ from torch import nn
 
 from planner.adapter import Plan, build_plan
 from planner.graph import LayerGraph
+from planner.measure import generates
 from planner.source import resolve_source
 from planner.spec import DeviceSpec, build_devices, parse_device, parse_dtype
 from planner.trace import trace_model
+from planner.workload import Phase, Workload
 from solver import InvalidSpecError
 from solver.cpsat import solve
 
-__all__ = ["trace", "plan", "plan_graph", "DEFAULT_MAX_SEQ_LEN"]
-
-#: Default traced sequence length: the model's context, capped here (tokens).
-DEFAULT_MAX_SEQ_LEN = 4096
+__all__ = ["trace", "plan", "plan_graph"]
 
 ModelLike = str | os.PathLike | nn.Module | LayerGraph
 
@@ -37,17 +37,12 @@ def _default_dtype(config) -> torch.dtype:  # noqa: ANN001
     return torch.float32
 
 
-def _default_seq_len(config) -> int:  # noqa: ANN001
+def _model_context(config) -> int | None:  # noqa: ANN001
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
-            return min(value, DEFAULT_MAX_SEQ_LEN)
-    return DEFAULT_MAX_SEQ_LEN
-
-
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise InvalidSpecError(f"{name}={value!r}; expected an integer >= 1")
+            return value
+    return None
 
 
 def trace(
@@ -56,16 +51,30 @@ def trace(
     dtype: str | torch.dtype | None = None,
     batch_size: int = 1,
     seq_len: int | None = None,
+    prompt_len: int | None = None,
+    max_new_tokens: int | None = None,
+    kv_dtype: str | torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    phase: str | Phase = Phase.GENERATE,
+    prefill_logits: bool = False,
     no_split_module_classes: tuple[str, ...] = (),
 ) -> tuple[LayerGraph, nn.Module]:
-    """Build ``model`` on the meta device and trace it into a :class:`LayerGraph`.
+    """Build ``model`` on the meta device and trace it into a :class:`LayerGraph` at a workload.
 
     Args:
         model: catalog name, directory holding ``config.json``, path to a ``config.json``, Hub id
             (local cache only) or an ``nn.Module`` (not modified).
         dtype: weight and activation dtype; default the checkpoint's published dtype, else float32.
         batch_size: sequences per forward pass.
-        seq_len: tokens per sequence; default the model's context length capped at 4096.
+        seq_len: total context in tokens (prompt + new tokens); default the model's context capped
+            at 4096 (:meth:`Workload.from_lengths` says how the rest is filled in).
+        prompt_len: prompt tokens (prefill length).
+        max_new_tokens: generated tokens (decode steps).
+        kv_dtype: KV-cache dtype; default ``dtype``.
+        attn_implementation: ``"sdpa"`` or ``"eager"``; default what transformers picks for the model
+            (sdpa where supported).
+        phase: ``"prefill"``, ``"decode"`` or ``"generate"`` (both; default).
+        prefill_logits: size prefill logits for every prompt position, not only the last.
         no_split_module_classes: classes to keep whole in addition to the model's ``_no_split_modules``.
 
     Returns:
@@ -76,21 +85,34 @@ def trace(
         InvalidSpecError: unknown model, bad dtype or workload.
         TraceError: the model cannot be built on meta.
     """
-    _positive("batch_size", batch_size)
-    _positive("seq_len", seq_len)
     source = resolve_source(model)
     config = source.config
     torch_dtype = parse_dtype(dtype) if dtype is not None else _default_dtype(config)
-    meta_model = source.meta_model()
-    if source.module is None or meta_model is not source.module:
-        meta_model = meta_model.to(torch_dtype) if torch_dtype.is_floating_point else meta_model
+    meta_model = source.meta_model(attn_implementation=attn_implementation)
+    chosen = getattr(getattr(meta_model, "config", None), "_attn_implementation", None)
+    if max_new_tokens is None and not generates(meta_model):
+        max_new_tokens = 0  # an encoder (BERT, MiniLM) runs one forward: the whole context is prompt
+    workload = Workload.from_lengths(
+        model_context=_model_context(config),
+        seq_len=seq_len,
+        prompt_len=prompt_len,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        dtype=torch_dtype,
+        kv_dtype=parse_dtype(kv_dtype) if kv_dtype is not None else None,
+        attn_implementation=attn_implementation or (chosen if chosen in ("sdpa", "eager") else "sdpa"),
+        phase=phase,
+        prefill_logits=prefill_logits,
+    )
+    owned = source.module is None or meta_model is not source.module
+    if owned and torch_dtype.is_floating_point:
+        meta_model = meta_model.to(torch_dtype)
     graph = trace_model(
         meta_model,
         name=source.name,
-        dtype=torch_dtype,
-        batch_size=batch_size,
-        seq_len=seq_len or _default_seq_len(config),
+        workload=workload,
         no_split_module_classes=tuple(no_split_module_classes),
+        allow_cast=owned,
     )
     return graph, meta_model
 
@@ -149,13 +171,11 @@ def plan(
     model: ModelLike,
     *,
     max_memory: Mapping[int | str, int | str],
-    dtype: str | torch.dtype | None = None,
-    batch_size: int = 1,
-    seq_len: int | None = None,
     pins: Mapping[str, int | str] | None = None,
     offload_folder: str | os.PathLike | None = None,
-    no_split_module_classes: tuple[str, ...] = (),
+    reserve: Mapping[int | str, int | str] | int | str | None = None,
     time_limit_s: float = 30.0,
+    **workload: Any,
 ) -> Plan:
     """Trace ``model`` and solve its placement on the devices in ``max_memory``.
 
@@ -166,8 +186,10 @@ def plan(
 
     Args:
         model: see :func:`trace`; a :class:`LayerGraph` is planned as is.
-        max_memory, pins, offload_folder, time_limit_s: see :func:`plan_graph`.
-        dtype, batch_size, seq_len, no_split_module_classes: see :func:`trace`.
+        max_memory, pins, offload_folder, reserve, time_limit_s: see :func:`plan_graph`.
+        **workload: ``dtype``, ``batch_size``, ``seq_len``, ``prompt_len``, ``max_new_tokens``,
+            ``kv_dtype``, ``attn_implementation``, ``phase``, ``prefill_logits``,
+            ``no_split_module_classes``: see :func:`trace` (ignored for a :class:`LayerGraph`).
 
     Returns:
         A :class:`Plan` whose ``device_map`` accelerate's ``check_device_map`` accepts.
@@ -180,11 +202,10 @@ def plan(
     if isinstance(model, LayerGraph):
         graph = model
     else:
-        graph, meta_model = trace(model, dtype=dtype, batch_size=batch_size, seq_len=seq_len,
-                                  no_split_module_classes=no_split_module_classes)
+        graph, meta_model = trace(model, **workload)
     trace_time_s = time.perf_counter() - start
     result = plan_graph(graph, max_memory=max_memory, pins=pins, offload_folder=offload_folder,
-                        time_limit_s=time_limit_s)
+                        reserve=reserve, time_limit_s=time_limit_s)
     if meta_model is not None:
         check_device_map(meta_model, result.device_map)  # accelerate's own coverage check
     return dataclasses.replace(result, trace_time_s=trace_time_s)

@@ -48,7 +48,18 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="weight/activation dtype (bfloat16, float16, float32, ...); "
                                    "default: the checkpoint's published dtype")
     p.add_argument("--batch-size", type=int, default=1, help="sequences per forward pass (default 1)")
-    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's context, at most 4096)")
+    p.add_argument("--seq-len", type=int, metavar="TOKENS",
+                   help="total context per sequence, prompt + new tokens (default: the model's context, at most 4096)")
+    p.add_argument("--prompt-len", type=int, metavar="TOKENS", help="prompt tokens (default: seq-len minus new tokens)")
+    p.add_argument("--max-new-tokens", type=int, metavar="TOKENS",
+                   help="tokens generate() adds (default 256, at most a quarter of the context; 0 for encoders)")
+    p.add_argument("--kv-dtype", help="KV-cache dtype, e.g. fp8 for a quantised cache (default: --dtype)")
+    p.add_argument("--attn-implementation", choices=("sdpa", "eager"),
+                   help="attention kernel (eager materialises the score matrix); default: transformers' choice")
+    p.add_argument("--phase", choices=("prefill", "decode", "generate"), default="generate",
+                   help="which part of generate() must fit: prefill, decode or both (default generate)")
+    p.add_argument("--prefill-logits", action="store_true",
+                   help="size prefill logits for every prompt position (generate() keeps only the last)")
     p.add_argument("--no-split", action="append", default=[], metavar="CLASS",
                    help="extra module class to keep whole (repeatable), besides the model's _no_split_modules")
 
@@ -71,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(GiB = 2^30 bytes, GB = 10^9)")
     p.add_argument("--pin", nargs="+", default=[], metavar="MODULE=DEVICE",
                    help="force a module onto a device, e.g. lm_head=1")
+    p.add_argument("--reserve", nargs="+", default=[], metavar="[DEVICE=]SIZE",
+                   help="bytes kept free on each accelerator for the CUDA context and allocator slack "
+                        "(default 1GiB); one SIZE for all, or DEVICE=SIZE each")
     p.add_argument("--offload-folder", metavar="DIR", help="folder for disk-offloaded weights (needed if disk is used)")
     p.add_argument("--time-limit", type=float, default=30.0, metavar="S",
                    help="solver time limit in seconds (default 30); past it the best plan and its gap are shown")
@@ -98,6 +112,30 @@ def _load_model_arg(model: str):  # noqa: ANN202
     return model
 
 
+def _workload_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "prompt_len": args.prompt_len,
+        "max_new_tokens": args.max_new_tokens,
+        "kv_dtype": args.kv_dtype,
+        "attn_implementation": args.attn_implementation,
+        "phase": args.phase,
+        "prefill_logits": args.prefill_logits,
+        "no_split_module_classes": tuple(args.no_split),
+    }
+
+
+def _reserve_arg(items: list[str]) -> dict[str, str] | str | None:
+    """``--reserve 1GiB`` (every accelerator) or ``--reserve 0=2GiB 1=1GiB``."""
+    if not items:
+        return None
+    if len(items) == 1 and "=" not in items[0]:
+        return items[0]
+    return _key_values(items, flag="--reserve", example="0=2GiB")
+
+
 def cmd_plan(args: argparse.Namespace, err: Console) -> int:
     from planner.api import plan
     from planner.report import render_plan
@@ -108,13 +146,11 @@ def cmd_plan(args: argparse.Namespace, err: Console) -> int:
         result = plan(
             _load_model_arg(args.model),
             max_memory=max_memory,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            seq_len=args.seq_len,
             pins=pins,
             offload_folder=args.offload_folder,
-            no_split_module_classes=tuple(args.no_split),
+            reserve=_reserve_arg(args.reserve),
             time_limit_s=args.time_limit,
+            **_workload_kwargs(args),
         )
     _emit(args.output, result.to_json() if args.format == "json" else None,
           (lambda c: render_plan(result, c)) if args.format == "table" else None)
@@ -125,8 +161,7 @@ def cmd_trace(args: argparse.Namespace, err: Console) -> int:
     from planner.api import trace
 
     with err.status(f"Tracing {args.model} on the meta device ..."):
-        graph, _ = trace(args.model, dtype=args.dtype, batch_size=args.batch_size, seq_len=args.seq_len,
-                         no_split_module_classes=tuple(args.no_split))
+        graph, _ = trace(args.model, **_workload_kwargs(args))
     _emit(args.output, graph.to_json(), None)
     if args.output:
         err.print(f"wrote {len(graph.nodes)} nodes and {len(graph.edges)} edges to {args.output}")

@@ -16,7 +16,7 @@ from solver import Device, Edge, InvalidSpecError, Node, PlacementProblem
 
 __all__ = ["GraphNode", "GraphEdge", "LayerGraph"]
 
-GRAPH_FORMAT_VERSION = 1
+GRAPH_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -32,8 +32,14 @@ class GraphNode:
         weight_bytes: parameter bytes in the planned dtype; tied parameters are counted once, on the
             node that registers them first (accelerate ``compute_module_sizes`` semantics).
         buffer_bytes: buffer bytes (persistent or not), same dtype rule.
+        kv_bytes: KV cache the node holds at the end of the workload (its attention layers' keys and
+            values, :mod:`planner.measure`); charged to the node's execution device.
+        prefill_work_bytes: peak transient working set of the node's forward during prefill.
+        decode_work_bytes: the same for one decode step.
         executed: False when the meta forward never called the node (its position then follows
             registration order).
+        estimated: KV and working set come from the config (:mod:`planner.estimate`), not a
+            measurement.
     """
 
     name: str
@@ -41,7 +47,16 @@ class GraphNode:
     module_class: str
     weight_bytes: int
     buffer_bytes: int
+    kv_bytes: int = 0
+    prefill_work_bytes: int = 0
+    decode_work_bytes: int = 0
     executed: bool = True
+    estimated: bool = False
+
+    @property
+    def work_bytes(self) -> int:
+        """Largest working set over the phases measured (bytes)."""
+        return max(self.prefill_work_bytes, self.decode_work_bytes)
 
     @property
     def size_bytes(self) -> int:
@@ -76,8 +91,8 @@ class LayerGraph:
         model: the model's name (catalog name, path or class).
         model_class: e.g. ``"LlamaForCausalLM"``.
         dtype: the dtype weights and activations were sized in, e.g. ``"bfloat16"``.
-        batch_size: batch the edges were measured at (sequences).
-        seq_len: sequence length the edges were measured at (tokens).
+        workload: the workload it was traced at (:meth:`planner.workload.Workload.to_dict`); edges
+            are measured in prefill (``prompt_len`` tokens).
         nodes: in execution order.
         edges: tensors between nodes.
         tied_parameters: groups of parameter names sharing one tensor (accelerate
@@ -90,8 +105,7 @@ class LayerGraph:
     model: str
     model_class: str
     dtype: str
-    batch_size: int
-    seq_len: int
+    workload: Mapping[str, Any]
     nodes: tuple[GraphNode, ...]
     edges: tuple[GraphEdge, ...]
     tied_parameters: tuple[tuple[str, ...], ...] = ()
@@ -104,6 +118,18 @@ class LayerGraph:
         object.__setattr__(self, "_index", {n.name: i for i, n in enumerate(self.nodes)})
 
     # -- views ----------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return int(self.workload["batch_size"])
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.workload["prompt_len"])
+
+    @property
+    def total_kv_bytes(self) -> int:
+        return sum(n.kv_bytes for n in self.nodes)
+
     def index(self, name: str) -> int:
         """Position of node ``name`` in execution order; KeyError if absent."""
         return self._index[name]

@@ -36,12 +36,15 @@ def auto_class_for(config: PretrainedConfig) -> type:
     return AutoModel
 
 
-def build_meta_model(config: PretrainedConfig, *, auto_class: type | None = None) -> nn.Module:
+def build_meta_model(
+    config: PretrainedConfig, *, auto_class: type | None = None, attn_implementation: str | None = None
+) -> nn.Module:
     """Instantiate ``config``'s model with every parameter on the meta device (no memory used).
 
     Args:
         config: a transformers config.
         auto_class: the ``AutoModel*`` class to build with; default :func:`auto_class_for`.
+        attn_implementation: ``"sdpa"`` or ``"eager"``; default transformers' choice.
 
     Returns:
         The model in eval mode, parameters on ``torch.device("meta")``, tied weights tied.
@@ -54,7 +57,8 @@ def build_meta_model(config: PretrainedConfig, *, auto_class: type | None = None
         with torch.device("meta"):
             # Auto classes build with ``from_config``, concrete model classes with ``_from_config``
             build = cls.from_config if hasattr(cls, "from_config") else cls._from_config
-            model = build(config)
+            kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            model = build(config, **kwargs)
     except Exception as exc:  # transformers raises many types here; we report them all as one
         raise TraceError(
             f"cannot build model_type={config.model_type!r} with {cls.__name__}: {exc}"

@@ -16,8 +16,8 @@ def render_plan(plan: Plan, console: Console) -> None:
     """Print the per-device blocks, the cut edges and the solver status of ``plan``."""
     g = plan.graph
     console.print(
-        f"[bold]{g.model}[/bold] ({g.model_class}), {g.dtype}, batch {g.batch_size} x seq_len {g.seq_len}: "
-        f"{len(g.nodes)} nodes, {format_bytes(g.total_bytes)} of weights and buffers"
+        f"[bold]{g.model}[/bold] ({g.model_class}), {g.dtype}: {len(g.nodes)} nodes, "
+        f"{format_bytes(g.total_bytes)} of weights and buffers"
     )
     table = Table(title="Placement", title_justify="left")
     for col, justify in (("device", "left"), ("nodes held (runs in execution order)", "left"), ("nodes", "right"),

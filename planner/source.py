@@ -37,8 +37,12 @@ class ModelSource:
     config: PretrainedConfig | None
     module: nn.Module | None = None
 
-    def meta_model(self) -> nn.Module:
+    def meta_model(self, *, attn_implementation: str | None = None) -> nn.Module:
         """A fresh model on the meta device (tied weights tied); the user's module is left alone.
+
+        Args:
+            attn_implementation: ``"sdpa"`` / ``"eager"`` for a model built here (a user's module on
+                meta keeps its own).
 
         Raises:
             InvalidSpecError: a plain ``nn.Module`` (no config) whose weights are not on meta.
@@ -52,9 +56,10 @@ class ModelSource:
                     f"{self.name} has weights in memory and no transformers config; build it under "
                     "`with torch.device('meta'):` and pass that, or pass a PreTrainedModel"
                 )
-            return build_meta_model(self.config, auto_class=type(self.module))
+            return build_meta_model(self.config, auto_class=type(self.module),
+                                    attn_implementation=attn_implementation)
         assert self.config is not None
-        return build_meta_model(self.config)
+        return build_meta_model(self.config, attn_implementation=attn_implementation)
 
 
 def resolve_source(model: str | os.PathLike | nn.Module) -> ModelSource:

@@ -12,6 +12,7 @@ real shape and dtype.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from planner.estimate import estimate_layer_bytes
 from planner.graph import GraphEdge, GraphNode, LayerGraph
+from planner.measure import NodeMemory, measure_node_memory
+from planner.workload import Workload
 
 __all__ = ["trace_model", "no_split_classes"]
 
@@ -133,73 +137,107 @@ class _FlowMode(TorchFunctionMode):
         return out
 
 
-def _example_inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
-    ids = torch.zeros((batch_size, seq_len), dtype=torch.long, device="meta")
-    inputs = {"input_ids": ids}
+def _example_inputs(model: nn.Module, workload: Workload) -> dict[str, object]:
+    ids = torch.zeros((workload.batch_size, workload.prompt_len), dtype=torch.long, device="meta")
+    inputs: dict[str, object] = {"input_ids": ids, "use_cache": False}
     config = getattr(model, "config", None)
     if getattr(config, "is_encoder_decoder", False):
         inputs["decoder_input_ids"] = ids
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        inputs["logits_to_keep"] = 0 if workload.prefill_logits else 1
     return inputs
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
 
 
 def trace_model(
     model: nn.Module,
     *,
     name: str,
-    dtype: torch.dtype,
-    batch_size: int = 1,
-    seq_len: int = 2048,
+    workload: Workload,
     no_split_module_classes: tuple[str, ...] = (),
+    allow_cast: bool = False,
 ) -> LayerGraph:
-    """Trace ``model`` (already on the meta device) into a :class:`LayerGraph`.
+    """Trace ``model`` (on the meta device, in ``workload.dtype``) into a :class:`LayerGraph`.
+
+    Edges and execution order come from a prefill forward (``workload.prompt_len`` tokens); KV cache
+    and working sets per node from :func:`planner.measure.measure_node_memory`.
 
     Args:
-        model: a model whose parameters are on ``torch.device("meta")``; it is not modified (hooks
-            are removed before returning).
+        model: a model whose parameters are on ``torch.device("meta")``; hooks are removed before
+            returning and, unless ``allow_cast``, nothing else is touched.
         name: the model's display name.
-        dtype: dtype to size floating weights in (integers are never cast: accelerate
-            ``compute_module_sizes``).
-        batch_size: sequences per forward pass.
-        seq_len: tokens per sequence in the traced forward (prefill).
+        workload: batch, lengths, dtypes and phase to size activations and KV cache for.
         no_split_module_classes: classes to keep whole in addition to the model's own.
+        allow_cast: the model is ours: when its forward fails in ``workload.dtype`` it may be cast to
+            bfloat16 and measured again (e.g. grouped matmuls that refuse float32 on meta), bytes then
+            scaled back to ``workload.dtype``.
 
     Returns:
-        The graph. If the meta forward fails, nodes follow registration order, edges are estimated
-        as ``batch_size * seq_len * hidden_size * dtype bytes`` between consecutive nodes, and
-        ``notes`` says so.
+        The graph. What could not be measured is estimated (:mod:`planner.estimate`): nodes follow
+        registration order, edges are ``batch * prompt_len * hidden_size * dtype bytes`` between
+        consecutive nodes, per-layer KV and working set come from the config; ``notes`` names them.
     """
+    dtype = workload.dtype
     no_split = no_split_classes(model, no_split_module_classes)
     specs = _find_nodes(model, no_split)
     module_to_node = {id(s.module): i for i, s in enumerate(specs) if s.module is not None}
     sizes = compute_module_sizes(model, dtype=dtype)
     buffer_sizes = compute_module_sizes(model, dtype=dtype, buffers_only=True)
 
-    tracker = _FlowTracker()
     notes: list[str] = []
-    edges: list[GraphEdge] = []
-    try:
-        _run_meta_forward(model, specs, module_to_node, tracker, batch_size, seq_len)
-        traced = True
-    except Exception as exc:  # a model's forward can fail on meta in many ways; fall back
-        traced = False
-        notes.append(
-            f"meta forward failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
-            "nodes follow registration order and edges are estimated as batch x seq_len x hidden_size"
-        )
+    measured_dtype = dtype
+    tracker, memory = _trace_and_measure(model, specs, module_to_node, workload, notes)
+    if (tracker is None or memory.notes) and allow_cast and dtype != torch.bfloat16:
+        first_error = notes.pop() if notes else ""
+        retry = dataclasses.replace(workload, dtype=torch.bfloat16, kv_dtype=torch.bfloat16)
+        tracker, memory = _trace_and_measure(model.to(torch.bfloat16), specs, module_to_node, retry, notes)
+        if tracker is not None and not memory.notes:
+            measured_dtype = torch.bfloat16
+            notes.append(f"{first_error}; traced in bfloat16 instead and scaled activation and KV bytes "
+                         f"to {str(dtype).removeprefix('torch.')}")
+        else:
+            notes.append(first_error)
+    traced = tracker is not None
+    # bytes measured in ``measured_dtype``: activations scale to ``dtype``, the cache to ``kv_dtype``
+    scale = dtype.itemsize / measured_dtype.itemsize
+    kv_scale = workload.kv_dtype.itemsize / measured_dtype.itemsize
 
     order = _execution_order(len(specs), tracker.order if traced else [])
     position = {node: pos for pos, node in enumerate(order)}
-    graph_nodes = tuple(
-        GraphNode(
+    estimated = _estimates(model, specs, workload) if memory.notes else {}
+    if estimated:
+        notes.append(
+            f"KV cache and working set of {len(estimated)} blocks estimated from the config "
+            f"(planner/estimate.py): {', '.join(specs[i].name for i in list(estimated)[:3])}"
+            + (", ..." if len(estimated) > 3 else "")
+        )
+    executed = set(tracker.order) if traced else set()
+
+    def node(i: int) -> GraphNode:
+        kv, pre, dec = memory.kv_bytes[i], memory.prefill_work_bytes[i], memory.decode_work_bytes[i]
+        if i in estimated:
+            kv, pre = estimated[i]
+            dec = 0
+        else:
+            kv, pre, dec = int(kv * kv_scale), int(pre * scale), int(dec * scale)
+        return GraphNode(
             name=specs[i].name,
             kind=specs[i].kind,
             module_class=specs[i].module_class,
             weight_bytes=sizes.get(specs[i].name, 0) - buffer_sizes.get(specs[i].name, 0),
             buffer_bytes=buffer_sizes.get(specs[i].name, 0),
-            executed=traced and i in set(tracker.order),
+            kv_bytes=kv,
+            prefill_work_bytes=pre,
+            decode_work_bytes=dec,
+            executed=i in executed,
+            estimated=i in estimated,
         )
-        for i in order
-    )
+
+    graph_nodes = tuple(node(i) for i in order)
+    edges: list[GraphEdge] = []
     if traced:
         for (_, producer), (shape, tdtype, consumers) in tracker.received.items():
             consumers = [c for c in consumers if position[c] > position[producer]]
@@ -211,37 +249,74 @@ def trace_model(
                     consumers=tuple(specs[c].name for c in sorted(set(consumers), key=position.get)),
                     shape=tuple(shape),
                     dtype=str(tdtype).removeprefix("torch."),
-                    size_bytes=math.prod(shape) * tdtype.itemsize,
+                    size_bytes=int(math.prod(shape) * tdtype.itemsize * scale),
                 )
             )
         by_name = {n.name: pos for pos, n in enumerate(graph_nodes)}
         edges.sort(key=lambda e: (by_name[e.producer], [by_name[c] for c in e.consumers]))
     else:
         hidden = _hidden_size(model)
-        size = batch_size * seq_len * hidden * dtype.itemsize
+        shape = (workload.batch_size, workload.prompt_len, hidden)
         for a, b in zip(graph_nodes, graph_nodes[1:]):
-            edges.append(
-                GraphEdge(producer=a.name, consumers=(b.name,), shape=(batch_size, seq_len, hidden),
-                          dtype=str(dtype).removeprefix("torch."), size_bytes=size)
-            )
+            edges.append(GraphEdge(producer=a.name, consumers=(b.name,), shape=shape,
+                                   dtype=str(dtype).removeprefix("torch."),
+                                   size_bytes=math.prod(shape) * dtype.itemsize))
 
-    tied_parameters = tuple(tuple(g) for g in find_tied_parameters(model))
     graph = LayerGraph(
         model=name,
         model_class=type(model).__name__,
         dtype=str(dtype).removeprefix("torch."),
-        batch_size=batch_size,
-        seq_len=seq_len,
+        workload=workload.to_dict(),
         nodes=graph_nodes,
         edges=tuple(edges),
-        tied_parameters=tied_parameters,
+        tied_parameters=tuple(tuple(g) for g in find_tied_parameters(model)),
         no_split_module_classes=no_split,
         notes=tuple(notes),
     )
     return _with_tied_groups(graph)
 
 
-def _run_meta_forward(model, specs, module_to_node, tracker: _FlowTracker, batch_size, seq_len) -> None:
+def _trace_and_measure(model, specs, module_to_node, workload: Workload, notes: list[str]):  # noqa: ANN001, ANN202
+    """One prefill trace for order and edges, then the memory measurement; failures become notes."""
+    tracker: _FlowTracker | None = _FlowTracker()
+    try:
+        _run_meta_forward(model, specs, module_to_node, tracker, workload)
+    except Exception as exc:  # a model's forward can fail on meta in many ways; fall back
+        tracker = None
+        notes.append(f"meta forward failed in {str(workload.dtype).removeprefix('torch.')} ({_first_line(exc)}); "
+                     "nodes follow registration order and edges are batch x prompt_len x hidden_size")
+    if tracker is None:
+        n = len(specs)
+        memory = NodeMemory(kv_bytes=(0,) * n, prefill_work_bytes=(0,) * n, decode_work_bytes=(0,) * n,
+                            notes=("not measured: the forward failed",))
+    else:
+        memory = measure_node_memory(model, [s.module for s in specs], workload)
+        notes.extend(memory.notes)
+    return tracker, memory
+
+
+def _estimates(model: nn.Module, specs: list[_NodeSpec], workload: Workload) -> dict[int, tuple[int, int]]:
+    """Config-based ``(kv_bytes, work_bytes)`` for each decoder block (encoder blocks: no KV)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    blocks = [i for i, s in enumerate(specs) if s.kind == "block"]
+    layer_types = getattr(config, "layer_types", None)
+    encdec = bool(getattr(config, "is_encoder_decoder", False))
+    out: dict[int, tuple[int, int]] = {}
+    decoder_index = 0
+    for i in blocks:
+        is_decoder = not encdec or "decoder" in specs[i].name
+        layer_type = None
+        if is_decoder and isinstance(layer_types, list | tuple) and decoder_index < len(layer_types):
+            layer_type = layer_types[decoder_index]
+        kv, work = estimate_layer_bytes(config, workload, layer_type=layer_type)
+        out[i] = (kv if is_decoder else 0, work)
+        decoder_index += is_decoder
+    return out
+
+
+def _run_meta_forward(model, specs, module_to_node, tracker: _FlowTracker, workload: Workload) -> None:
     handles = []
 
     def pre_hook(module, args, kwargs):  # noqa: ANN001
@@ -270,7 +345,7 @@ def _run_meta_forward(model, specs, module_to_node, tracker: _FlowTracker, batch
         # FakeTensorMode on top of meta: transformers treats fake tensors as "tracing" and skips the
         # data-dependent checks (``Tensor.item()``) that plain meta tensors cannot answer.
         with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True), _FlowMode(tracker):
-            model(**_example_inputs(model, batch_size, seq_len), use_cache=False)
+            model(**_example_inputs(model, workload))
     finally:
         for handle in handles:
             handle.remove()

@@ -41,12 +41,13 @@ def by_hand(problem: PlacementProblem, assignment: tuple[int, ...]) -> dict[str,
     def runs_on(stored: int) -> int:
         return stored if devices[stored].kind is DeviceKind.ACCELERATOR else execution
 
+    runtime = any(x.kv_bytes or x.work_bytes for x in problem.nodes) or any(d.reserve_bytes for d in devices)
     held = {dev.name: 0 for dev in devices}
     for d, dev in enumerate(devices):
         mine = [i for i, a in enumerate(assignment) if a == d]
         runs = [i for i, a in enumerate(assignment) if runs_on(a) == d]
         held[dev.name] += sum(problem.nodes[i].size_bytes for i in mine)
-        if not runs:
+        if not runs or not runtime:  # weights-only problems charge weights alone
             continue
         held[dev.name] += dev.reserve_bytes
         held[dev.name] += sum(problem.nodes[i].kv_bytes for i in runs)

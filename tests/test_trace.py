@@ -12,7 +12,7 @@ from planner.meta import build_meta_model
 
 
 def test_tiny_llama_nodes_follow_execution_not_registration(tiny_llama_dir):
-    graph, _ = planner.trace(tiny_llama_dir, dtype="float32", batch_size=2, seq_len=16)
+    graph, _ = planner.trace(tiny_llama_dir, dtype="float32", batch_size=2, prompt_len=16)
     names = [n.name for n in graph.nodes]
     # rotary_emb is registered after model.norm but runs before the first decoder layer
     assert names == [
@@ -34,7 +34,7 @@ def test_node_bytes_add_up_to_accelerates_module_sizes(tiny_llama_dir):
 
 
 def test_hidden_state_edges_have_batch_x_seq_x_hidden_bytes(tiny_llama_dir):
-    graph, _ = planner.trace(tiny_llama_dir, dtype="float16", batch_size=3, seq_len=10)
+    graph, _ = planner.trace(tiny_llama_dir, dtype="float16", batch_size=3, prompt_len=10, max_new_tokens=4)
     edge = next(e for e in graph.edges if e.producer == "model.layers.1")
     assert edge.consumers == ("model.layers.2",)
     assert edge.shape == (3, 10, 64)
@@ -98,10 +98,10 @@ def test_failed_meta_forward_falls_back_and_says_so():
 
     with torch.device("meta"):
         module = Broken()
-    graph, _ = planner.trace(module, seq_len=4)
+    graph, _ = planner.trace(module, prompt_len=4)
     assert [n.name for n in graph.nodes] == ["a", "b"]
     assert len(graph.notes) == 1 and "meta forward failed" in graph.notes[0]
-    assert graph.edges[0].size_bytes == 1 * 4 * 8 * 4  # batch x seq x hidden x fp32
+    assert graph.edges[0].size_bytes == 1 * 4 * 8 * 4  # batch x prompt_len x hidden x fp32
 
 
 def test_minilm_meta_build_matches_the_real_checkpoint(minilm_dir):
