@@ -15,7 +15,7 @@ from typing import Any
 from accelerate.utils.modeling import clean_device_map
 
 from planner.graph import LayerGraph
-from solver import InvalidSpecError, PlacementProblem, Solution, format_bytes
+from solver import InvalidSpecError, PlacementProblem, Solution, device_loads, format_bytes
 
 __all__ = ["DeviceUsage", "Cut", "Plan", "to_device_map", "build_plan"]
 
@@ -47,19 +47,39 @@ def to_device_map(graph: LayerGraph, problem: PlacementProblem, solution: Soluti
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DeviceUsage:
-    """What one device holds under a plan.
+    """What one device holds under a plan, in bytes (the accounting of :mod:`solver.accounting`).
 
     Attributes:
         device: accelerate key (``0``, ``"cpu"``, ...).
         cap_bytes: its cap (``max_memory``).
-        used_bytes: weights + buffers placed on it.
-        nodes: node names on it, in execution order.
+        weights_bytes: weights + buffers stored on it.
+        kv_bytes: KV cache of the nodes that compute on it (offloaded ones included on the
+            execution device).
+        activation_bytes: its largest working set plus the tensors it receives.
+        streaming_bytes: on the execution device, the largest offloaded node brought in to run.
+        reserve_bytes: its fixed reserve (CUDA context, allocator slack), when it computes.
+        nodes: node names stored on it, in execution order.
     """
 
     device: int | str
     cap_bytes: int
-    used_bytes: int
-    nodes: tuple[str, ...]
+    weights_bytes: int
+    kv_bytes: int = 0
+    activation_bytes: int = 0
+    streaming_bytes: int = 0
+    reserve_bytes: int = 0
+    nodes: tuple[str, ...] = ()
+
+    @property
+    def used_bytes(self) -> int:
+        """Everything it holds: weights + KV + activations + streaming + reserve."""
+        return (self.weights_bytes + self.kv_bytes + self.activation_bytes + self.streaming_bytes
+                + self.reserve_bytes)
+
+    @property
+    def free_bytes(self) -> int:
+        """``cap_bytes - used_bytes`` (never negative for a solved plan)."""
+        return self.cap_bytes - self.used_bytes
 
     @property
     def utilisation(self) -> float:
@@ -116,8 +136,8 @@ class Plan:
 
     @property
     def offloaded_bytes(self) -> int:
-        """Bytes placed on ``cpu`` or ``disk``."""
-        return sum(u.used_bytes for u in self.usage if u.device in ("cpu", "disk"))
+        """Weight bytes placed on ``cpu`` or ``disk``."""
+        return sum(u.weights_bytes for u in self.usage if u.device in ("cpu", "disk"))
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``AutoModel*.from_pretrained`` / ``dispatch_model``:
@@ -153,7 +173,13 @@ class Plan:
                 {
                     "device": u.device,
                     "cap_bytes": u.cap_bytes,
+                    "weights_bytes": u.weights_bytes,
+                    "kv_bytes": u.kv_bytes,
+                    "activation_bytes": u.activation_bytes,
+                    "streaming_bytes": u.streaming_bytes,
+                    "reserve_bytes": u.reserve_bytes,
                     "used_bytes": u.used_bytes,
+                    "free_bytes": u.free_bytes,
                     "utilisation": round(u.utilisation, 6),
                     "first_node": u.nodes[0] if u.nodes else None,
                     "last_node": u.nodes[-1] if u.nodes else None,
@@ -191,15 +217,17 @@ def build_plan(
     """
     device_map = to_device_map(graph, problem, solution)
     usage = []
-    for d, device in enumerate(problem.devices):
+    for d, (device, load) in enumerate(zip(problem.devices, device_loads(problem, solution.assignment))):
         names = tuple(n.name for n, a in zip(graph.nodes, solution.assignment) if a == d)
-        used = sum(n.size_bytes for n, a in zip(graph.nodes, solution.assignment) if a == d)
-        usage.append(DeviceUsage(device=_accelerate_key(device.name), cap_bytes=device.cap_bytes,
-                                 used_bytes=used, nodes=names))
+        usage.append(DeviceUsage(
+            device=_accelerate_key(device.name), cap_bytes=device.cap_bytes, weights_bytes=load.weights,
+            kv_bytes=load.kv, activation_bytes=load.activations, streaming_bytes=load.streaming,
+            reserve_bytes=load.reserve, nodes=names,
+        ))
     disk = next((u for u in usage if u.device == "disk" and u.nodes), None)
     if disk is not None and offload_folder is None:
         raise InvalidSpecError(
-            f"the plan offloads {format_bytes(disk.used_bytes)} ({len(disk.nodes)} nodes, from "
+            f"the plan offloads {format_bytes(disk.weights_bytes)} ({len(disk.nodes)} nodes, from "
             f"{disk.nodes[0]!r}) to disk but no offload_folder was given; pass --offload-folder DIR "
             "(offload_folder=...) or raise the cpu/GPU caps"
         )

@@ -123,6 +123,7 @@ def plan_graph(
     max_memory: Mapping[int | str, int | str],
     pins: Mapping[str, int | str] | None = None,
     offload_folder: str | os.PathLike | None = None,
+    reserve: Mapping[int | str, int | str] | int | str | None = None,
     time_limit_s: float = 30.0,
 ) -> Plan:
     """Solve the placement of an already traced ``graph``.
@@ -134,14 +135,21 @@ def plan_graph(
             the node.
         offload_folder: where ``from_pretrained`` writes disk-offloaded weights; required when the
             plan uses ``"disk"``.
+        reserve: bytes kept free on each device that computes (CUDA context, allocator slack):
+            None gives every accelerator ``spec.DEFAULT_RESERVE_BYTES`` (1 GiB) and cpu/disk 0;
+            one size applies to every accelerator; a mapping sets devices one by one.
         time_limit_s: CP-SAT wall-clock limit in seconds; past it the best plan is returned as
             ``feasible`` with its proven bound.
+
+    Each device that computes is charged, besides the weights stored on it, the KV cache of the
+    nodes that run on it, its largest working set, the tensors it receives, the streaming buffer
+    for offloaded nodes (execution device) and its reserve (:mod:`solver.accounting`).
 
     Raises:
         InvalidSpecError: bad device, size or pin; disk used without ``offload_folder``.
         InfeasiblePlanError: the caps cannot hold the model (message says how many bytes are missing).
     """
-    devices: tuple[DeviceSpec, ...] = build_devices(max_memory)
+    devices: tuple[DeviceSpec, ...] = build_devices(max_memory, reserve)
     keys = [d.key for d in devices]
     pin_index: dict[str, int] = {}
     for name, device in (pins or {}).items():

@@ -209,8 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(err: Console, label: str, exc: Exception, code: int) -> int:
     """One line on stderr, no traceback (the message is printed verbatim, not as rich markup)."""
-    err.print(Text.assemble((f"{label}: ", "bold red"), str(exc)))
+    err.print(Text.assemble((f"{label}: ", "bold red"), str(exc)), soft_wrap=True)  # never wrapped
     return code
+
 
 if __name__ == "__main__":
     sys.exit(main())

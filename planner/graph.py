@@ -174,7 +174,10 @@ class LayerGraph:
                                        f"{', '.join(n.name for n in self.nodes[:3])} (see `layerplan trace`)")
             pin_pairs.append((self._index[name], device))
         return PlacementProblem(
-            nodes=tuple(Node(name=n.name, size_bytes=n.size_bytes) for n in self.nodes),
+            nodes=tuple(
+                Node(name=n.name, size_bytes=n.size_bytes, kv_bytes=n.kv_bytes, work_bytes=n.work_bytes)
+                for n in self.nodes
+            ),
             edges=tuple(
                 Edge(
                     producer=self._index[e.producer],

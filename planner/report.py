@@ -19,16 +19,39 @@ def render_plan(plan: Plan, console: Console) -> None:
         f"[bold]{g.model}[/bold] ({g.model_class}), {g.dtype}: {len(g.nodes)} nodes, "
         f"{format_bytes(g.total_bytes)} of weights and buffers"
     )
-    table = Table(title="Placement", title_justify="left")
-    for col, justify in (("device", "left"), ("nodes held (runs in execution order)", "left"), ("nodes", "right"),
-                         ("bytes", "right"), ("cap", "right"), ("used", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    w = g.workload
+    if w:
+        console.print(
+            f"workload: batch {w['batch_size']}, prompt {w['prompt_len']} + {w['max_new_tokens']} new "
+            f"tokens (context {w['context_len']}), phase {w['phase']}, KV cache {w['kv_dtype']} "
+            f"({format_bytes(g.total_kv_bytes)} in all), attention {w['attn_implementation']}"
+        )
+    placement = Table(title="Placement", title_justify="left")
+    placement.add_column("device")
+    placement.add_column("nodes held (runs in execution order)")
+    placement.add_column("nodes", justify="right")
     for u in plan.usage:
-        block = _runs(g, u.nodes)
-        style = "red" if u.used_bytes > u.cap_bytes else None
-        table.add_row(str(u.device), block, str(len(u.nodes)), format_bytes(u.used_bytes),
-                      format_bytes(u.cap_bytes), f"{100 * u.utilisation:.1f}%", style=style)
-    console.print(table)
+        placement.add_row(str(u.device), _runs(g, u.nodes), str(len(u.nodes)))
+    console.print(placement)
+    # One column per device (usually 2-6), one row per kind of bytes: fits an 80-column terminal.
+    memory = Table(title="Memory per device at peak", title_justify="left")
+    memory.add_column("bytes")
+    for u in plan.usage:
+        memory.add_column(str(u.device), justify="right", no_wrap=True)
+    rows = (
+        ("weights", lambda u: format_bytes(u.weights_bytes)),
+        ("KV cache", lambda u: format_bytes(u.kv_bytes)),
+        ("activations", lambda u: format_bytes(u.activation_bytes)),
+        ("streaming", lambda u: format_bytes(u.streaming_bytes)),
+        ("reserve", lambda u: format_bytes(u.reserve_bytes)),
+        ("= used", lambda u: format_bytes(u.used_bytes)),
+        ("free", lambda u: format_bytes(u.free_bytes)),
+        ("cap (max_memory)", lambda u: format_bytes(u.cap_bytes)),
+        ("used / cap", lambda u: f"{100 * u.utilisation:.1f}%"),
+    )
+    for label, cell in rows:
+        memory.add_row(label, *(cell(u) for u in plan.usage), end_section=label in ("reserve", "free"))
+    console.print(memory)
     if plan.cuts:
         cuts = Table(title="Tensors crossing devices (per forward pass)", title_justify="left")
         for col in ("from node", "to node(s)", "src -> dst", "bytes"):

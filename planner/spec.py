@@ -15,7 +15,22 @@ from accelerate.utils import convert_file_size_to_int
 
 from solver import Device, DeviceKind, InvalidSpecError
 
-__all__ = ["parse_size", "parse_device", "parse_max_memory", "parse_dtype", "DeviceSpec", "build_devices"]
+__all__ = [
+    "DEFAULT_RESERVE_BYTES",
+    "parse_size",
+    "parse_device",
+    "parse_max_memory",
+    "parse_reserve",
+    "parse_dtype",
+    "DeviceSpec",
+    "build_devices",
+]
+
+#: Bytes kept free on each accelerator unless the user says otherwise: the CUDA context (about
+#: 300-600 MiB with PyTorch's kernels loaded, more with cuBLAS/cuDNN workspaces) plus allocator
+#: fragmentation. accelerate's ``infer_auto_device_map`` keeps nothing back and its docs advise
+#: lowering the first GPU's ``max_memory`` by hand instead.
+DEFAULT_RESERVE_BYTES = 2**30
 
 _ACCELERATOR_NAME = re.compile(r"^(mps|(xpu|npu|mlu|musa|hpu|cuda):\d+)$")
 
@@ -139,18 +154,56 @@ def parse_dtype(value: str | torch.dtype) -> torch.dtype:
     return _DTYPES[key]
 
 
+def parse_reserve(
+    reserve: Mapping[int | str, int | str] | int | str | None, devices: list[int | str]
+) -> dict[int | str, int]:
+    """Reserve bytes per declared device.
+
+    Args:
+        reserve: None (:data:`DEFAULT_RESERVE_BYTES` on every accelerator, 0 on cpu/disk); one size
+            for every accelerator; or device -> size, with unlisted accelerators at the default.
+        devices: the declared device keys (from :func:`parse_max_memory`).
+
+    Raises:
+        InvalidSpecError: a bad size, or a device not in ``max_memory``.
+    """
+    default = {d: 0 if d in ("cpu", "disk") else DEFAULT_RESERVE_BYTES for d in devices}
+    if reserve is None:
+        return default
+    if not isinstance(reserve, Mapping):
+        size = parse_size(reserve, what="reserve")
+        return {d: 0 if d in ("cpu", "disk") else size for d in devices}
+    out = dict(default)
+    for key, value in reserve.items():
+        device = parse_device(key)
+        if device not in out:
+            raise InvalidSpecError(
+                f"reserve[{key!r}] names a device not in max_memory ({', '.join(map(str, devices))}); "
+                "reserve room only on declared devices"
+            )
+        out[device] = parse_size(value, what=f"reserve[{key!r}]")
+    return out
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DeviceSpec:
-    """One declared device: accelerate key and cap in bytes."""
+    """One declared device: accelerate key, cap and reserve in bytes."""
 
     key: int | str
     cap_bytes: int
+    reserve_bytes: int = 0
 
     def to_solver(self) -> Device:
         kind = {"cpu": DeviceKind.CPU, "disk": DeviceKind.DISK}.get(self.key, DeviceKind.ACCELERATOR)  # type: ignore[arg-type]
-        return Device(name=str(self.key), kind=kind, cap_bytes=self.cap_bytes)
+        return Device(name=str(self.key), kind=kind, cap_bytes=self.cap_bytes, reserve_bytes=self.reserve_bytes)
 
 
-def build_devices(max_memory: Mapping[int | str, int | str]) -> tuple[DeviceSpec, ...]:
-    """Declared devices in accelerate's order (see :func:`parse_max_memory`)."""
-    return tuple(DeviceSpec(key=k, cap_bytes=v) for k, v in parse_max_memory(max_memory).items())
+def build_devices(
+    max_memory: Mapping[int | str, int | str],
+    reserve: Mapping[int | str, int | str] | int | str | None = 0,
+) -> tuple[DeviceSpec, ...]:
+    """Declared devices in accelerate's order (see :func:`parse_max_memory`), with reserves
+    (see :func:`parse_reserve`; 0 keeps nothing back)."""
+    caps = parse_max_memory(max_memory)
+    reserves = parse_reserve(reserve, list(caps))
+    return tuple(DeviceSpec(key=k, cap_bytes=v, reserve_bytes=reserves[k]) for k, v in caps.items())

@@ -1,5 +1,6 @@
 """Pure placement solver: integer problem, CP-SAT model and exact chain DP. Never imports torch."""
 
+from solver.accounting import DeviceLoad, device_loads
 from solver.cpsat import solve
 from solver.dp import chain_hint, solve_chain_dp
 from solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
@@ -18,6 +19,7 @@ from solver.solution import Solution, Status
 
 __all__ = [
     "Device",
+    "DeviceLoad",
     "DeviceKind",
     "Edge",
     "InfeasiblePlanError",
@@ -30,6 +32,7 @@ __all__ = [
     "Status",
     "TraceError",
     "chain_hint",
+    "device_loads",
     "evaluate",
     "format_bytes",
     "solve",
