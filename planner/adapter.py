@@ -8,6 +8,7 @@ by execution so that the first accelerator in the map is the one offloaded modul
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -89,8 +90,9 @@ class DeviceUsage:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Cut:
-    """A tensor crossing a device boundary: ``size_bytes`` per forward pass from ``src`` to ``dst``
-    (execution devices), leaving node ``producer`` for node(s) ``consumers``."""
+    """Tensors crossing a device boundary: ``size_bytes`` per forward pass from ``src`` to ``dst``
+    (execution devices), leaving node ``producer`` for node(s) ``consumers`` (several tensors of one
+    producer to the same readers, such as rotary ``cos`` and ``sin``, are summed into one cut)."""
 
     producer: str
     consumers: tuple[str, ...]
@@ -240,9 +242,15 @@ def build_plan(
             if dst != src:
                 by_dst.setdefault(dst, []).append(problem.nodes[c].name)
         for dst, consumers in by_dst.items():
-            cuts.append(Cut(producer=problem.nodes[edge.producer].name, consumers=tuple(consumers),
-                            src=_accelerate_key(problem.devices[src].name),
-                            dst=_accelerate_key(problem.devices[dst].name), size_bytes=edge.size_bytes))
+            cut = Cut(producer=problem.nodes[edge.producer].name, consumers=tuple(consumers),
+                      src=_accelerate_key(problem.devices[src].name),
+                      dst=_accelerate_key(problem.devices[dst].name), size_bytes=edge.size_bytes)
+            same = next((i for i, c in enumerate(cuts) if (c.producer, c.consumers, c.dst) ==
+                         (cut.producer, cut.consumers, cut.dst)), None)
+            if same is None:
+                cuts.append(cut)
+            else:  # several tensors of one node to the same readers (rotary cos and sin): one row
+                cuts[same] = dataclasses.replace(cuts[same], size_bytes=cuts[same].size_bytes + cut.size_bytes)
     return Plan(
         graph=graph,
         problem=problem,
