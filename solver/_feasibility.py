@@ -174,7 +174,7 @@ def _check_runtime(problem: PlacementProblem, missing: int) -> None:
                 f"{format_bytes(devices[c].cap_bytes)}: {format_bytes(needs[c] - devices[c].cap_bytes)} "
                 "missing there; raise max_memory, lower the reserve, or shrink the workload "
                 "(batch size, context length, kv_dtype)",
-                missing_bytes=missing,
+                missing_bytes=max(missing, needs[c] - devices[c].cap_bytes),
                 node=name,
             )
     floor = _runtime_floor(problem)

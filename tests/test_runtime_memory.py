@@ -186,6 +186,9 @@ def test_a_node_whose_kv_fits_no_gpu_is_named() -> None:
     with pytest.raises(InfeasiblePlanError, match="KV cache 60 B") as caught:
         solve(problem, num_workers=WORKERS)
     assert caught.value.node == "huge"
+    # It needs 1 (weights) + 60 (KV) on a 50-byte GPU: 11 bytes short there, although the two GPUs
+    # together hold more than the whole model and its cache.
+    assert caught.value.missing_bytes == 11
 
 
 def test_the_dp_refuses_runtime_memory() -> None:
