@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=30.0)
     args = parser.parse_args()
 
-    console = Console()
+    console = Console(width=max(Console().width, 120))  # the table reads badly when wrapped
     table = Table(title="Planning time, layerplan vs accelerate infer_auto_device_map (seconds)")
     for col in ("model", "devices", "build", "trace", "solve", "status", "layerplan", "accelerate", "ratio"):
         table.add_column(col, justify="left" if col in ("model", "devices", "status") else "right")
