@@ -11,15 +11,29 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import pytest
 from hypothesis import strategies as st
 
-from solver import Device, DeviceKind, Edge, Node, PlacementProblem, evaluate, violations
+from solver import (
+    Device,
+    DeviceKind,
+    Edge,
+    InfeasiblePlanError,
+    Node,
+    PlacementProblem,
+    Solution,
+    Status,
+    evaluate,
+    solve,
+    violations,
+)
 
 __all__ = [
     "chain_problems",
     "small_problems",
     "runtime_problems",
     "brute_force",
+    "assert_cpsat_matches_brute_force",
     "check_placement",
     "chain_of",
     "gpus",
@@ -209,3 +223,19 @@ def brute_force(problem: PlacementProblem) -> tuple[int, int] | None:
             if best is None or value < best:
                 best = value
     return best
+
+
+def assert_cpsat_matches_brute_force(problem: PlacementProblem, *, use_hint: bool) -> Solution | None:
+    """CP-SAT proves the brute-force optimum, or refuses exactly when brute force finds nothing.
+
+    Returns the solution (None when infeasible) for further checks."""
+    best = brute_force(problem)
+    if best is None:
+        with pytest.raises(InfeasiblePlanError):
+            solve(problem, num_workers=2, use_hint=use_hint)
+        return None
+    solution = solve(problem, num_workers=2, use_hint=use_hint)
+    assert solution.status is Status.OPTIMAL
+    check_placement(problem, solution.assignment)
+    assert solution.objective.as_tuple() == best
+    return solution

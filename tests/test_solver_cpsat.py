@@ -26,7 +26,7 @@ from solver import (
     solve,
     solve_chain_dp,
 )
-from tests.strategies import GiB, brute_force, chain_of, chain_problems, check_placement, gpus, small_problems
+from tests.strategies import GiB, assert_cpsat_matches_brute_force, chain_of, chain_problems, check_placement, gpus, small_problems
 
 WORKERS = 2  # the suite runs on two cores
 
@@ -60,15 +60,7 @@ def test_cpsat_matches_the_dp_on_chains(problem: PlacementProblem, use_hint: boo
 @settings(max_examples=200, deadline=None)
 @given(small_problems(max_nodes=7, max_devices=3), st.booleans())
 def test_cpsat_matches_brute_force_on_small_dags(problem: PlacementProblem, use_hint: bool) -> None:
-    best = brute_force(problem)
-    if best is None:
-        with pytest.raises(InfeasiblePlanError):
-            solve(problem, num_workers=WORKERS, use_hint=use_hint)
-        return
-    solution = solve(problem, num_workers=WORKERS, use_hint=use_hint)
-    assert solution.status is Status.OPTIMAL
-    check_placement(problem, solution.assignment)
-    assert solution.objective.as_tuple() == best
+    assert_cpsat_matches_brute_force(problem, use_hint=use_hint)
 
 
 # -- hand-computed fixtures ----------------------------------------------------------------------
