@@ -28,12 +28,8 @@ def missing_bytes(problem: PlacementProblem) -> int:
     return max(0, missing)
 
 
-def _computing(problem: PlacementProblem) -> list[int]:
-    return list(problem.accelerators) or [problem.execution_device]
-
-
 def _computing_cap(problem: PlacementProblem) -> int:
-    return sum(problem.devices[c].cap_bytes for c in _computing(problem))
+    return sum(problem.devices[c].cap_bytes for c in problem.computing_devices)
 
 
 def _runtime_floor(problem: PlacementProblem) -> int:
@@ -42,7 +38,7 @@ def _runtime_floor(problem: PlacementProblem) -> int:
     return (
         problem.total_kv_bytes
         + max((x.work_bytes for x in nodes), default=0)
-        + min(problem.devices[c].reserve_bytes for c in _computing(problem))
+        + min(problem.devices[c].reserve_bytes for c in problem.computing_devices)
     )
 
 
@@ -147,7 +143,7 @@ def _check_runtime(problem: PlacementProblem, missing: int) -> None:
     the execution device, its largest member (streamed in).
     """
     devices = problem.devices
-    computing = _computing(problem)
+    computing = problem.computing_devices
     exec_device = problem.execution_device
     can_offload = any(not d.is_accelerator and i != exec_device for i, d in enumerate(devices))
     for group, size, pin in _units(problem):

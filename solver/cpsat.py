@@ -200,9 +200,9 @@ def _build(problem: PlacementProblem) -> _Model:
     # every offloaded node. With one compute device or none, no tensor is ever sent.
     compute_devices = accs if len(accs) > 1 else ()
     runs_on = {
-        (i, c): on[i][c] + (sum(on[i][o] for o in offs) if c == exec_device else 0)
+        (i, c): on[i][c] + (sum(on[i][o] for o in offs if o != c) if c == exec_device else 0)
         for i in range(n)
-        for c in compute_devices
+        for c in problem.computing_devices
     }
     sent = {
         (e, c): model.new_bool_var(f"sent[{nodes[edge.producer].name}:{e},{devices[c].name}]")
@@ -222,7 +222,7 @@ def _build(problem: PlacementProblem) -> _Model:
         model.add_exactly_one(on[i])
     # What a device holds never exceeds its cap (solver.accounting): its weights, and with runtime
     # memory, on a device that computes, also KV, working set, received tensors, streaming, reserve.
-    runtime = _runtime_terms(problem, model, on, sent) if problem.has_runtime_memory else {}
+    runtime = _runtime_terms(problem, model, on, runs_on, sent) if problem.has_runtime_memory else {}
     for d, device in enumerate(devices):
         held = [nodes[i].size_bytes * on[i][d] for i in range(n) if nodes[i].size_bytes > 0]
         held += runtime.get(d, [])
@@ -278,11 +278,12 @@ def _runtime_terms(
     problem: PlacementProblem,
     model: cp_model.CpModel,
     on: tuple[tuple[cp_model.IntVar, ...], ...],
+    runs_on: dict[tuple[int, int], cp_model.LinearExprT],
     sent: dict[tuple[int, int], cp_model.IntVar],
 ) -> dict[int, list]:
     """Per computing device, the runtime bytes of :mod:`solver.accounting` as linear terms.
 
-    ``runs[i, c]`` (0/1 expression) says node ``i`` computes on ``c``; ``used[c]`` that ``c``
+    ``runs_on[i, c]`` (0/1 expression) says node ``i`` computes on ``c``; ``used[c]`` that ``c``
     computes anything (it then pays its reserve); ``work[c]`` >= each working set run there;
     ``stream[c]`` (execution device only) >= each offloaded node's bytes. All of these only ever
     raise a device's load, so minimal values are the accounting's exact values.
@@ -291,14 +292,11 @@ def _runtime_terms(
     n = len(nodes)
     offs = [d for d, dev in enumerate(devices) if not dev.is_accelerator]
     exec_device = problem.execution_device
-    computing = list(problem.accelerators) or [exec_device]
+    max_work = max((x.work_bytes for x in nodes), default=0)
     terms: dict[int, list] = {}
-    for c in computing:
-        runs = [
-            on[i][c] + (sum(on[i][o] for o in offs if o != c) if c == exec_device else 0) for i in range(n)
-        ]
+    for c in problem.computing_devices:
+        runs = [runs_on[i, c] for i in range(n)]
         held: list = [nodes[i].kv_bytes * runs[i] for i in range(n) if nodes[i].kv_bytes]
-        max_work = max((x.work_bytes for x in nodes), default=0)
         if max_work:
             work = model.new_int_var(0, max_work, f"work[{devices[c].name}]")
             for i in range(n):

@@ -186,7 +186,7 @@ def _weights_only(problem: PlacementProblem, shrink: list[int]) -> PlacementProb
     devices = []
     for d, device in enumerate(problem.devices):
         cap = device.cap_bytes - shrink[d]
-        if device.is_accelerator or d == problem.execution_device:
+        if d in problem.computing_devices:
             cap -= device.reserve_bytes + work + edge
             if d == problem.execution_device:
                 cap -= largest

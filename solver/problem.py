@@ -292,6 +292,11 @@ class PlacementProblem:
         cpus = [i for i, d in enumerate(self.devices) if d.kind is DeviceKind.CPU]
         return cpus[0] if cpus else 0
 
+    @property
+    def computing_devices(self) -> tuple[int, ...]:
+        """Indices of the devices nodes run on: the accelerators, or the execution device alone."""
+        return self.accelerators or (self.execution_device,)
+
     def compute_device(self, device: int) -> int:
         """Where a node stored on ``device`` runs its forward."""
         return device if self.devices[device].is_accelerator else self.execution_device
