@@ -1,0 +1,197 @@
+"""A user's ``device_map`` (a JSON file or a dict) read onto the nodes of a :class:`LayerGraph`.
+
+Keys are module names and are read as accelerate's ``dispatch_model`` reads them: a tensor goes to
+the device of the longest key that equals its name or is a dotted prefix of it, ``""`` covering
+everything. layerplan places each node whole, so a map is read per node:
+
+* a key that equals a node, or is a dotted prefix of nodes (``"model.layers"``, ``""``), covers them;
+* keys *inside* a node (``"model.layers.3.mlp"`` when ``model.layers.3`` is a node) give the node
+  their device when they agree with each other and with the key covering the node, if any;
+  otherwise the map splits a node layerplan keeps whole, which is an error. Such keys count as
+  covering the node: the graph does not list a node's tensors, so whether they leave one out is for
+  accelerate's ``check_device_map`` on the model to say.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from planner.graph import LayerGraph
+from planner.spec import parse_device
+from solver import InvalidSpecError
+
+__all__ = ["load_device_map", "node_devices", "is_full", "uncovered"]
+
+
+def load_device_map(path: str | os.PathLike) -> dict[str, int | str]:
+    """Read a ``{module name: device}`` JSON object, devices normalised by :func:`planner.spec.parse_device`.
+
+    Example file: ``{"model.embed_tokens": 0, "model.layers": "cuda:1", "lm_head": "cpu"}``.
+
+    Returns:
+        A new dict in file order; devices are ``int`` GPU ids or ``"cpu"``, ``"disk"``, ``"mps"``, ...
+
+    Raises:
+        InvalidSpecError: (one line) the file is missing or unreadable, is not JSON (line and column
+            given), is not a JSON object, repeats a key, or maps a key to something that is not a device.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        raise InvalidSpecError(f"device_map file {name!r} does not exist; pass a JSON file such as "
+                               '{"model.layers": 0, "lm_head": "cpu"}') from None
+    except OSError as exc:
+        raise InvalidSpecError(f"device_map file {name!r} cannot be read ({exc.strerror or exc}); "
+                               "pass a readable JSON file") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidSpecError(f"device_map file {name!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                               "save it as UTF-8 JSON") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_pairs)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpecError(
+            f"device_map file {name!r} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if isinstance(data, _Duplicate):
+        raise InvalidSpecError(f"device_map file {name!r} gives key {data.key!r} twice; give each module once")
+    if not isinstance(data, dict):
+        raise InvalidSpecError(
+            f"device_map file {name!r} holds a JSON {_json_type(data)}, not an object; "
+            'write {"module name": device, ...}'
+        )
+    return {key: _device(value, key=key, where=f"device_map file {name!r}") for key, value in data.items()}
+
+
+def node_devices(graph: LayerGraph, device_map: Mapping[str, int | str]) -> dict[str, int | str]:
+    """The device of every node ``device_map`` covers (see the module docstring for the rules).
+
+    Args:
+        graph: the traced model.
+        device_map: module name -> device (accelerate's values, or ``"cuda:1"``, ``"0"``); not modified.
+
+    Returns:
+        A new dict, node name -> device (``int`` GPU id, ``"cpu"``, ``"disk"``, ...), in execution
+        order; nodes the map does not cover are absent.
+
+    Raises:
+        InvalidSpecError: a value is not a device; a key matches no module of the graph (the message
+            suggests close names); keys inside one node, or such keys and the key covering the node,
+            put it on different devices.
+    """
+    devices = {key: _device(value, key=key, where="device_map") for key, value in device_map.items()}
+    nodes = [node.name for node in graph.nodes]
+    prefixes = _dotted_prefixes(nodes)
+    inside: dict[str, dict[str, int | str]] = {}  # node -> {key inside it: device}
+    for key, device in devices.items():
+        if key in prefixes:
+            continue
+        node = graph.node_of(key)
+        if node is None:
+            raise InvalidSpecError(_unknown_key_message(graph, key, prefixes))
+        inside.setdefault(node, {})[key] = device
+
+    result: dict[str, int | str] = {}
+    for node in nodes:
+        cover = _covering_key(node, devices)
+        found = dict(inside.get(node, {}))
+        if cover is not None:
+            found[cover] = devices[cover]
+        if not found:
+            continue
+        if len(set(found.values())) > 1:
+            info = graph.nodes[graph.index(node)]
+            what = f"a no-split block ({info.module_class})" if info.kind == "block" else f"one {info.kind} node"
+            split = ", ".join(f"{k!r}: {v!r}" for k, v in found.items())
+            raise InvalidSpecError(
+                f"device_map splits node {node!r} across devices ({split}); layerplan keeps it whole as "
+                f"{what}: map it (or the keys inside it) to one device"
+            )
+        result[node] = next(iter(found.values()))
+    return result
+
+
+def uncovered(graph: LayerGraph, device_map: Mapping[str, int | str]) -> tuple[str, ...]:
+    """Names of the nodes ``device_map`` does not cover, in execution order.
+
+    Raises:
+        InvalidSpecError: see :func:`node_devices`.
+    """
+    covered = node_devices(graph, device_map)
+    return tuple(node.name for node in graph.nodes if node.name not in covered)
+
+
+def is_full(graph: LayerGraph, device_map: Mapping[str, int | str]) -> bool:
+    """Whether ``device_map`` covers every node of ``graph``.
+
+    Raises:
+        InvalidSpecError: see :func:`node_devices`.
+    """
+    return not uncovered(graph, device_map)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _device(value: Any, *, key: str, where: str) -> int | str:
+    if not isinstance(key, str):
+        raise InvalidSpecError(f"{where} key {key!r} is not a module name; keys are strings such as 'model.layers.0'")
+    try:
+        return parse_device(value)
+    except InvalidSpecError as exc:
+        raise InvalidSpecError(f"{where}, key {key!r}: {exc}") from None
+
+
+def _dotted_prefixes(nodes: list[str]) -> set[str]:
+    """Every key that covers whole nodes: the nodes themselves, their dotted prefixes, and ``""``."""
+    prefixes = {""}
+    for name in nodes:
+        parts = name.split(".")
+        prefixes.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return prefixes
+
+
+def _covering_key(node: str, devices: Mapping[str, int | str]) -> str | None:
+    """The longest key equal to ``node`` or a dotted prefix of it (accelerate's rule), or None."""
+    name = node
+    while True:
+        if name in devices:
+            return name
+        if not name:
+            return None
+        name = name.rpartition(".")[0]
+
+
+def _unknown_key_message(graph: LayerGraph, key: str, prefixes: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(prefixes - {""}), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(map(repr, close))}?" if close else (
+        f"nodes are e.g. {', '.join(repr(n.name) for n in graph.nodes[:3])}")
+    return (f"device_map key {key!r} matches no module of {graph.model} (not a node, a prefix of nodes "
+            f"or a module inside a node); {hint} (`layerplan trace` lists the nodes)")
+
+
+class _Duplicate:
+    """Marks a JSON object that repeats a key (``json`` silently keeps the last one); it propagates
+    to the top so that :func:`load_device_map` reports it wherever it was."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any] | _Duplicate:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if isinstance(value, _Duplicate):
+            return value
+        if key in seen:
+            return _Duplicate(key)
+        seen[key] = value
+    return seen
+
+
+def _json_type(data: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(data), type(data).__name__)
