@@ -1,9 +1,11 @@
 """Pure placement solver: integer problem, CP-SAT model and exact chain DP. Never imports torch."""
 
 from solver.accounting import DeviceLoad, device_loads
-from solver.cpsat import solve
+from solver.cost import CostModel, DeviceSpeed, NodeWork, Timing, timing
+from solver.cpsat import least_extra_memory, solve
 from solver.dp import chain_hint, solve_chain_dp
 from solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
+from solver.goals import Goal, score
 from solver.problem import (
     Device,
     DeviceKind,
@@ -18,24 +20,32 @@ from solver.problem import (
 from solver.solution import Solution, Status
 
 __all__ = [
+    "CostModel",
     "Device",
+    "DeviceSpeed",
     "DeviceLoad",
     "DeviceKind",
     "Edge",
+    "Goal",
     "InfeasiblePlanError",
     "InvalidSpecError",
     "LayerplanError",
     "Node",
+    "NodeWork",
     "Objective",
     "PlacementProblem",
     "Solution",
     "Status",
+    "Timing",
     "TraceError",
     "chain_hint",
     "device_loads",
     "evaluate",
     "format_bytes",
+    "least_extra_memory",
+    "score",
     "solve",
     "solve_chain_dp",
+    "timing",
     "violations",
 ]

@@ -28,18 +28,23 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from solver._feasibility import check_capacity, structural_infeasibility
+from solver.cost import CostModel, edge_time_ns, node_time_ns, timing
 from solver.dp import chain_hint
-from solver.errors import InvalidSpecError, LayerplanError
-from solver.problem import PlacementProblem, evaluate, violations
+from solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError
+from solver.goals import UTILISATION_SCALE, Goal, balance_devices, score
+from solver.problem import PlacementProblem, evaluate, format_bytes, violations
 from solver.solution import Solution, Status
 
-__all__ = ["solve"]
+__all__ = ["solve", "least_extra_memory"]
 
 #: CP-SAT's random seed. Fixed, so one worker gives the same placement on every run; several
 #: workers race, and may return another placement of the same (proven) objective.
 _RANDOM_SEED = 20240527
 #: Share of the remaining time the offload phase may use when a transfer phase follows.
 _OFFLOAD_PHASE_SHARE = 0.5
+#: Most seconds spent looking for the least extra memory once a problem is known infeasible.
+_EXPLAIN_TIME_S = 10.0
+_INTERLEAVE = True
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -51,74 +56,119 @@ class _Model:
     start: dict[tuple[int, int], cp_model.IntVar]  # (node, accelerator) -> var
     level: dict[int, cp_model.IntVar]  # non-follower node -> var
     sent: dict[tuple[int, int], cp_model.IntVar]  # (edge index, compute device) -> var
-    offload_cost: cp_model.LinearExprT
-    transfer_bytes: cp_model.LinearExprT
-    has_offload_cost: bool
-    has_transfer: bool
+    measures: dict[str, cp_model.LinearExprT | None]  # measure name -> expression (None: constant)
+    extra: dict[int, cp_model.IntVar] | None = None  # device -> slack on its cap (least_extra_memory)
 
 
 def solve(
     problem: PlacementProblem,
     *,
+    goal: Goal | str = Goal.TRANSFERS,
+    cost: CostModel | None = None,
     time_limit_s: float = 30.0,
     num_workers: int = 8,
     use_hint: bool = True,
+    explain: bool = True,
 ) -> Solution:
-    """Optimal placement of ``problem`` by CP-SAT, lexicographically: offload cost, then transfer.
+    """Optimal placement of ``problem`` by CP-SAT for ``goal`` (:mod:`solver.goals`).
 
     Args:
-        problem: the placement problem (any edges, tied groups, pins, ``ordered`` either way).
-        time_limit_s: wall-clock budget in seconds for the whole call (hint included); when two
-            phases run, the offload phase may use at most half of what is left.
-        num_workers: CP-SAT search workers (threads), >= 1.
+        problem: the placement problem (any edges, tied groups, pins, ``ordered`` and
+            ``low_zero`` either way).
+        goal: what to minimise; ``latency`` and ``throughput`` need ``cost``.
+        cost: speeds, links and per-node work (:class:`solver.cost.CostModel`); when given, the
+            solution carries its :class:`~solver.cost.Timing` whatever the goal.
+        time_limit_s: wall-clock budget in seconds for the whole call (hint included); a phase
+            before the last may use at most half of what is left.
+        num_workers: CP-SAT search workers (threads), >= 1. The search is CP-SAT's deterministic
+            interleaved search, so the same problem gives the same placement on every run and for
+            any number of workers, as long as no phase hits ``time_limit_s``.
         use_hint: start the search from :func:`solver.dp.chain_hint`'s placement.
+        explain: on infeasibility, also solve for the least extra memory per device that would
+            make the problem fit (:func:`least_extra_memory`) and say it in the error.
 
     Returns:
         A :class:`Solution` with ``solver="cp-sat"``. ``status`` is OPTIMAL when every phase was
         proven optimal; FEASIBLE when a phase hit the time limit, with ``bound`` = CP-SAT's proven
-        lower bound on ``transfer_bytes`` among placements whose offload cost is at most the one
-        returned (when the offload phase itself is unproven, its own gap is not reported). When
-        CP-SAT finds nothing in time (status UNKNOWN) but the hint or an earlier phase gave a
-        placement, that placement comes back as FEASIBLE. With ``num_workers=1`` the result is
-        the same on every run (fixed seed); with more, CP-SAT's workers race and another
-        placement of the same proven objective may come back.
+        lower bound on the goal's headline measure (given the earlier measures). When CP-SAT finds
+        nothing in time but the hint or an earlier phase gave a placement, that placement comes
+        back as FEASIBLE.
 
     Raises:
-        InvalidSpecError: ``time_limit_s <= 0`` or ``num_workers < 1``.
+        InvalidSpecError: ``time_limit_s <= 0``, ``num_workers < 1``, an unknown goal, or a goal
+            that needs a cost model without one (or one that does not match the problem).
         InfeasiblePlanError: no placement exists; from the pre-checks (a node or tied group larger
             than every cap it may use, the model larger than all caps together, too many bytes
-            pinned to one device) or proven by CP-SAT (contiguity, order, pins).
+            pinned to one device) or proven by CP-SAT (contiguity, order, pins). ``extra_bytes``
+            holds the least extra bytes per device that would make it fit, when found.
         LayerplanError: CP-SAT neither found a placement nor proved there is none within
             ``time_limit_s``, or rejected the model.
     """
+    goal = Goal.parse(goal)
     if not (isinstance(time_limit_s, (int, float)) and time_limit_s > 0 and math.isfinite(time_limit_s)):
         raise InvalidSpecError(f"time_limit_s={time_limit_s!r}; expected a finite number of seconds > 0")
     if not isinstance(num_workers, int) or num_workers < 1:
         raise InvalidSpecError(f"num_workers={num_workers!r}; expected an int >= 1")
+    if goal.needs_cost and cost is None:
+        raise InvalidSpecError(
+            f"objective {goal.value!r} needs a cost model (device speeds, links, node FLOPs); "
+            "pass cost=... or use objective 'transfers' or 'balanced'"
+        )
+    if cost is not None:
+        cost.check(problem)
     started = time.perf_counter()
     deadline = started + time_limit_s
+    try:
+        return _solve(problem, goal, cost, deadline=deadline, started=started, num_workers=num_workers,
+                      use_hint=use_hint)
+    except InfeasiblePlanError as exc:
+        if not explain or exc.extra_bytes:
+            raise
+        budget = max(min(_EXPLAIN_TIME_S, deadline - time.perf_counter()), 1.0)
+        extra = least_extra_memory(problem, time_limit_s=budget, num_workers=num_workers)
+        if not extra:
+            raise
+        where = ", ".join(f"{format_bytes(b)} on {problem.devices[d].name!r}" for d, b in sorted(extra.items()))
+        raise InfeasiblePlanError(
+            f"{exc}; the least extra memory that makes it fit: {where}",
+            missing_bytes=exc.missing_bytes,
+            node=exc.node,
+            extra_bytes={problem.devices[d].name: b for d, b in sorted(extra.items())},
+        ) from None
+
+
+def _solve(
+    problem: PlacementProblem,
+    goal: Goal,
+    cost: CostModel | None,
+    *,
+    deadline: float,
+    started: float,
+    num_workers: int,
+    use_hint: bool,
+) -> Solution:
+    """:func:`solve` after argument checks: pre-checks, hint, one CP-SAT phase per measure."""
     check_capacity(problem)
     if not problem.nodes:
-        return _solution(problem, (), Status.OPTIMAL, bound=0, started=started)
-    built = _build(problem)
+        return _solution(problem, (), Status.OPTIMAL, goal=goal, cost=cost, bound=0, started=started)
+    built = _build(problem, goal=goal, cost=cost)
 
     # Hint.
     placement = chain_hint(problem) if use_hint else None
 
-    # Solve: one phase per objective that the placement in hand does not already bring to 0.
-    phases = []
-    if built.has_offload_cost:
-        phases.append(("offload_cost", built.offload_cost))
-    if built.has_transfer:
-        phases.append(("transfer_bytes", built.transfer_bytes))
+    # Solve: one phase per non-constant measure that the placement in hand does not already bring
+    # to 0 (nothing beats 0).
+    phases = [(name, built.measures[name]) for name in goal.measures if built.measures[name] is not None]
     if not phases:
         phases.append(("feasibility", 0))
     proven = True
-    bound = 0
+    bound: int | None = None
     for index, (name, objective) in enumerate(phases):
         is_last = index == len(phases) - 1
-        if placement is not None and name != "feasibility" and _score(problem, placement, name) == 0:
-            built.model.add(objective <= 0)  # Nothing beats 0; later phases keep it.
+        if placement is not None and name != "feasibility" and score(problem, placement, name, cost) == 0:
+            built.model.add(objective <= 0)
+            if name == goal.headline:
+                bound = 0
             continue
         if name != "feasibility":
             built.model.minimize(objective)
@@ -134,12 +184,12 @@ def solve(
         # Extract.
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             placement = _extract(built, solver)
-            value = _score(problem, placement, name) if name != "feasibility" else 0
+            value = score(problem, placement, name, cost) if name != "feasibility" else 0
             proven = proven and status == cp_model.OPTIMAL
             if not is_last:
                 built.model.add(objective <= value)
-            elif name == "transfer_bytes":
-                bound = min(value, _proven_bound(solver))
+            if name == goal.headline:
+                bound = value if status == cp_model.OPTIMAL else min(value, _proven_bound(solver))
         elif status == cp_model.INFEASIBLE:
             if index > 0 or placement is not None:
                 raise LayerplanError(
@@ -154,24 +204,74 @@ def solve(
             )
         elif placement is not None:  # UNKNOWN, but an earlier phase or the hint gave a placement.
             proven = False
-            if name == "transfer_bytes":
-                bound = min(_score(problem, placement, name), _proven_bound(solver))
+            if name == goal.headline:
+                bound = min(score(problem, placement, name, cost), _proven_bound(solver))
             break
         else:
             raise LayerplanError(
-                f"CP-SAT neither found a placement nor proved that none exists within "
-                f"time_limit_s={time_limit_s}; raise time_limit_s"
+                f"CP-SAT neither found a placement nor proved that none exists within the time "
+                "limit; raise time_limit_s"
             )
     assert placement is not None
-    if proven or not built.has_transfer:  # Without a transfer phase the transfer is always 0.
-        bound = evaluate(problem, placement).transfer_bytes
+    headline_value = score(problem, placement, goal.headline, cost)
+    if proven or built.measures[goal.headline] is None:  # a constant headline is its own bound
+        bound = headline_value
     return _solution(
-        problem, placement, Status.OPTIMAL if proven else Status.FEASIBLE, bound=bound, started=started
+        problem, placement, Status.OPTIMAL if proven else Status.FEASIBLE, goal=goal, cost=cost,
+        bound=0 if bound is None else bound, started=started,
     )
 
 
-def _build(problem: PlacementProblem) -> _Model:
-    """The CP-SAT model of ``problem``: data, variables, constraints and both objectives."""
+def least_extra_memory(
+    problem: PlacementProblem, *, time_limit_s: float = 10.0, num_workers: int = 8
+) -> dict[int, int] | None:
+    """The least total extra bytes, per device, whose addition to the caps makes ``problem`` fit.
+
+    Every cap constraint gets a slack ``extra[d] >= 0``; CP-SAT minimises ``sum(extra)``, then,
+    among those, the extra on accelerators (host RAM and disk are cheaper to add), then the largest
+    single ``extra[d]`` (spread rather than pile up).
+
+    Returns:
+        ``{device index: extra bytes}`` for the devices that need more (empty when the problem
+        already fits), or None when memory alone cannot make it fit (pins against the device
+        order, for instance) or nothing was found within ``time_limit_s``.
+    """
+    if not problem.nodes:
+        return {}
+    built = _build(problem, goal=Goal.TRANSFERS, cost=None, slack=True)
+    assert built.extra is not None
+    extra = built.extra
+    largest = built.model.new_int_var(0, problem.total_bytes + _runtime_ceiling(problem), "largest_extra")
+    for v in extra.values():
+        built.model.add(largest >= v)
+    phases = [
+        sum(extra.values()),
+        sum(v for d, v in extra.items() if problem.devices[d].is_accelerator),
+        largest,
+    ]
+    deadline = time.perf_counter() + time_limit_s
+    best = None
+    for index, objective in enumerate(phases):
+        built.model.minimize(objective)
+        remaining = deadline - time.perf_counter()
+        limit = remaining if index == len(phases) - 1 else remaining * _OFFLOAD_PHASE_SHARE
+        solver = _solver(time_limit_s=max(limit, 0.01), num_workers=num_workers)
+        if solver.solve(built.model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            break
+        best = {d: solver.value(v) for d, v in extra.items()}
+        built.model.add(objective <= solver.value(objective))
+    if best is None:
+        return None
+    return {d: b for d, b in best.items() if b > 0}
+
+
+def _build(
+    problem: PlacementProblem, *, goal: Goal, cost: CostModel | None, slack: bool = False
+) -> _Model:
+    """The CP-SAT model of ``problem``: data, variables, constraints and the goal's measures.
+
+    With ``slack``, every cap gets an ``extra[d] >= 0`` (see :func:`least_extra_memory`).
+    """
     # Data.
     nodes, devices = problem.nodes, problem.devices
     n, k = len(nodes), len(devices)
@@ -210,6 +310,11 @@ def _build(problem: PlacementProblem) -> _Model:
         if edge.size_bytes > 0
         for c in compute_devices
     }
+    extra = (
+        {d: model.new_int_var(0, problem.total_bytes + _runtime_ceiling(problem), f"extra[{devices[d].name}]")
+         for d in range(k)}
+        if slack else None
+    )
     # A tensor is sent to a compute device when a consumer runs there and its producer does not.
     for (e, c), var in sent.items():
         edge = problem.edges[e]
@@ -223,11 +328,13 @@ def _build(problem: PlacementProblem) -> _Model:
     # What a device holds never exceeds its cap (solver.accounting): its weights, and with runtime
     # memory, on a device that computes, also KV, working set, received tensors, streaming, reserve.
     runtime = _runtime_terms(problem, model, on, runs_on, sent) if problem.has_runtime_memory else {}
+    loads: dict[int, cp_model.LinearExprT] = {}
     for d, device in enumerate(devices):
         held = [nodes[i].size_bytes * on[i][d] for i in range(n) if nodes[i].size_bytes > 0]
         held += runtime.get(d, [])
         if held:
-            model.add(sum(held) <= device.cap_bytes)
+            loads[d] = sum(held)
+            model.add(loads[d] <= device.cap_bytes + (extra[d] if extra is not None else 0))
     # Tied-group followers sit on their anchor's device.
     for group in problem.tied_groups:
         for follower in group[1:]:
@@ -236,12 +343,13 @@ def _build(problem: PlacementProblem) -> _Model:
     # Pinned nodes sit on their device.
     for i, d in problem.pins:
         model.add(on[i][d] == 1)
-    # Each accelerator holds one contiguous run of non-follower nodes: a block starts wherever a
-    # node is on it and the previous non-follower node is not, and at most once.
+    # Each accelerator holds one contiguous run of non-follower nodes: a block starts exactly
+    # where a node is on it and the previous non-follower node is not, and at most once.
     for d in accs:
         for t, i in enumerate(chain):
             previous = on[chain[t - 1]][d] if t > 0 else 0
             model.add(start[i, d] >= on[i][d] - previous)
+            model.add(start[i, d] <= on[i][d])
         model.add_at_most_one(start[i, d] for i in chain)
     # With ordered=True the blocks follow the device order: the level never decreases and equals
     # the accelerator's rank on each of its nodes.
@@ -252,26 +360,162 @@ def _build(problem: PlacementProblem) -> _Model:
             model.add(level[i] >= level[chain[t - 1]])
         for rank, d in enumerate(accs):
             model.add(level[i] == rank).only_enforce_if(on[i][d])
+    # With low_zero the first accelerator stores no more weight bytes than any other one.
+    if problem.low_zero and len(accs) > 1:
+        def stored(d: int) -> cp_model.LinearExprT:
+            return sum(nodes[i].size_bytes * on[i][d] for i in range(n))
 
-    # Objective (minimised by the caller, one phase each).
+        for d in accs[1:]:
+            model.add(stored(accs[0]) <= stored(d))
+    # Interchangeable accelerators (same cap, reserve, speed and links, no pins) are used in listed
+    # order: this only removes mirror images of placements, never an objective value.
+    if not problem.ordered:
+        for group in _interchangeable(problem, cost):
+            position = {
+                d: sum(t * start[i, d] for t, i in enumerate(chain))
+                + len(chain) * (1 - sum(start[i, d] for i in chain))
+                for d in group
+            }
+            for a, b in zip(group, group[1:]):
+                model.add(position[a] <= position[b])
+
+    # Objective measures (minimised by the caller, one phase each; None when constant).
+    measures: dict[str, cp_model.LinearExprT | None] = {}
     offload_terms = [
         nodes[i].size_bytes * devices[o].offload_cost * on[i][o]
         for i in range(n)
         for o in offs
         if nodes[i].size_bytes * devices[o].offload_cost > 0
     ]
+    measures["offload_cost"] = sum(offload_terms) if offload_terms else None
     transfer_terms = [problem.edges[e].size_bytes * var for (e, _), var in sent.items()]
-    return _Model(
-        model=model,
-        on=on,
-        start=start,
-        level=level,
-        sent=sent,
-        offload_cost=sum(offload_terms),
-        transfer_bytes=sum(transfer_terms),
-        has_offload_cost=bool(offload_terms),
-        has_transfer=bool(transfer_terms),
+    measures["transfer_bytes"] = sum(transfer_terms) if transfer_terms else None
+    measures["max_utilisation"] = (
+        _utilisation(problem, model, loads) if "max_utilisation" in goal.measures else None
     )
+    measures["time_ns"] = measures["bottleneck_ns"] = None
+    if cost is not None and goal.needs_cost:
+        measures.update(_time_measures(problem, cost, model, on, runs_on, sent, goal))
+    return _Model(model=model, on=on, start=start, level=level, sent=sent, measures=measures, extra=extra)
+
+
+def _runtime_ceiling(problem: PlacementProblem) -> int:
+    """An upper bound of the runtime bytes any device can be charged (slack variable domains)."""
+    return (
+        problem.total_kv_bytes
+        + max((x.work_bytes for x in problem.nodes), default=0)
+        + sum(e.size_bytes for e in problem.edges)
+        + max((x.size_bytes for x in problem.nodes), default=0)
+        + max((d.reserve_bytes for d in problem.devices), default=0)
+    )
+
+
+def _utilisation(
+    problem: PlacementProblem, model: cp_model.CpModel, loads: dict[int, cp_model.LinearExprT]
+) -> cp_model.IntVar | None:
+    """``util >= ceil(UTILISATION_SCALE * load / cap)`` on every balance device
+    (:func:`solver.goals.max_utilisation`); None when no balance device holds anything."""
+    devices = [d for d in balance_devices(problem) if d in loads]
+    if not devices:
+        return None
+    util = model.new_int_var(0, UTILISATION_SCALE, "max_utilisation")
+    for d in devices:
+        model.add(UTILISATION_SCALE * loads[d] <= util * problem.devices[d].cap_bytes)
+    return util
+
+
+def _time_measures(
+    problem: PlacementProblem,
+    cost: CostModel,
+    model: cp_model.CpModel,
+    on: tuple[tuple[cp_model.IntVar, ...], ...],
+    runs_on: dict[tuple[int, int], cp_model.LinearExprT],
+    sent: dict[tuple[int, int], cp_model.IntVar],
+    goal: Goal,
+) -> dict[str, cp_model.LinearExprT | None]:
+    """``time_ns`` and ``bottleneck_ns`` as linear expressions, exactly as :func:`solver.cost.timing`.
+
+    A node stored on ``d`` costs its weighted compute (plus streaming when offloaded) on ``d``'s
+    compute device. A tensor sent to ``c`` costs the transfer from wherever its producer runs:
+    ``moved[e, c] >= T(e, s, c) * (runs_on[producer, s] + sent[e, c] - 1)`` for every source ``s``
+    (a single term ``T * sent[e, c]`` when every source is as fast).
+    """
+    n, k = len(problem.nodes), len(problem.devices)
+    p, q = cost.prefill_steps, cost.decode_steps
+    computing = problem.computing_devices
+    stage: dict[int, list] = {c: [] for c in computing}
+    stage_max: dict[int, int] = {c: 0 for c in computing}
+    for i in range(n):
+        worst = {c: 0 for c in computing}
+        for d in range(k):
+            cp, cd, sp, sd = node_time_ns(problem, cost, i, d)
+            weight = p * (cp + sp) + q * (cd + sd)
+            c = problem.compute_device(d)
+            worst[c] = max(worst[c], weight)
+            if weight:
+                stage[c].append(weight * on[i][d])
+        for c in computing:
+            stage_max[c] += worst[c]
+    for (e, c), var in sent.items():
+        edge = problem.edges[e]
+        times = {}
+        for s in computing:
+            if s != c:
+                tp, td = edge_time_ns(problem, cost, e, s, c)
+                times[s] = p * tp + q * td
+        stage_max[c] += max(times.values(), default=0)
+        if len(set(times.values())) <= 1:
+            if times and next(iter(times.values())):
+                stage[c].append(next(iter(times.values())) * var)
+            continue
+        moved = model.new_int_var(0, max(times.values()), f"moved[{problem.nodes[edge.producer].name}:{e},{c}]")
+        for s, t in times.items():
+            model.add(moved >= t * (runs_on[edge.producer, s] + var - 1))
+        stage[c].append(moved)
+    total = [term for terms in stage.values() for term in terms]
+    out: dict[str, cp_model.LinearExprT | None] = {"time_ns": sum(total) if total else None, "bottleneck_ns": None}
+    if "bottleneck_ns" in goal.measures and total:
+        bottleneck = model.new_int_var(0, max(stage_max.values()), "bottleneck_ns")
+        for c, terms in stage.items():
+            if terms:
+                model.add(bottleneck >= sum(terms))
+        out["bottleneck_ns"] = bottleneck
+    return out
+
+
+def _interchangeable(problem: PlacementProblem, cost: CostModel | None) -> list[list[int]]:
+    """Groups (of 2 or more, in listed order) of accelerators that can trade places in any placement.
+
+    Two accelerators are interchangeable when they have the same cap and reserve, no pin names
+    them, neither is the execution device while something may be offloaded, neither is the first
+    accelerator under ``low_zero``, and (with a cost model) their speeds, the link between them and
+    their links to every other device are the same.
+    """
+    accs = problem.accelerators
+    excluded = {d for _, d in problem.pins}
+    if any(not d.is_accelerator for d in problem.devices):
+        excluded.add(problem.execution_device)
+    if problem.low_zero and accs:
+        excluded.add(accs[0])
+    by_signature: dict[tuple, list[int]] = {}
+    for d in accs:
+        if d not in excluded:
+            device = problem.devices[d]
+            signature = (device.cap_bytes, device.reserve_bytes, cost.speeds[d] if cost else None)
+            by_signature.setdefault(signature, []).append(d)
+    groups = []
+    for group in by_signature.values():
+        if cost is not None and len(group) > 1:
+            links = cost.link_bytes_per_s
+            rest = [x for x in range(len(problem.devices)) if x not in group]
+            ref = group[0]
+            group = [d for d in group if all(links[d][x] == links[ref][x] and links[x][d] == links[x][ref]
+                                             for x in rest)]
+            if len({links[a][b] for a in group for b in group if a != b}) > 1:
+                continue
+        if len(group) > 1:
+            groups.append(group)
+    return groups
 
 
 def _runtime_terms(
@@ -354,12 +598,13 @@ def _solver(*, time_limit_s: float, num_workers: int) -> cp_model.CpSolver:
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.num_workers = num_workers
     solver.parameters.random_seed = _RANDOM_SEED
-    # The LP of the caps and block constraints proves most structural infeasibility at the root;
-    # CP-SAT's portfolio has a worker with the full linearisation ("max_lp") from 8 workers on.
+    # Deterministic parallel search: the workers' subsolvers run interleaved in fixed batches, so
+    # the placement returned does not depend on thread timing (CP-SAT sat_parameters.proto:
+    # "interleave_search ... the search is deterministic (independently of num_workers!)").
+    solver.parameters.interleave_search = _INTERLEAVE
+    # The LP of the caps and block constraints proves most structural infeasibility at the root.
     if num_workers == 1:
         solver.parameters.linearization_level = 2
-    elif num_workers < 8:
-        solver.parameters.extra_subsolvers.append("max_lp")
     return solver
 
 
@@ -375,20 +620,20 @@ def _extract(built: _Model, solver: cp_model.CpSolver) -> tuple[int, ...]:
     )
 
 
-def _score(problem: PlacementProblem, assignment: Sequence[int], name: str) -> int:
-    """The value of one objective (``"offload_cost"`` or ``"transfer_bytes"``) of a placement."""
-    return getattr(evaluate(problem, assignment), name)
-
-
 def _solution(
     problem: PlacementProblem,
     assignment: tuple[int, ...],
     status: Status,
     *,
+    goal: Goal,
+    cost: CostModel | None,
     bound: int,
     started: float,
 ) -> Solution:
     assert not violations(problem, assignment), violations(problem, assignment)
+    measures = dict.fromkeys(("offload_cost", "transfer_bytes", "max_utilisation", *goal.measures))
+    if cost is not None:
+        measures.update(time_ns=None, bottleneck_ns=None)
     return Solution(
         assignment=assignment,
         status=status,
@@ -396,4 +641,7 @@ def _solution(
         bound=bound,
         wall_time_s=time.perf_counter() - started,
         solver="cp-sat",
+        goal=goal.value,
+        values={name: score(problem, assignment, name, cost) for name in measures},
+        timing=timing(problem, cost, assignment) if cost is not None else None,
     )

@@ -96,6 +96,11 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
             "solve_chain_dp needs a chain: every edge must go from node i to node i + 1 only; "
             "use solver.solve (CP-SAT) for graphs with skip or multi-consumer edges"
         )
+    if problem.low_zero:
+        raise InvalidSpecError(
+            "solve_chain_dp does not model low_zero (first accelerator no heavier than the others); "
+            "use solver.solve"
+        )
     if not problem.ordered:
         raise InvalidSpecError(
             "solve_chain_dp needs ordered=True (blocks in device order); use solver.solve for "

@@ -27,9 +27,19 @@ class InfeasiblePlanError(LayerplanError):
         missing_bytes: bytes by which the total demand exceeds the total capacity (0 when the
             totals fit but the structure does not, e.g. one node larger than every cap).
         node: name of a node that fits on no device by itself, or ``None``.
+        extra_bytes: device name -> the least extra bytes on it that make the problem fit
+            (:func:`solver.cpsat.least_extra_memory`); empty when not computed or not found.
     """
 
-    def __init__(self, message: str, *, missing_bytes: int = 0, node: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing_bytes: int = 0,
+        node: str | None = None,
+        extra_bytes: dict[str, int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.missing_bytes = missing_bytes
         self.node = node
+        self.extra_bytes = dict(extra_bytes or {})

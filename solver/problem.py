@@ -17,6 +17,8 @@ Placement rules (shared by the CP-SAT model, the chain DP and :func:`evaluate`):
   (followers, e.g. an ``lm_head`` tied to the input embedding, sit with their anchor and are exempt);
 * with ``ordered=True`` the accelerator blocks appear in the order the devices are listed (what
   accelerate's ``infer_auto_device_map`` does: it fills GPU 0, then GPU 1, ...);
+* with ``low_zero=True`` the first accelerator stores no more weight bytes than any other
+  accelerator (accelerate's ``"balanced_low_0"``: GPU 0 keeps room for ``generate()``'s outputs);
 * pins fix a node to a device.
 
 Offloaded nodes (on a ``CPU`` or ``DISK`` device) compute on the *execution device*: the first
@@ -204,6 +206,7 @@ class PlacementProblem:
         tied_groups: tuples of node indices that must share a device (each sorted, disjoint).
         pins: ``(node index, device index)`` pairs.
         ordered: accelerator blocks follow the device order.
+        low_zero: the first accelerator stores no more weight bytes than any other accelerator.
 
     Raises:
         InvalidSpecError: an index is out of range, names repeat, groups overlap, or two members of
@@ -216,6 +219,7 @@ class PlacementProblem:
     tied_groups: tuple[tuple[int, ...], ...] = ()
     pins: tuple[tuple[int, int], ...] = ()
     ordered: bool = True
+    low_zero: bool = False
     _follower_anchor: dict[int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -367,11 +371,19 @@ def violations(problem: PlacementProblem, assignment: Sequence[int]) -> list[str
     for d, count in runs.items():
         if count > 1:
             out.append(f"accelerator {problem.devices[d].name!r} holds {count} separate blocks")
+    accs = problem.accelerators
     if problem.ordered:
-        accs = problem.accelerators
         order = [accs.index(d) for d in first_seen]
         if order != sorted(order):
             out.append("accelerator blocks are not in device order")
+    if problem.low_zero and len(accs) > 1:
+        held = [sum(x.size_bytes for x, d in zip(problem.nodes, assignment) if d == a) for a in accs]
+        lightest = min(range(1, len(accs)), key=lambda r: held[r])
+        if held[0] > held[lightest]:
+            out.append(
+                f"accelerator {problem.devices[accs[0]].name!r} stores {held[0]} bytes > "
+                f"{held[lightest]} on {problem.devices[accs[lightest]].name!r} (low_zero)"
+            )
     return out
 
 

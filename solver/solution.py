@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+from solver.cost import Timing
+from solver.goals import Goal
 from solver.problem import Objective, PlacementProblem
 
 __all__ = ["Status", "Solution"]
@@ -27,11 +30,15 @@ class Solution:
     Attributes:
         assignment: device index per node, in node order (length = number of nodes).
         status: OPTIMAL (proven) or FEASIBLE (time limit hit; see ``bound`` and ``gap``).
-        objective: value of the placement (see :mod:`solver.problem`).
-        bound: proven lower bound on ``objective.transfer_bytes`` given its offload cost; equals it
-            when OPTIMAL.
+        objective: offload cost and transfer bytes of the placement (see :mod:`solver.problem`).
+        bound: proven lower bound on the goal's headline measure (:attr:`headline`) given the
+            measures before it; equals its value when OPTIMAL.
         wall_time_s: solver wall time in seconds.
         solver: which algorithm produced it (``"cp-sat"`` or ``"dp"``).
+        goal: the objective solved for (:class:`solver.goals.Goal` value).
+        values: measure name -> value of the placement (every measure of the goal, plus offload
+            cost, transfer bytes and max utilisation; time measures when a cost model was given).
+        timing: the cost model's estimate of the placement, when a cost model was given.
     """
 
     assignment: tuple[int, ...]
@@ -40,11 +47,26 @@ class Solution:
     bound: int
     wall_time_s: float
     solver: str
+    goal: str = Goal.TRANSFERS.value
+    values: Mapping[str, int] = field(default_factory=dict)
+    timing: Timing | None = None
+
+    @property
+    def headline(self) -> str:
+        """The measure :attr:`bound` and :attr:`gap` refer to (e.g. ``"transfer_bytes"``)."""
+        return Goal(self.goal).headline
+
+    @property
+    def headline_value(self) -> int:
+        """The placement's value of :attr:`headline`."""
+        if self.headline in self.values:
+            return self.values[self.headline]
+        return getattr(self.objective, self.headline)
 
     @property
     def gap(self) -> float:
-        """Relative gap ``(objective - bound) / objective`` on transfer bytes; 0.0 when proven."""
-        value = self.objective.transfer_bytes
+        """Relative gap ``(value - bound) / value`` on the headline measure; 0.0 when proven."""
+        value = self.headline_value
         return 0.0 if value == 0 else (value - self.bound) / value
 
     def device_of(self, problem: PlacementProblem, node: int) -> str:

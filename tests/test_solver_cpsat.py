@@ -192,9 +192,12 @@ def test_model_larger_than_all_devices_reports_the_missing_bytes() -> None:
         solve(problem, num_workers=WORKERS)
     assert str(caught.value) == (
         "the model needs 140.00 GiB but the devices hold 120.00 GiB in all: 20.00 GiB missing; "
-        "raise max_memory, add a device, or add 'cpu'/'disk'"
+        "raise max_memory, add a device, or add 'cpu'/'disk'; the least extra memory that makes "
+        "it fit: 20.00 GiB on 'cpu'"
     )
     assert caught.value.missing_bytes == 20 * GiB
+    # 140 GiB of whole 10 GiB layers in 120 GiB: 20 GiB more in all, best on host RAM.
+    assert caught.value.extra_bytes == {"cpu": 20 * GiB}
     assert caught.value.node is None
 
 

@@ -1,0 +1,123 @@
+"""What a placement is optimised for: the objectives, their lexicographic phases and their scores.
+
+Each :class:`Goal` is a lexicographic list of integer *measures* (minimised one after the other, each
+later one among the placements optimal for the earlier ones). The *headline* measure is the one
+the goal is named after; a FEASIBLE solution's bound and gap refer to it.
+
+Measures (all integers, so CP-SAT and :func:`score` agree exactly):
+
+* ``offload_cost``: offloaded bytes x per-byte cost of their device (:func:`solver.problem.evaluate`);
+* ``transfer_bytes``: bytes crossing device boundaries per forward pass (same);
+* ``time_ns``: estimated time of the whole workload, prefill plus every decode step
+  (:func:`solver.cost.timing` ``total_ns``); minimising it minimises the time per generated token;
+* ``bottleneck_ns``: the busiest device's share of that time (``Timing.bottleneck_ns``): a pipeline
+  of micro-batches runs at the pace of its slowest stage;
+* ``max_utilisation``: the largest ``used / cap`` over the devices that compute, in units of
+  1/:data:`UTILISATION_SCALE`, rounded up (``used`` is the full accounting of
+  :mod:`solver.accounting`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+from solver.accounting import device_loads
+from solver.cost import CostModel, timing
+from solver.errors import InvalidSpecError
+from solver.problem import PlacementProblem, evaluate
+
+__all__ = ["Goal", "UTILISATION_SCALE", "score", "max_utilisation"]
+
+#: ``max_utilisation`` is measured in 1/10000 of a device's cap (0.01 %).
+UTILISATION_SCALE = 10_000
+
+
+class Goal(enum.Enum):
+    """An objective: what the solver minimises, as lexicographic measures (see the module docstring).
+
+    * ``LATENCY``: time per generated token under the cost model, then max utilisation (among
+      equally fast plans, the one with the most headroom);
+    * ``THROUGHPUT``: the slowest device's time (pipelined batches), then the total time;
+    * ``BALANCED``: offload cost, then the largest utilisation, then transfer bytes;
+    * ``TRANSFERS``: offload cost, then bytes crossing cuts.
+    """
+
+    LATENCY = "latency"
+    THROUGHPUT = "throughput"
+    BALANCED = "balanced"
+    TRANSFERS = "transfers"
+
+    @classmethod
+    def parse(cls, value: Goal | str) -> Goal:
+        """A Goal from itself or its name. Raises InvalidSpecError for an unknown name."""
+        if isinstance(value, Goal):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            raise InvalidSpecError(
+                f"unknown objective {value!r}; expected one of {', '.join(g.value for g in cls)}"
+            ) from None
+
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """Measure names, minimised in this order."""
+        return _MEASURES[self]
+
+    @property
+    def headline(self) -> str:
+        """The measure the goal is named after (its bound and gap are reported)."""
+        return _HEADLINE[self]
+
+    @property
+    def needs_cost(self) -> bool:
+        """Whether a :class:`~solver.cost.CostModel` is required."""
+        return any(m in _TIMED for m in self.measures)
+
+
+_MEASURES = {
+    Goal.LATENCY: ("time_ns", "max_utilisation"),
+    Goal.THROUGHPUT: ("bottleneck_ns", "time_ns"),
+    Goal.BALANCED: ("offload_cost", "max_utilisation", "transfer_bytes"),
+    Goal.TRANSFERS: ("offload_cost", "transfer_bytes"),
+}
+_HEADLINE = {
+    Goal.LATENCY: "time_ns",
+    Goal.THROUGHPUT: "bottleneck_ns",
+    Goal.BALANCED: "max_utilisation",
+    Goal.TRANSFERS: "transfer_bytes",
+}
+_TIMED = ("time_ns", "bottleneck_ns")
+
+
+def balance_devices(problem: PlacementProblem) -> tuple[int, ...]:
+    """Devices whose utilisation is balanced: those that compute (accelerators, or the CPU alone)."""
+    return tuple(d for d in problem.computing_devices if problem.devices[d].cap_bytes > 0)
+
+
+def max_utilisation(problem: PlacementProblem, assignment: Sequence[int]) -> int:
+    """``max over balance devices of ceil(UTILISATION_SCALE * used / cap)`` (see the module docstring)."""
+    loads = device_loads(problem, assignment)
+    return max(
+        (-(-UTILISATION_SCALE * loads[d].total // problem.devices[d].cap_bytes) for d in balance_devices(problem)),
+        default=0,
+    )
+
+
+def score(problem: PlacementProblem, assignment: Sequence[int], measure: str, cost: CostModel | None = None) -> int:
+    """The value of one measure (see the module docstring) for ``assignment``.
+
+    Raises:
+        InvalidSpecError: a timed measure without a cost model, or an unknown measure.
+    """
+    if measure in ("offload_cost", "transfer_bytes"):
+        return getattr(evaluate(problem, assignment), measure)
+    if measure == "max_utilisation":
+        return max_utilisation(problem, assignment)
+    if measure in _TIMED:
+        if cost is None:
+            raise InvalidSpecError(f"measure {measure!r} needs a cost model (device speeds and node work)")
+        t = timing(problem, cost, assignment)
+        return t.total_ns if measure == "time_ns" else t.bottleneck_ns
+    raise InvalidSpecError(f"unknown measure {measure!r}")
