@@ -360,6 +360,14 @@ def _build(
             model.add(level[i] >= level[chain[t - 1]])
         for rank, d in enumerate(accs):
             model.add(level[i] == rank).only_enforce_if(on[i][d])
+    # When anything is offloaded, the execution device stores a node (accelerate's main_device is
+    # the first accelerator in the device_map).
+    streamed = [(i, o) for i in range(n) for o in offs if o != exec_device]
+    if streamed and exec_device in accs:
+        holds = model.new_bool_var(f"holds[{devices[exec_device].name}]")
+        model.add(holds <= sum(on[i][exec_device] for i in range(n)))
+        for i, o in streamed:
+            model.add(holds >= on[i][o])
     # With low_zero the first accelerator stores no more weight bytes than any other one.
     if problem.low_zero and len(accs) > 1:
         def stored(d: int) -> cp_model.LinearExprT:

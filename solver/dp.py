@@ -31,6 +31,8 @@ plus a lower bound on its completion exceeds the incumbent's.
 
 from __future__ import annotations
 
+import dataclasses
+
 import bisect
 import operator
 import time
@@ -122,6 +124,8 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
     incumbent = _chain_dp(problem, max_labels=_HINT_MAX_LABELS, deadline=None)
     upper_bound = None if incumbent is None else _scaled_cost(problem, incumbent)
     assignment = _chain_dp(problem, max_labels=None, deadline=None, upper_bound=upper_bound)
+    if assignment is not None and violations(problem, assignment):
+        assignment = _with_execution_device_used(problem)
     if assignment is None:
         raise structural_infeasibility(problem)
     assert not violations(problem, assignment), violations(problem, assignment)
@@ -134,6 +138,38 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
         wall_time_s=time.perf_counter() - started,
         solver="dp",
     )
+
+
+def _with_execution_device_used(problem: PlacementProblem) -> tuple[int, ...] | None:
+    """The exact optimum under the rule the chain DP does not model: when anything is offloaded,
+    the execution device stores a node (:mod:`solver.problem`).
+
+    Every valid placement either offloads nothing (solved with the offload devices removed) or
+    has some node ``j`` on the execution device (solved with ``j`` pinned there); the best of
+    these exact DPs is the optimum. Only run when the unconstrained optimum breaks the rule.
+    """
+    candidates = []
+    accs = problem.accelerators
+    pinned = dict(problem.pins)
+    if all(problem.devices[d].is_accelerator for d in pinned.values()):
+        index = {d: r for r, d in enumerate(accs)}
+        alone = dataclasses.replace(
+            problem, devices=tuple(problem.devices[d] for d in accs),
+            pins=tuple((i, index[d]) for i, d in problem.pins),
+        )
+        found = _chain_dp(alone, max_labels=None, deadline=None)
+        if found is not None:
+            candidates.append(tuple(accs[d] for d in found))
+    execution = problem.execution_device
+    for j in range(len(problem.nodes)):
+        if pinned.get(j, execution) != execution:
+            continue
+        pinned_there = dataclasses.replace(problem, pins=tuple(sorted({*problem.pins, (j, execution)})))
+        found = _chain_dp(pinned_there, max_labels=None, deadline=None)
+        if found is not None:
+            candidates.append(found)
+    valid = [c for c in candidates if not violations(problem, c)]
+    return min(valid, key=lambda c: (evaluate(problem, c).as_tuple(), c)) if valid else None
 
 
 def chain_hint(problem: PlacementProblem) -> tuple[int, ...] | None:

@@ -23,7 +23,9 @@ Placement rules (shared by the CP-SAT model, the chain DP and :func:`evaluate`):
 
 Offloaded nodes (on a ``CPU`` or ``DISK`` device) compute on the *execution device*: the first
 accelerator listed, or the CPU when there is none (accelerate ``big_modeling.dispatch_model``:
-``execution_device = main_device if device in ["cpu", "disk"]``).
+``execution_device = main_device if device in ["cpu", "disk"]``). accelerate takes ``main_device``
+as the first accelerator *in the device_map*, so when anything is offloaded the execution device
+must store at least one node (the adapter then lists it first).
 
 Objective, lexicographic:
 
@@ -376,6 +378,13 @@ def violations(problem: PlacementProblem, assignment: Sequence[int]) -> list[str
         order = [accs.index(d) for d in first_seen]
         if order != sorted(order):
             out.append("accelerator blocks are not in device order")
+    execution = problem.execution_device
+    offloaded = [i for i, d in enumerate(assignment) if problem.compute_device(d) != d]
+    if offloaded and problem.devices[execution].is_accelerator and execution not in assignment:
+        out.append(
+            f"node {problem.nodes[offloaded[0]].name!r} is offloaded but the execution device "
+            f"{problem.devices[execution].name!r} stores no node (accelerate would run it elsewhere)"
+        )
     if problem.low_zero and len(accs) > 1:
         held = [sum(x.size_bytes for x, d in zip(problem.nodes, assignment) if d == a) for a in accs]
         lightest = min(range(1, len(accs)), key=lambda r: held[r])

@@ -21,6 +21,8 @@ class Status(enum.Enum):
 
     OPTIMAL = "optimal"
     FEASIBLE = "feasible"
+    #: Not solved: a placement given by the user (or another tool), evaluated as is.
+    GIVEN = "given"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import subprocess
 import sys
 from pathlib import Path
@@ -154,12 +156,17 @@ def test_unordered_blocks_may_follow_any_device_order() -> None:
 
 
 def test_pins_are_honoured() -> None:
-    # Node 0 pinned to GPU 1 closes GPU 0 (device order): GPU 1 takes nodes 0-1, cpu 2-3 (20);
-    # edge 1 -> 2 goes from GPU 1 to GPU 0, where cpu nodes compute: 7.
+    # Node 0 pinned to GPU 1 closes GPU 0 under the device order. Offloading nodes 2-3 to the cpu
+    # would make them run on accelerate's main_device, the first accelerator of the map (GPU 1),
+    # not on the execution device GPU 0 that the accounting charges: that is refused, so with
+    # GPU 1 full after two nodes there is no placement.
     problem = chain_of(10, 10, 10, 10, edge_bytes=7, devices=gpus(20, 20, cpu=40), pins=((0, 1),))
-    solution = solve(problem, num_workers=WORKERS)
-    assert solution.assignment == (1, 1, 2, 2)
-    assert solution.objective.as_tuple() == (20, 7)
+    with pytest.raises(InfeasiblePlanError):
+        solve(problem, num_workers=WORKERS, explain=False)
+    # In any block order GPU 0 takes nodes 2-3 after GPU 1's block: edge 1 -> 2 crosses, 7 bytes.
+    solution = solve(dataclasses.replace(problem, ordered=False), num_workers=WORKERS)
+    assert solution.assignment == (1, 1, 0, 0)
+    assert solution.objective.as_tuple() == (0, 7)
 
 
 def test_repeated_runs_return_the_same_placement() -> None:

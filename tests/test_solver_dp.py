@@ -65,12 +65,15 @@ def test_offloaded_node_next_to_gpu0_costs_no_transfer() -> None:
 
 
 def test_pin_to_the_second_gpu_closes_the_first() -> None:
-    # Node 0 pinned to GPU 1: GPU 0 can no longer appear after it (device order), so GPU 1 takes
-    # nodes 0-1 (20 bytes) and the cpu nodes 2-3 (offload 20); edge 1->2 goes GPU 1 -> GPU 0: 7.
+    # Node 0 pinned to GPU 1: GPU 0 can no longer appear after it (device order). Offloading nodes
+    # 2-3 would need GPU 0 (the execution device) to store a node, and GPU 1 holds only 20 bytes:
+    # no placement (the DP's unconstrained optimum (1, 1, 2, 2) breaks that rule).
     problem = chain_of(10, 10, 10, 10, edge_bytes=7, devices=gpus(20, 20, cpu=40), pins=((0, 1),))
-    solution = solve_chain_dp(problem)
-    assert solution.assignment == (1, 1, 2, 2)
-    assert solution.objective.as_tuple() == (20, 7)
+    with pytest.raises(InfeasiblePlanError):
+        solve_chain_dp(problem)
+    # With GPU 1's cap at 40 it holds all four nodes: no offload, no transfer.
+    roomy = chain_of(10, 10, 10, 10, edge_bytes=7, devices=gpus(20, 40, cpu=40), pins=((0, 1),))
+    assert solve_chain_dp(roomy).assignment == (1, 1, 1, 1)
 
 
 def test_pin_to_cpu_in_the_middle_sends_a_neighbour_to_the_cpu_too() -> None:
