@@ -10,6 +10,14 @@ Formulas (bytes):
   a gated MLP, then the output), plus, with eager attention, the score matrix ``batch * n_heads *
   prompt_len**2 * dtype_bytes``. This is a rough upper bound used only when measuring fails; the
   report names every node it was used for.
+
+FLOPs of one forward (a multiply-add counts 2, as ``torch.utils.flop_counter`` counts):
+
+* ``2 * parameters * tokens`` for the matmuls of a layer's weights (Kaplan et al. 2020, "Scaling
+  Laws for Neural Language Models", section 2.1: ``C_forward ~ 2N`` per token);
+* plus, per attention layer, ``2 * 2 * batch * n_heads * head_dim * q_tokens * kv_tokens`` for
+  ``Q K^T`` and ``A V`` (the same two batched matmuls ``torch.utils.flop_counter.sdpa_flop_count``
+  counts; causal masking is not discounted, as there).
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from transformers import PretrainedConfig
 
 from planner.workload import Phase, Workload
 
-__all__ = ["AttentionShape", "attention_shape", "kv_bytes_per_token", "estimate_layer_bytes"]
+__all__ = ["AttentionShape", "attention_shape", "kv_bytes_per_token", "estimate_layer_bytes",
+           "estimate_forward_flops"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -84,3 +93,34 @@ def estimate_layer_bytes(config: PretrainedConfig, workload: Workload, *, layer_
     if workload.attn_implementation == "eager":
         work += workload.batch_size * shape.n_heads * workload.prompt_len**2 * workload.dtype.itemsize
     return kv, work
+
+
+def estimate_forward_flops(
+    config: PretrainedConfig,
+    *,
+    num_parameters: int,
+    batch_size: int,
+    q_tokens: int,
+    kv_tokens: int = 0,
+) -> int:
+    """FLOPs of one forward of a layer (see the module docstring).
+
+    Args:
+        config: the model's config (heads and head dim of the attention term).
+        num_parameters: the layer's parameters, all assumed to sit in matmuls (for an MoE layer
+            every expert counts, though only the routed ones run: an upper bound).
+        batch_size: sequences.
+        q_tokens: tokens each sequence feeds through the layer (``prompt_len`` in prefill, 1 per
+            decode step).
+        kv_tokens: tokens each query attends to (self plus cross attention); 0 for a layer without
+            attention.
+
+    Returns:
+        ``2 * num_parameters * batch_size * q_tokens + 2 * 2 * batch_size * n_heads * head_dim *
+        q_tokens * kv_tokens``.
+    """
+    matmuls = 2 * num_parameters * batch_size * q_tokens
+    if not kv_tokens:
+        return matmuls
+    shape = attention_shape(config)
+    return matmuls + 2 * 2 * batch_size * shape.n_heads * shape.head_dim * q_tokens * kv_tokens

@@ -16,7 +16,9 @@ from solver import Device, Edge, InvalidSpecError, Node, PlacementProblem
 
 __all__ = ["GraphNode", "GraphEdge", "LayerGraph"]
 
-GRAPH_FORMAT_VERSION = 2
+GRAPH_FORMAT_VERSION = 3
+#: Older formats :meth:`LayerGraph.from_dict` still reads. 2: no FLOPs, no decode-step edge sizes.
+_READABLE_FORMAT_VERSIONS = (2, GRAPH_FORMAT_VERSION)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -36,10 +38,18 @@ class GraphNode:
             values, :mod:`planner.measure`); charged to the node's execution device.
         prefill_work_bytes: peak transient working set of the node's forward during prefill.
         decode_work_bytes: the same for one decode step.
+        prefill_flops: floating-point operations (a multiply-add counts 2) of the node's forward in
+            one prefill pass over the prompt (``batch * prompt_len`` tokens; logits for the last
+            position only unless ``prefill_logits``), counted per op with PyTorch's formulas
+            (``torch.utils.flop_counter``: matmuls, convolutions, attention; elementwise ops count 0)
+            during the fake-tensor forward of :mod:`planner.measure`.
+        decode_flops: the same for one decode step at full context (``batch`` new tokens against a
+            cache of ``context_len - 1`` tokens); 0 when the workload has no decode step (an
+            encoder-only model, or ``phase="prefill"``).
         executed: False when the meta forward never called the node (its position then follows
             registration order).
-        estimated: KV and working set come from the config (:mod:`planner.estimate`), not a
-            measurement.
+        estimated: some of KV, working set and FLOPs come from the config (:mod:`planner.estimate`),
+            not a measurement (the graph's notes say which).
     """
 
     name: str
@@ -50,6 +60,8 @@ class GraphNode:
     kv_bytes: int = 0
     prefill_work_bytes: int = 0
     decode_work_bytes: int = 0
+    prefill_flops: int = 0
+    decode_flops: int = 0
     executed: bool = True
     estimated: bool = False
 
@@ -71,9 +83,17 @@ class GraphEdge:
     Attributes:
         producer: node name.
         consumers: node names, each later in execution order.
-        shape: the tensor's shape as the consumer receives it, e.g. ``(batch, seq_len, hidden)``.
+        shape: the tensor's shape as the consumer receives it in prefill, e.g. ``(batch,
+            prompt_len, hidden)``.
         dtype: torch dtype name, e.g. ``"bfloat16"``.
-        size_bytes: ``prod(shape) * itemsize`` bytes per forward pass.
+        size_bytes: ``prod(shape) * itemsize`` bytes per prefill forward pass.
+        decode_size_bytes: bytes of the same input in one decode step, as measured by
+            :mod:`planner.trace` (e.g. ``batch * 1 * hidden * itemsize`` for hidden states; the
+            encoder output of an encoder-decoder model keeps its ``prompt_len`` tokens because it
+            is handed to the decoder at every step); 0 when the consumers do not run in decode
+            (encoder blocks) or the workload has no decode step. Always filled: where the decode
+            step could not be measured it is derived (:func:`decode_size_from_prefill`) and the
+            graph's notes say so.
     """
 
     producer: str
@@ -81,6 +101,18 @@ class GraphEdge:
     shape: tuple[int, ...]
     dtype: str
     size_bytes: int
+    decode_size_bytes: int
+
+
+def decode_size_from_prefill(size_bytes: int, shape: Sequence[int], *, prompt_len: int) -> int:
+    """Bytes of a prefill tensor of ``shape`` (``size_bytes``) once its ``prompt_len`` dimension is 1.
+
+    ``size_bytes // prompt_len`` when a dimension equals ``prompt_len``, else ``size_bytes``. A
+    derivation, used only where the decode step was not measured (format-2 graphs, a failed
+    measurement): it cannot know that a ``(batch, heads, q, kv)`` bias becomes ``(.., 1, context)``
+    nor that an encoder output keeps its ``prompt_len`` tokens in decode.
+    """
+    return size_bytes // prompt_len if prompt_len in tuple(shape) else size_bytes
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -204,22 +236,34 @@ class LayerGraph:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerGraph:
+        """Inverse of :meth:`to_dict`; also reads format 2 (FLOPs 0, decode edge sizes derived from
+        the prefill shapes by :func:`decode_size_from_prefill`, and a note saying so).
+
+        Raises:
+            InvalidSpecError: an unknown ``format_version``.
+        """
         data = dict(data)
         version = data.pop("format_version", GRAPH_FORMAT_VERSION)
-        if version != GRAPH_FORMAT_VERSION:
+        if version not in _READABLE_FORMAT_VERSIONS:
             raise InvalidSpecError(
-                f"graph format_version={version!r} but this layerplan reads {GRAPH_FORMAT_VERSION}; "
-                "trace the model again"
+                f"graph format_version={version!r} but this layerplan reads "
+                f"{', '.join(map(str, _READABLE_FORMAT_VERSIONS))}; trace the model again"
             )
+        edges = [{**e, "consumers": tuple(e["consumers"]), "shape": tuple(e["shape"])} for e in data["edges"]]
+        notes = tuple(data.get("notes", ()))
+        if version == 2:
+            prompt_len = int(data["workload"]["prompt_len"])
+            for e in edges:
+                e["decode_size_bytes"] = decode_size_from_prefill(e["size_bytes"], e["shape"], prompt_len=prompt_len)
+            notes += ("graph format 2 predates FLOP counting: prefill_flops and decode_flops are 0 and edge "
+                      "decode_size_bytes are the prefill sizes with the prompt_len dimension set to 1; "
+                      "trace the model again to measure them",)
         data["nodes"] = tuple(GraphNode(**n) for n in data["nodes"])
-        data["edges"] = tuple(
-            GraphEdge(**{**e, "consumers": tuple(e["consumers"]), "shape": tuple(e["shape"])})
-            for e in data["edges"]
-        )
+        data["edges"] = tuple(GraphEdge(**e) for e in edges)
         for key in ("tied_parameters", "tied_groups"):
             data[key] = tuple(tuple(g) for g in data.get(key, ()))
-        for key in ("no_split_module_classes", "notes"):
-            data[key] = tuple(data.get(key, ()))
+        data["no_split_module_classes"] = tuple(data.get("no_split_module_classes", ()))
+        data["notes"] = notes
         return cls(**data)
 
     @classmethod

@@ -15,17 +15,33 @@ the declared workload, and
   dtype_bytes * tokens`` per attention layer (vLLM ``kv_cache_interface.py``) with ``tokens`` the
   context, or the window for sliding-window layers (transformers ``DynamicSlidingWindowLayer``), and
   the encoder length for cross-attention. Encoder layers and layers without attention never call it.
+* the **FLOPs** of a node are those of the ops that run while it is the innermost running node,
+  each counted with PyTorch's own per-op formula (``torch.utils.flop_counter.flop_registry``, keyed
+  by ``func._overloadpacket``, as ``FlopCounterMode`` does): matmuls (``mm``, ``addmm``, ``bmm``,
+  ``baddbmm``), convolutions and fused attention (``_scaled_dot_product_*``: ``2 * 2 * batch *
+  heads * q_len * kv_len * head_dim``, causal masking not discounted); elementwise ops, norms and
+  softmax count 0, as there. Two kernels our CPU fake tensors reach have no entry in torch 2.13's
+  registry and get one built from its shape functions: ``_scaled_dot_product_flash_attention_for_cpu``
+  (same ``query, key, value`` arguments as the CUDA flash kernel: the same ``sdpa_flop``) and
+  ``_grouped_mm`` (MoE experts: one ``mm_flop`` over all routed rows). ``FlopCounterMode`` itself is
+  not used: it attributes FLOPs to module *names*, to every ancestor of the running module, from a
+  ``ModuleTracker`` that hooks every module, and it is a second dispatch mode per op on top of the
+  one this module already runs; a 405B trace would pay both, to then map names back to our nodes.
+  Here counting adds one dictionary lookup per op, and one shape formula per matmul or attention op,
+  to the memory tracker below (about 1% of a trace).
 
 Phases (see :class:`~planner.workload.Phase`): prefill = one forward over the prompt (``use_cache=
 False``, logits for the last position only unless ``prefill_logits``); decode = one token after a
-cache filled with ``context - 1`` tokens.
+cache filled with ``context - 1`` tokens. The decode step also records the bytes of every tensor each
+node receives (:func:`input_tensors` keys), so that :mod:`planner.trace` can size its edges in decode.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -33,28 +49,42 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry, mm_flop, shape_wrapper
 from torch.utils.weak import WeakIdKeyDictionary
 
 from planner.workload import Phase, Workload
 
-__all__ = ["NodeMemory", "generates", "measure_node_memory"]
+__all__ = ["NodeMemory", "decodes", "generates", "input_tensors", "measure_node_memory"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class NodeMemory:
-    """Per node (in the order of the ``modules`` given): bytes at the workload.
+    """Per node (in the order of the ``modules`` given): bytes and FLOPs at the workload.
 
     Attributes:
         kv_bytes: KV cache held by the node at the end of the workload.
         prefill_work_bytes: peak transient working set during prefill.
         decode_work_bytes: peak transient working set during one decode step (0 if not measured).
+        prefill_flops: floating-point operations of the node's forward(s) in the prefill pass
+            (``torch.utils.flop_counter`` formulas, see the module docstring).
+        decode_flops: the same for one decode step at full context (0 without a decode step:
+            :func:`decodes` is False, or the measurement failed).
+        decode_input_bytes: per node, the bytes of each tensor it received in the decode step, keyed
+            as :func:`input_tensors` keys them (``{}`` for a node the step did not call); ``()`` when no
+            decode step was measured.
         notes: what could not be measured and why (empty when everything was measured).
+        flop_notes: FLOPs left out (an op whose formula rejected its shapes, FLOPs outside every
+            node); everything else stands, so these do not make :mod:`planner.trace` estimate.
     """
 
     kv_bytes: tuple[int, ...]
     prefill_work_bytes: tuple[int, ...]
     decode_work_bytes: tuple[int, ...]
+    prefill_flops: tuple[int, ...]
+    decode_flops: tuple[int, ...]
+    decode_input_bytes: tuple[Mapping[str, int], ...] = ()
     notes: tuple[str, ...] = ()
+    flop_notes: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -91,19 +121,82 @@ def generates(model: nn.Module) -> bool:
     return _accepts(model, "past_key_values")
 
 
-class _LiveBytes(TorchDispatchMode):
-    """Bytes of live storages, and the peak seen since the current node started.
+def decodes(model: nn.Module, workload: Workload) -> bool:
+    """Whether the workload has a decode step: the model generates and the phase is not prefill."""
+    return workload.phase is not Phase.PREFILL and generates(model)
+
+
+def input_tensors(args: tuple, kwargs: Mapping[str, object]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors a module call receives, each with a key stable across calls of the same forward.
+
+    The key is the positional index or keyword name, then the tensor's rank among that argument's
+    tensors (``"0/0"`` = ``hidden_states`` passed first; ``"position_embeddings/1"`` = ``sin``), so a
+    tensor a node receives in prefill is found again in decode. ``ModelOutput`` and ``Cache``
+    objects are looked into one level deep.
+    """
+    for name, value in [*((str(i), a) for i, a in enumerate(args)), *kwargs.items()]:
+        rank = 0
+        for leaf in tree_flatten(value)[0]:
+            if isinstance(leaf, torch.Tensor):
+                inner = (leaf,)
+            elif hasattr(leaf, "__dict__") and type(leaf).__module__.startswith("transformers"):
+                inner = tuple(v for v in vars(leaf).values() if isinstance(v, torch.Tensor))
+            else:
+                continue
+            for t in inner:
+                yield f"{name}/{rank}", t
+                rank += 1
+
+
+@shape_wrapper
+def _grouped_mm_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001, ANN002, ANN003
+    """``_grouped_mm`` (MoE experts): each group is one matmul, so together they are one ``mm`` over
+    every row of ``mat_a`` (2D ``(rows, K)`` or 3D ``(groups, M, K)``) against one group's ``(K, N)``;
+    with both operands 2D the groups split ``K`` and the whole is ``mm(mat_a, mat_b)``."""
+    k = a_shape[-1]
+    if len(b_shape) == 3:
+        return mm_flop((math.prod(a_shape[:-1]), k), (b_shape[-2], b_shape[-1]))
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        return mm_flop(a_shape, b_shape)
+    raise ValueError(f"grouped_mm of {tuple(a_shape)} x {tuple(b_shape)}: layout without a FLOP formula")
+
+
+def _flop_formulas() -> dict[object, Callable[..., int]]:
+    """PyTorch's registry, plus the kernels it misses that our fake CPU forward reaches."""
+    formulas = dict(flop_registry)
+    aten = torch.ops.aten
+    # The CPU fused SDPA kernel takes (query, key, value, ...) like the CUDA flash kernel.
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        formulas.setdefault(aten._scaled_dot_product_flash_attention_for_cpu,
+                            flop_registry[aten._scaled_dot_product_flash_attention])
+    if hasattr(aten, "_grouped_mm"):
+        formulas.setdefault(aten._grouped_mm, _grouped_mm_flop)
+    # transformers' MoE fallback (input (S, K), weight (experts, K, N), offs): an opaque custom op
+    if hasattr(torch.ops.transformers, "grouped_mm_fallback"):
+        formulas.setdefault(torch.ops.transformers.grouped_mm_fallback, _grouped_mm_flop)
+    return formulas
+
+
+class _NodeMeter(TorchDispatchMode):
+    """Per node, while its forward runs: the peak of live storage bytes above entry, its FLOPs and
+    (``record_inputs``) the bytes of the tensors it receives.
 
     A storage is counted once, when an op returns it without having received it (a fresh
     allocation, not a view or an in-place result), and released by a weakref finalizer when the last
-    tensor on it dies (CPython frees at once, so the count follows the real program).
+    tensor on it dies (CPython frees at once, so the count follows the real program). An op's FLOPs
+    go to the innermost running node; ops outside every node (glue code) to ``outside_flops``.
     """
 
-    def __init__(self, num_nodes: int) -> None:
+    def __init__(self, num_nodes: int, *, record_inputs: bool = False) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
         self.work = [0] * num_nodes
+        self.flops = [0] * num_nodes
+        self.outside_flops = 0
+        self.uncounted: dict[str, str] = {}  # op -> why its FLOPs are not counted
+        self.inputs: list[dict[str, int]] | None = [{} for _ in range(num_nodes)] if record_inputs else None
+        self._formulas = _flop_formulas()
         self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._stack: list[tuple[int, int, int]] = []  # (node, live at entry, outer peak)
 
@@ -122,9 +215,22 @@ class _LiveBytes(TorchDispatchMode):
                     weakref.finalize(storage, self._free, nbytes)
                     self.live += nbytes
         self.peak = max(self.peak, self.live)
+        formula = self._formulas.get(func._overloadpacket)
+        if formula is not None:
+            try:
+                flops = formula(*args, **(kwargs or {}), out_val=out)
+            except Exception as exc:  # a formula that rejects these shapes costs its FLOPs, not the run
+                self.uncounted.setdefault(str(func._overloadpacket), f"{type(exc).__name__}: {exc}"[:120])
+            else:
+                if self._stack:
+                    self.flops[self._stack[-1][0]] += flops
+                else:
+                    self.outside_flops += flops
         return out
 
-    def enter(self, node: int) -> None:
+    def enter(self, node: int, args: tuple, kwargs: Mapping[str, object]) -> None:
+        if self.inputs is not None and not self.inputs[node]:  # a node called more than once: its first call
+            self.inputs[node] = {key: t.nbytes for key, t in input_tensors(args, kwargs)}
         self._stack.append((node, self.live, self.peak))
         self.peak = self.live
 
@@ -154,11 +260,12 @@ def measure_node_memory(
     modules: Sequence[nn.Module | None],
     workload: Workload,
 ) -> NodeMemory:
-    """Measure KV cache and working set per node module (see the module docstring).
+    """Measure KV cache, working set, FLOPs and decode-step inputs per node module (see the module
+    docstring).
 
     Args:
         model: a model on the meta device, in ``workload.dtype``; left unmodified.
-        modules: the node modules in node order (``None`` for root-parameter nodes: 0 bytes).
+        modules: the node modules in node order (``None`` for root-parameter nodes: 0 bytes, 0 FLOPs).
         workload: batch, lengths, phase.
 
     Returns:
@@ -167,33 +274,39 @@ def measure_node_memory(
     n = len(modules)
     zeros = (0,) * n
     notes: list[str] = []
+    flop_notes: list[str] = []
     index = {id(m): i for i, m in enumerate(modules) if m is not None}
     recorder = _Recorder()
     handles = []
-    trackers: list[_LiveBytes] = []  # the one measuring now, if any
+    trackers: list[_NodeMeter] = []  # the one measuring now, if any
 
-    def pre(module, args):  # noqa: ANN001
+    def pre(module, args, kwargs):  # noqa: ANN001
         recorder.current.append(index[id(module)])
         if trackers:
-            trackers[-1].enter(index[id(module)])
+            trackers[-1].enter(index[id(module)], args, kwargs)
 
     def post(module, args, output):  # noqa: ANN001
         recorder.current.pop()
         if trackers:
             trackers[-1].leave()
 
-    def tracked(run: Callable[[], object]) -> tuple[int, ...]:
-        trackers.append(_LiveBytes(n))
+    def tracked(phase: str, run: Callable[[], object], *, record_inputs: bool = False) -> _NodeMeter:
+        trackers.append(_NodeMeter(n, record_inputs=record_inputs))
         try:
             with trackers[-1]:
                 run()
-            return tuple(trackers[-1].work)
+            meter = trackers[-1]
         finally:
             trackers.pop()
+        for op, why in meter.uncounted.items():
+            flop_notes.append(f"{phase} FLOPs of {op} not counted ({why})")
+        if meter.outside_flops:
+            flop_notes.append(f"{meter.outside_flops} {phase} FLOPs ran outside every node and are in none")
+        return meter
 
     for m in modules:
         if m is not None:
-            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(m.register_forward_hook(post))
 
     b = workload.batch_size
@@ -205,7 +318,7 @@ def measure_node_memory(
     def ids(length: int) -> torch.Tensor:
         return torch.zeros((b, length), dtype=torch.long, device="cpu")
 
-    prefill_work, decode_work, kv = zeros, zeros, zeros
+    prefill, decode, kv = None, None, zeros
     try:
         with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
             # Swap in fake copies of the weights *before* tracking: otherwise each meta weight is
@@ -224,19 +337,27 @@ def measure_node_memory(
             def call(**kwargs):  # noqa: ANN003, ANN202
                 return torch.func.functional_call(model, fake_state, args=(), kwargs=kwargs, tie_weights=False)
 
-            prefill_work = tracked(lambda: call(**_prefill_inputs(ids, workload, encdec), use_cache=False,
-                                                **causal_kwargs))
+            prefill = tracked("prefill", lambda: call(**_prefill_inputs(ids, workload, encdec), use_cache=False,
+                                                      **causal_kwargs))
             if generates(model):  # encoders (BERT) keep no KV cache and have no decode phase
-                kv, decode_work = _decode(call, tracked, ids, workload, encdec, recorder, n, causal_kwargs, model)
+                kv, decode = _decode(call, tracked, ids, workload, encdec, recorder, n, causal_kwargs, model)
     except Exception as exc:  # meta kernels are missing for some ops; report, never crash
-        notes.append(f"memory measurement failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+        notes.append(f"memory measurement failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]})")
     finally:
         for h in handles:
             h.remove()
-    if workload.phase is Phase.PREFILL:
-        decode_work = zeros
-    return NodeMemory(kv_bytes=tuple(kv), prefill_work_bytes=tuple(prefill_work),
-                      decode_work_bytes=tuple(decode_work), notes=tuple(notes))
+    if not decodes(model, workload):
+        decode = None
+    return NodeMemory(
+        kv_bytes=tuple(kv),
+        prefill_work_bytes=tuple(prefill.work) if prefill else zeros,
+        decode_work_bytes=tuple(decode.work) if decode else zeros,
+        prefill_flops=tuple(prefill.flops) if prefill else zeros,
+        decode_flops=tuple(decode.flops) if decode else zeros,
+        decode_input_bytes=tuple(decode.inputs) if decode and decode.inputs is not None else (),
+        notes=tuple(notes),
+        flop_notes=tuple(flop_notes),
+    )
 
 
 def _prefill_inputs(ids: Callable[[int], torch.Tensor], workload: Workload, encdec: bool) -> dict:
@@ -247,7 +368,7 @@ def _prefill_inputs(ids: Callable[[int], torch.Tensor], workload: Workload, encd
 
 
 def _decode(call, tracked, ids, workload: Workload, encdec: bool, recorder: _Recorder, n: int, causal_kwargs, model):  # noqa: ANN001, ANN202
-    """Fill a cache to ``context - 1`` tokens, then measure one decode step."""
+    """Fill a cache to ``context - 1`` tokens, then measure one decode step: ``(kv_bytes, meter)``."""
     cache = _make_cache(model, recorder)
     kv_tokens = workload.prompt_len if workload.phase is Phase.PREFILL else workload.context_len
     if encdec:
@@ -262,7 +383,8 @@ def _decode(call, tracked, ids, workload: Workload, encdec: bool, recorder: _Rec
         step = {"input_ids": ids(1)}
     cross = {node: size for (tag, node), size in recorder.kv.items() if tag == "cross"}
     recorder.kv.clear()
-    work = tracked(lambda: call(**step, past_key_values=cache, use_cache=True, **causal_kwargs))
+    meter = tracked("decode", lambda: call(**step, past_key_values=cache, use_cache=True, **causal_kwargs),
+                    record_inputs=True)
     # the last step's self-attention K/V: the whole context (or the window); cross-attention from the fill
     kv = [recorder.kv.get(("self", i), 0) + cross.get(i, 0) for i in range(n)]
-    return kv, work
+    return kv, meter

@@ -7,6 +7,14 @@ pass: a ``TorchFunctionMode`` follows every tensor computed outside the nodes ba
 outputs it derives from, so the tensor a consumer receives (e.g. ``lm_head``'s sliced hidden states,
 or T5's ``position_bias`` shared by every block) is attributed to the node that produced it, with its
 real shape and dtype.
+
+FLOPs per node and the bytes each edge carries in one decode step come from
+:func:`planner.measure.measure_node_memory`: the decode step records, per node, the bytes of every
+tensor it receives, keyed by argument (:func:`planner.measure.input_tensors`), and an edge's decode
+size is what its consumers receive under the key they received it by in prefill. So it is measured,
+not derived: hidden states shrink to one token, T5's encoder output keeps ``prompt_len`` tokens (the
+decoder is handed it every step), edges into encoder blocks carry 0 (they do not run in decode).
+Without a decode step (encoder-only models, ``phase="prefill"``) every edge carries 0 in decode.
 """
 
 from __future__ import annotations
@@ -24,9 +32,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from planner.estimate import estimate_layer_bytes
-from planner.graph import GraphEdge, GraphNode, LayerGraph
-from planner.measure import NodeMemory, measure_node_memory
+from planner.estimate import attention_shape, estimate_forward_flops, estimate_layer_bytes
+from planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
+from planner.measure import NodeMemory, decodes, input_tensors, measure_node_memory
 from planner.workload import Workload
 
 __all__ = ["trace_model", "no_split_classes"]
@@ -86,14 +94,24 @@ def _find_nodes(model: nn.Module, no_split: tuple[str, ...]) -> list[_NodeSpec]:
 
 
 @dataclass(slots=True)
+class _Received:
+    """One tensor received from one producer: its prefill shape and dtype, and each consumer with
+    the :func:`~planner.measure.input_tensors` key it received the tensor under."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    consumers: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _FlowTracker:
     """Which node(s) each live tensor derives from (only tensors computed outside nodes)."""
 
     sources: dict[int, frozenset[int]] = field(default_factory=dict)
     keep_alive: list[torch.Tensor] = field(default_factory=list)
     depth: int = 0
-    # (id of the tensor as received, producer) -> [shape, dtype, consumers]
-    received: dict[tuple[int, int], list] = field(default_factory=dict)
+    # (id of the tensor as received, producer) -> what was received, by whom
+    received: dict[tuple[int, int], _Received] = field(default_factory=dict)
     order: list[int] = field(default_factory=list)
 
     def mark(self, value: object, src: frozenset[int]) -> None:
@@ -162,8 +180,9 @@ def trace_model(
 ) -> LayerGraph:
     """Trace ``model`` (on the meta device, in ``workload.dtype``) into a :class:`LayerGraph`.
 
-    Edges and execution order come from a prefill forward (``workload.prompt_len`` tokens); KV cache
-    and working sets per node from :func:`planner.measure.measure_node_memory`.
+    Edges and execution order come from a prefill forward (``workload.prompt_len`` tokens); KV cache,
+    working sets, FLOPs per node and edge sizes in decode from
+    :func:`planner.measure.measure_node_memory` (see the module docstring).
 
     Args:
         model: a model whose parameters are on ``torch.device("meta")``; hooks are removed before
@@ -178,7 +197,9 @@ def trace_model(
     Returns:
         The graph. What could not be measured is estimated (:mod:`planner.estimate`): nodes follow
         registration order, edges are ``batch * prompt_len * hidden_size * dtype bytes`` between
-        consecutive nodes, per-layer KV and working set come from the config; ``notes`` names them.
+        consecutive nodes, per-layer KV and working set come from the config, FLOPs of blocks and
+        linear leaves are ``2 * parameters * tokens`` plus attention, and decode edge sizes are the
+        prefill ones with ``prompt_len`` set to 1; ``notes`` names them.
     """
     dtype = workload.dtype
     no_split = no_split_classes(model, no_split_module_classes)
@@ -208,12 +229,16 @@ def trace_model(
     order = _execution_order(len(specs), tracker.order if traced else [])
     position = {node: pos for pos, node in enumerate(order)}
     estimated = _estimates(model, specs, workload) if memory.notes else {}
-    if estimated:
+    estimated_flops = _estimate_flops(model, specs, workload) if memory.notes else {}
+    if estimated or estimated_flops:
+        names = list(dict.fromkeys([*estimated, *estimated_flops]))
+        what = [f"KV cache and working set of {len(estimated)} blocks"] if estimated else []
+        what += [f"FLOPs of {len(estimated_flops)} nodes"] if estimated_flops else []
         notes.append(
-            f"KV cache and working set of {len(estimated)} blocks estimated from the config "
-            f"(planner/estimate.py): {', '.join(specs[i].name for i in list(estimated)[:3])}"
-            + (", ..." if len(estimated) > 3 else "")
+            f"{' and '.join(what)} estimated from the config (planner/estimate.py): "
+            f"{', '.join(specs[i].name for i in names[:3])}" + (", ..." if len(names) > 3 else "")
         )
+    notes.extend(memory.flop_notes)
     executed = set(tracker.order) if traced else set()
 
     def node(i: int) -> GraphNode:
@@ -223,6 +248,8 @@ def trace_model(
             dec = 0
         else:
             kv, pre, dec = int(kv * kv_scale), int(pre * scale), int(dec * scale)
+        # FLOPs do not depend on the dtype measured in
+        pre_flops, dec_flops = estimated_flops.get(i, (memory.prefill_flops[i], memory.decode_flops[i]))
         return GraphNode(
             name=specs[i].name,
             kind=specs[i].kind,
@@ -232,24 +259,41 @@ def trace_model(
             kv_bytes=kv,
             prefill_work_bytes=pre,
             decode_work_bytes=dec,
+            prefill_flops=pre_flops,
+            decode_flops=dec_flops,
             executed=i in executed,
-            estimated=i in estimated,
+            estimated=i in estimated or i in estimated_flops,
         )
 
     graph_nodes = tuple(node(i) for i in order)
+    has_decode = decodes(model, workload)
+    decode_measured = bool(memory.decode_input_bytes)
+    if has_decode and not decode_measured:
+        notes.append("edge sizes in decode derived from the prefill shapes (the prompt_len dimension set to 1)")
+
+    def decode_size(received: _Received, consumers: list[tuple[int, str]], size_bytes: int) -> int:
+        if not has_decode:
+            return 0
+        if not decode_measured:
+            return decode_size_from_prefill(size_bytes, received.shape, prompt_len=workload.prompt_len)
+        # what the consumers receive under the same argument in the decode step (0: not called)
+        return int(max(memory.decode_input_bytes[c].get(key, 0) for c, key in consumers) * scale)
+
     edges: list[GraphEdge] = []
     if traced:
-        for (_, producer), (shape, tdtype, consumers) in tracker.received.items():
-            consumers = [c for c in consumers if position[c] > position[producer]]
+        for (_, producer), received in tracker.received.items():
+            consumers = [(c, key) for c, key in received.consumers if position[c] > position[producer]]
             if not consumers:
                 continue
+            size_bytes = int(math.prod(received.shape) * received.dtype.itemsize * scale)
             edges.append(
                 GraphEdge(
                     producer=specs[producer].name,
-                    consumers=tuple(specs[c].name for c in sorted(set(consumers), key=position.get)),
-                    shape=tuple(shape),
-                    dtype=str(tdtype).removeprefix("torch."),
-                    size_bytes=int(math.prod(shape) * tdtype.itemsize * scale),
+                    consumers=tuple(specs[c].name for c in sorted({c for c, _ in consumers}, key=position.get)),
+                    shape=received.shape,
+                    dtype=str(received.dtype).removeprefix("torch."),
+                    size_bytes=size_bytes,
+                    decode_size_bytes=decode_size(received, consumers, size_bytes),
                 )
             )
         by_name = {n.name: pos for pos, n in enumerate(graph_nodes)}
@@ -257,10 +301,12 @@ def trace_model(
     else:
         hidden = _hidden_size(model)
         shape = (workload.batch_size, workload.prompt_len, hidden)
+        size_bytes = math.prod(shape) * dtype.itemsize
+        decode_bytes = size_bytes // workload.prompt_len if has_decode else 0  # (batch, 1, hidden)
         for a, b in zip(graph_nodes, graph_nodes[1:]):
             edges.append(GraphEdge(producer=a.name, consumers=(b.name,), shape=shape,
                                    dtype=str(dtype).removeprefix("torch."),
-                                   size_bytes=math.prod(shape) * dtype.itemsize))
+                                   size_bytes=size_bytes, decode_size_bytes=decode_bytes))
 
     graph = LayerGraph(
         model=name,
@@ -287,12 +333,29 @@ def _trace_and_measure(model, specs, module_to_node, workload: Workload, notes: 
                      "nodes follow registration order and edges are batch x prompt_len x hidden_size")
     if tracker is None:
         n = len(specs)
-        memory = NodeMemory(kv_bytes=(0,) * n, prefill_work_bytes=(0,) * n, decode_work_bytes=(0,) * n,
-                            notes=("not measured: the forward failed",))
+        zeros = (0,) * n
+        memory = NodeMemory(kv_bytes=zeros, prefill_work_bytes=zeros, decode_work_bytes=zeros,
+                            prefill_flops=zeros, decode_flops=zeros, notes=("not measured: the forward failed",))
     else:
         memory = measure_node_memory(model, [s.module for s in specs], workload)
         notes.extend(memory.notes)
     return tracker, memory
+
+
+def _blocks(config, specs: list[_NodeSpec]) -> Iterator[tuple[int, bool, str | None]]:  # noqa: ANN001
+    """``(node, is_decoder, layer_type)`` of each block; ``layer_type`` from ``config.layer_types``."""
+    layer_types = getattr(config, "layer_types", None)
+    encdec = bool(getattr(config, "is_encoder_decoder", False))
+    decoder_index = 0
+    for i, spec in enumerate(specs):
+        if spec.kind != "block":
+            continue
+        is_decoder = not encdec or "decoder" in spec.name
+        layer_type = None
+        if is_decoder and isinstance(layer_types, list | tuple) and decoder_index < len(layer_types):
+            layer_type = layer_types[decoder_index]
+        yield i, is_decoder, layer_type
+        decoder_index += is_decoder
 
 
 def _estimates(model: nn.Module, specs: list[_NodeSpec], workload: Workload) -> dict[int, tuple[int, int]]:
@@ -300,19 +363,55 @@ def _estimates(model: nn.Module, specs: list[_NodeSpec], workload: Workload) -> 
     config = getattr(model, "config", None)
     if config is None:
         return {}
-    blocks = [i for i, s in enumerate(specs) if s.kind == "block"]
-    layer_types = getattr(config, "layer_types", None)
-    encdec = bool(getattr(config, "is_encoder_decoder", False))
     out: dict[int, tuple[int, int]] = {}
-    decoder_index = 0
-    for i in blocks:
-        is_decoder = not encdec or "decoder" in specs[i].name
-        layer_type = None
-        if is_decoder and isinstance(layer_types, list | tuple) and decoder_index < len(layer_types):
-            layer_type = layer_types[decoder_index]
+    for i, is_decoder, layer_type in _blocks(config, specs):
         kv, work = estimate_layer_bytes(config, workload, layer_type=layer_type)
         out[i] = (kv if is_decoder else 0, work)
-        decoder_index += is_decoder
+    return out
+
+
+def _estimate_flops(model: nn.Module, specs: list[_NodeSpec], workload: Workload) -> dict[int, tuple[int, int]]:
+    """Config-based ``(prefill_flops, decode_flops)`` of each block and each ``nn.Linear`` leaf
+    (:func:`planner.estimate.estimate_forward_flops`), with the tokens :mod:`planner.measure` runs:
+
+    * decoder-only block: prefill ``prompt_len`` queries over ``prompt_len`` keys; decode 1 query over
+      ``context_len`` keys (the window on sliding-window layers);
+    * encoder-decoder: encoder blocks prefill as above and do not run in decode; decoder blocks see 1
+      decoder token in prefill and per decode step, attending to their own tokens plus the
+      ``prompt_len`` encoder tokens;
+    * linear leaf (no attention): the output embedding projects 1 position per sequence in prefill
+      (``logits_to_keep=1``) unless ``prefill_logits``, other linears every prompt token; 1 in decode.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    b, prompt, context = workload.batch_size, workload.prompt_len, workload.context_len
+    has_decode = decodes(model, workload)
+    encdec = bool(getattr(config, "is_encoder_decoder", False))
+    window = attention_shape(config).sliding_window
+    out: dict[int, tuple[int, int]] = {}
+
+    def flops(i: int, q_tokens: int, kv_tokens: int) -> int:
+        params = sum(p.numel() for p in specs[i].module.parameters())
+        return estimate_forward_flops(config, num_parameters=params, batch_size=b, q_tokens=q_tokens,
+                                      kv_tokens=kv_tokens)
+
+    for i, is_decoder, layer_type in _blocks(config, specs):
+        sliding = layer_type == "sliding_attention" or (layer_type is None and window is not None)
+        if encdec and not is_decoder:
+            out[i] = (flops(i, prompt, prompt), 0)
+        elif encdec:
+            self_tokens = max(context - prompt, 1)
+            out[i] = (flops(i, 1, 1 + prompt), flops(i, 1, self_tokens + prompt) if has_decode else 0)
+        else:
+            kv_tokens = min(context, window) if sliding and window is not None else context
+            out[i] = (flops(i, prompt, prompt), flops(i, 1, kv_tokens) if has_decode else 0)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    keeps_last = "logits_to_keep" in inspect.signature(model.forward).parameters and not workload.prefill_logits
+    for i, spec in enumerate(specs):
+        if spec.kind == "leaf" and isinstance(spec.module, nn.Linear):
+            q_tokens = 1 if spec.module is head and (keeps_last or encdec) else prompt
+            out[i] = (flops(i, q_tokens, 0), flops(i, 1, 0) if has_decode else 0)
     return out
 
 
@@ -324,12 +423,12 @@ def _run_meta_forward(model, specs, module_to_node, tracker: _FlowTracker, workl
         if tracker.depth == 0:
             if node not in tracker.order:
                 tracker.order.append(node)
-            for t in _tensors((args, kwargs)):
+            for key, t in input_tensors(args, kwargs):
                 for producer in tracker.sources.get(id(t), ()):
                     if producer == node:
                         continue
-                    entry = tracker.received.setdefault((id(t), producer), [tuple(t.shape), t.dtype, []])
-                    entry[2].append(node)
+                    entry = tracker.received.setdefault((id(t), producer), _Received(tuple(t.shape), t.dtype))
+                    entry.consumers.append((node, key))
         tracker.depth += 1
 
     def post_hook(module, args, kwargs, output):  # noqa: ANN001
