@@ -16,7 +16,7 @@ from typing import Any
 from accelerate.utils.modeling import clean_device_map
 
 from planner.graph import LayerGraph
-from solver import InvalidSpecError, PlacementProblem, Solution, device_loads, format_bytes
+from solver import InvalidSpecError, PlacementProblem, Solution, Timing, device_loads, format_bytes
 
 __all__ = ["DeviceUsage", "Cut", "Plan", "to_device_map", "build_plan"]
 
@@ -29,7 +29,9 @@ def to_device_map(graph: LayerGraph, problem: PlacementProblem, solution: Soluti
     """``{module name: device}`` covering every node, collapsed to the coarsest prefixes.
 
     Returns:
-        A new dict in execution order; ``{"": device}`` when everything shares one device.
+        A new dict in execution order (except that, when something is offloaded, an entry of the
+        execution device comes first, as accelerate's ``dispatch_model`` takes the first
+        accelerator it meets as ``main_device``); ``{"": device}`` when everything shares one device.
     """
     raw = {
         node.name: _accelerate_key(problem.devices[d].name)
@@ -43,7 +45,16 @@ def to_device_map(graph: LayerGraph, problem: PlacementProblem, solution: Soluti
         prefix = key + "."
         return min(i for i, n in enumerate(graph.nodes) if n.name == key or n.name.startswith(prefix))
 
-    return {k: cleaned[k] for k in sorted(cleaned, key=first_position)}
+    ordered = sorted(cleaned, key=first_position)
+    # accelerate's dispatch_model runs offloaded modules on the first accelerator of the map; the
+    # solver assumed the problem's execution device: list one of its entries first when it differs.
+    execution = _accelerate_key(problem.devices[problem.execution_device].name)
+    offloaded = any(problem.compute_device(d) != d for d in solution.assignment)
+    accelerators = [k for k in ordered if cleaned[k] not in ("cpu", "disk")]
+    if offloaded and accelerators and cleaned[accelerators[0]] != execution:
+        first = next(k for k in ordered if cleaned[k] == execution)
+        ordered = [first] + [k for k in ordered if k != first]
+    return {k: cleaned[k] for k in ordered}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -115,6 +126,10 @@ class Plan:
         usage: per device, in declaration order.
         cuts: tensors crossing device boundaries.
         trace_time_s: seconds spent building and tracing the meta model.
+        strategy: the strategy solved (``"auto"``, ...), or None for a given device_map.
+        hardware_notes: assumptions made about the hardware (default device types, disk speed).
+        violations: placement rules a *given* device_map breaks besides caps (e.g. a GPU holding
+            two separate blocks); always empty for a solved plan.
     """
 
     graph: LayerGraph
@@ -126,10 +141,23 @@ class Plan:
     usage: tuple[DeviceUsage, ...]
     cuts: tuple[Cut, ...]
     trace_time_s: float = 0.0
+    strategy: str | None = None
+    hardware_notes: tuple[str, ...] = ()
+    violations: tuple[str, ...] = ()
 
     @property
     def status(self) -> str:
         return self.solution.status.value
+
+    @property
+    def timing(self) -> Timing | None:
+        """The cost model's estimate (:class:`solver.Timing`), when hardware was known."""
+        return self.solution.timing
+
+    @property
+    def fits(self) -> bool:
+        """Every device within its cap (always true for a solved plan)."""
+        return all(u.free_bytes >= 0 for u in self.usage)
 
     @property
     def transfer_bytes(self) -> int:
@@ -162,12 +190,28 @@ class Plan:
             "workload": dict(self.graph.workload),
             "status": self.status,
             "solver": self.solution.solver,
+            "strategy": self.strategy,
             "objective": {
+                "goal": self.solution.goal,
+                "headline": self.solution.headline,
+                "bound": self.solution.bound,
+                "gap": self.solution.gap,
                 "offload_cost": self.solution.objective.offload_cost,
                 "transfer_bytes": self.solution.objective.transfer_bytes,
-                "transfer_bytes_bound": self.solution.bound,
-                "gap": self.solution.gap,
+                **{k: v for k, v in self.solution.values.items() if k not in ("offload_cost", "transfer_bytes")},
             },
+            "estimate": None if self.timing is None else {
+                "prefill_s": self.timing.prefill_ns / 1e9,
+                "decode_step_s": self.timing.decode_ns / 1e9,
+                "per_token_s": self.timing.per_token_s,
+                "total_s": self.timing.total_ns / 1e9,
+                "compute_s": self.timing.compute_ns / 1e9,
+                "transfer_s": self.timing.transfer_ns / 1e9,
+                "streaming_s": self.timing.streaming_ns / 1e9,
+                "bottleneck_s": self.timing.bottleneck_ns / 1e9,
+            },
+            "fits": self.fits,
+            "violations": list(self.violations),
             "device_map": dict(self.device_map),
             "max_memory": {str(k): v for k, v in self.max_memory.items()},
             "offload_folder": self.offload_folder,
@@ -197,7 +241,7 @@ class Plan:
             "total_bytes": self.graph.total_bytes,
             "offloaded_bytes": self.offloaded_bytes,
             "timing_s": {"trace": round(self.trace_time_s, 4), "solve": round(self.solution.wall_time_s, 4)},
-            "notes": list(self.graph.notes),
+            "notes": list(self.graph.notes) + list(self.hardware_notes),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -211,13 +255,22 @@ def build_plan(
     *,
     offload_folder: str | None,
     trace_time_s: float = 0.0,
+    strategy: str | None = None,
+    device_map: dict[str, int | str] | None = None,
+    hardware_notes: tuple[str, ...] = (),
+    check_disk: bool = True,
+    violations: tuple[str, ...] = (),
 ) -> Plan:
-    """Assemble a :class:`Plan` from a solved problem.
+    """Assemble a :class:`Plan` from a solved (or given) problem.
+
+    Args:
+        device_map: the map to hand back as is (a given map); default: built from the solution.
+        check_disk: require ``offload_folder`` when weights go to ``disk``.
 
     Raises:
         InvalidSpecError: the plan puts weights on ``disk`` but no ``offload_folder`` was given.
     """
-    device_map = to_device_map(graph, problem, solution)
+    device_map = dict(device_map) if device_map is not None else to_device_map(graph, problem, solution)
     usage = []
     for d, (device, load) in enumerate(zip(problem.devices, device_loads(problem, solution.assignment))):
         names = tuple(n.name for n, a in zip(graph.nodes, solution.assignment) if a == d)
@@ -227,7 +280,7 @@ def build_plan(
             reserve_bytes=load.reserve, nodes=names,
         ))
     disk = next((u for u in usage if u.device == "disk" and u.nodes), None)
-    if disk is not None and offload_folder is None:
+    if check_disk and disk is not None and offload_folder is None:
         raise InvalidSpecError(
             f"the plan offloads {format_bytes(disk.weights_bytes)} ({len(disk.nodes)} nodes, from "
             f"{disk.nodes[0]!r}) to disk but no offload_folder was given; pass --offload-folder DIR "
@@ -261,4 +314,7 @@ def build_plan(
         usage=tuple(usage),
         cuts=tuple(cuts),
         trace_time_s=trace_time_s,
+        strategy=strategy,
+        hardware_notes=tuple(hardware_notes),
+        violations=tuple(violations),
     )

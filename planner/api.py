@@ -13,16 +13,33 @@ from accelerate.utils import check_device_map
 from torch import nn
 
 from planner.adapter import Plan, build_plan
+from planner.costing import cost_model
 from planner.graph import LayerGraph
+from planner.hardware import HardwareSpec, build_hardware, detect_max_memory, lookup_accelerator
+from planner.mapping import is_full, load_device_map, node_devices
 from planner.measure import generates
 from planner.source import resolve_source
 from planner.spec import DeviceSpec, build_devices, parse_device, parse_dtype
+from planner.strategies import Strategy
 from planner.trace import trace_model
 from planner.workload import Phase, Workload
-from solver import InvalidSpecError
-from solver.cpsat import solve
+from solver import (
+    Goal,
+    InfeasiblePlanError,
+    InvalidSpecError,
+    LayerplanError,
+    PlacementProblem,
+    Solution,
+    Status,
+    evaluate,
+    format_bytes,
+    score,
+    solve,
+    timing,
+    violations,
+)
 
-__all__ = ["trace", "plan", "plan_graph"]
+__all__ = ["trace", "plan", "plan_graph", "evaluate_map", "resolve_max_memory"]
 
 ModelLike = str | os.PathLike | nn.Module | LayerGraph
 
@@ -117,11 +134,81 @@ def trace(
     return graph, meta_model
 
 
+def resolve_max_memory(
+    max_memory: Mapping[int | str, int | str] | None,
+    *,
+    device_types: Mapping[int | str, str] | None = None,
+    offload_folder: str | os.PathLike | None = None,
+) -> dict[int | str, int | str]:
+    """The caps to plan with: ``max_memory`` as given, or detected on this machine when None.
+
+    Detection is accelerate's ``get_max_memory`` (free memory of each visible GPU, available RAM
+    for ``"cpu"``) plus the free space of ``offload_folder`` for ``"disk"``
+    (:func:`planner.hardware.detect_max_memory`); a GPU named in ``device_types`` that is not
+    visible gets its preset's memory, so a machine without GPUs can plan for declared ones.
+    """
+    if max_memory is not None:
+        return dict(max_memory)
+    detected: dict[int | str, int | str] = dict(detect_max_memory(offload_folder=offload_folder))
+    for key, name in (device_types or {}).items():
+        gpu = parse_device(key)
+        if gpu not in detected:
+            detected[gpu] = lookup_accelerator(name).memory_bytes
+    return detected
+
+
+def _declared(
+    graph: LayerGraph,
+    *,
+    max_memory: Mapping[int | str, int | str] | None,
+    reserve: Mapping[int | str, int | str] | int | str | None,
+    device_types: Mapping[int | str, str] | None,
+    hardware: Mapping[str, Any] | None,
+    offload_folder: str | os.PathLike | None,
+    extra_devices: tuple[int | str, ...] = (),
+) -> tuple[tuple[DeviceSpec, ...], HardwareSpec]:
+    """Devices (caps, reserves) and their hardware; ``extra_devices`` join with a cap of 0."""
+    caps = resolve_max_memory(max_memory, device_types=device_types, offload_folder=offload_folder)
+    for key in extra_devices:
+        if key not in {parse_device(k) for k in caps}:
+            caps[key] = 0
+    devices: tuple[DeviceSpec, ...] = build_devices(caps, reserve)
+    spec = build_hardware([d.key for d in devices], dtype=graph.dtype, device_types=device_types,
+                          **dict(hardware or {}))
+    return devices, spec
+
+
+def _pin_indices(graph: LayerGraph, pins: Mapping[str, int | str], keys: list[int | str]) -> dict[str, int]:
+    """Node name -> device index for every node a pin (or a partial device_map key) covers."""
+    out: dict[str, int] = {}
+    for node, device in node_devices(graph, pins).items():
+        if device not in keys:
+            raise InvalidSpecError(
+                f"the device_map/pins put {node!r} on device {device!r}, which is not in max_memory "
+                f"({', '.join(map(str, keys))}); add it to max_memory or use a declared device"
+            )
+        out[node] = keys.index(device)
+    return out
+
+
+def _as_map(device_map: Mapping[str, int | str] | str | os.PathLike | None) -> dict[str, int | str] | None:
+    if device_map is None:
+        return None
+    if isinstance(device_map, (str, os.PathLike)):
+        return load_device_map(device_map)
+    return dict(device_map)
+
+
 def plan_graph(
     graph: LayerGraph,
     *,
-    max_memory: Mapping[int | str, int | str],
+    max_memory: Mapping[int | str, int | str] | None = None,
+    strategy: Strategy | str = Strategy.AUTO,
+    objective: Goal | str | None = None,
+    device_map: Mapping[str, int | str] | str | os.PathLike | None = None,
     pins: Mapping[str, int | str] | None = None,
+    device_types: Mapping[int | str, str] | None = None,
+    hardware: Mapping[str, Any] | None = None,
     offload_folder: str | os.PathLike | None = None,
     reserve: Mapping[int | str, int | str] | int | str | None = None,
     time_limit_s: float = 30.0,
@@ -130,9 +217,20 @@ def plan_graph(
 
     Args:
         graph: from :func:`trace` or :meth:`LayerGraph.from_json`.
-        max_memory: device -> cap (``{0: "40GiB", 1: "40GiB", "cpu": "200GiB"}``), accelerate's keys.
-        pins: node name -> device, e.g. ``{"lm_head": 1}``; a pin on a module *inside* a node pins
-            the node.
+        max_memory: device -> cap (``{0: "40GiB", 1: "40GiB", "cpu": "200GiB"}``), accelerate's
+            keys; None detects them (:func:`resolve_max_memory`).
+        strategy: ``"auto"``, ``"balanced"``, ``"balanced_low_0"`` or ``"sequential"``
+            (:mod:`planner.strategies`).
+        objective: ``"latency"``, ``"throughput"``, ``"balanced"`` or ``"transfers"``
+            (:class:`solver.Goal`); default: the strategy's.
+        device_map: a dict or a JSON file of module -> device. A map covering every node is
+            evaluated and returned unchanged (raising if it does not fit); a partial one pins the
+            modules it names (a prefix such as ``"model.layers"`` pins every node under it).
+        pins: more module -> device pins, same rules as a partial ``device_map``.
+        device_types: accelerator key -> preset name (``{0: "h100-sxm"}``), for the cost model
+            (:mod:`planner.hardware`).
+        hardware: further :func:`planner.hardware.build_hardware` options: ``interconnect``,
+            ``links``, ``host_link``, ``disk_read``, ``overrides``.
         offload_folder: where ``from_pretrained`` writes disk-offloaded weights; required when the
             plan uses ``"disk"``.
         reserve: bytes kept free on each device that computes (CUDA context, allocator slack):
@@ -146,40 +244,152 @@ def plan_graph(
     for offloaded nodes (execution device) and its reserve (:mod:`solver.accounting`).
 
     Raises:
-        InvalidSpecError: bad device, size or pin; disk used without ``offload_folder``.
-        InfeasiblePlanError: the caps cannot hold the model (message says how many bytes are missing).
+        InvalidSpecError: bad device, size, pin, strategy, objective or device type; disk used
+            without ``offload_folder``.
+        InfeasiblePlanError: the caps cannot hold the model; the message says how many bytes are
+            missing, the least extra memory per device that makes it fit and, when no ``cpu`` was
+            declared, whether offloading to it would.
     """
-    devices: tuple[DeviceSpec, ...] = build_devices(max_memory, reserve)
+    strategy = Strategy.parse(strategy)
+    goal = Goal.parse(objective) if objective is not None else strategy.default_goal
+    given = _as_map(device_map)
+    if given is not None and is_full(graph, given):
+        if pins:
+            raise InvalidSpecError("a full device_map places every module already; drop the pins")
+        result = evaluate_map(graph, given, max_memory=max_memory, device_types=device_types, hardware=hardware,
+                              offload_folder=offload_folder, reserve=reserve)
+        over = [u for u in result.usage if u.free_bytes < 0]
+        if over or result.violations:
+            problems = [f"device {u.device!r} over its cap by {format_bytes(-u.free_bytes)}" for u in over]
+            raise InfeasiblePlanError(
+                "the given device_map does not fit: " + "; ".join(problems + list(result.violations))
+                + "; run `layerplan evaluate` for the breakdown, or give a partial map to solve the rest",
+                missing_bytes=sum(-u.free_bytes for u in over),
+            )
+        return result
+    devices, spec = _declared(graph, max_memory=max_memory, reserve=reserve, device_types=device_types,
+                              hardware=hardware, offload_folder=offload_folder)
     keys = [d.key for d in devices]
-    pin_index: dict[str, int] = {}
-    for name, device in (pins or {}).items():
-        key = parse_device(device)
-        if key not in keys:
-            raise InvalidSpecError(
-                f"pin {name}={device!r} names a device not in max_memory ({', '.join(map(str, keys))}); "
-                "add it to max_memory or pin to a declared device"
-            )
-        node = graph.node_of(name)
-        if node is None:
-            raise InvalidSpecError(
-                f"pin {name!r} is not a module of {graph.model}; nodes are e.g. "
-                f"{', '.join(n.name for n in graph.nodes[:3])}, ..., {graph.nodes[-1].name}"
-            )
-        if node in pin_index and pin_index[node] != keys.index(key):
-            raise InvalidSpecError(f"pins put node {node!r} on two devices; pin it once")
-        pin_index[node] = keys.index(key)
-    problem = graph.to_problem(devices=[d.to_solver() for d in devices], pins=pin_index)
-    solution = solve(problem, time_limit_s=time_limit_s)
-    return build_plan(
-        graph, problem, solution, offload_folder=os.fspath(offload_folder) if offload_folder else None
+    pin_index = _pin_indices(graph, {**(given or {}), **dict(pins or {})}, keys)
+    problem = dataclasses.replace(
+        graph.to_problem(devices=[d.to_solver() for d in devices], pins=pin_index, ordered=strategy.ordered),
+        low_zero=strategy.low_zero,
     )
+    cost = cost_model(graph, problem, spec)
+    try:
+        solution = solve(problem, goal=goal, cost=cost, time_limit_s=time_limit_s)
+    except InfeasiblePlanError as exc:
+        raise _with_offload_hint(exc, graph, devices, spec, problem, goal, time_limit_s) from None
+    return build_plan(
+        graph, problem, solution, offload_folder=os.fspath(offload_folder) if offload_folder else None,
+        strategy=strategy.value, hardware_notes=spec.notes,
+    )
+
+
+def _with_offload_hint(
+    exc: InfeasiblePlanError,
+    graph: LayerGraph,
+    devices: tuple[DeviceSpec, ...],
+    spec: HardwareSpec,
+    problem: PlacementProblem,
+    goal: Goal,
+    time_limit_s: float,
+) -> InfeasiblePlanError:
+    """``exc``, plus whether offloading to host RAM would make it fit and at what estimated cost
+    (only when no ``cpu`` was declared: with one, the solver already tried)."""
+    if any(d.key == "cpu" for d in devices) or not problem.accelerators:
+        return exc
+    ram = detect_max_memory().get("cpu", 0)
+    if ram <= 0:
+        return exc
+    with_cpu = tuple(devices) + (DeviceSpec(key="cpu", cap_bytes=ram),)
+    try:
+        cpu_spec = build_hardware([d.key for d in with_cpu], dtype=graph.dtype,
+                                  device_types={d.key: spec.device(d.key).preset for d in devices
+                                                if d.key not in ("cpu", "disk")})
+        cpu_problem = dataclasses.replace(problem, devices=tuple(d.to_solver() for d in with_cpu))
+        cost = cost_model(graph, cpu_problem, cpu_spec)
+        solution = solve(cpu_problem, goal=goal, cost=cost, time_limit_s=min(time_limit_s, 10.0), explain=False)
+    except LayerplanError:
+        return InfeasiblePlanError(f"{exc}; offloading to this machine's RAM ({format_bytes(ram)}) would not "
+                                   "make it fit either", missing_bytes=exc.missing_bytes, node=exc.node,
+                                   extra_bytes=exc.extra_bytes)
+    cpu_index = len(with_cpu) - 1
+    offloaded = sum(n.size_bytes for n, d in zip(cpu_problem.nodes, solution.assignment) if d == cpu_index)
+    assert solution.timing is not None
+    return InfeasiblePlanError(
+        f"{exc}; or add cpu: offloading {format_bytes(offloaded)} to host RAM fits, at an estimated "
+        f"{solution.timing.per_token_s * 1e3:.1f} ms per token (--max-memory ... cpu=SIZE)",
+        missing_bytes=exc.missing_bytes, node=exc.node, extra_bytes=exc.extra_bytes,
+    )
+
+
+def evaluate_map(
+    graph: LayerGraph,
+    device_map: Mapping[str, int | str] | str | os.PathLike,
+    *,
+    max_memory: Mapping[int | str, int | str] | None = None,
+    device_types: Mapping[int | str, str] | None = None,
+    hardware: Mapping[str, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
+    reserve: Mapping[int | str, int | str] | int | str | None = None,
+    solver_name: str = "given",
+) -> Plan:
+    """Evaluate a full ``device_map`` (dict or JSON file) under layerplan's accounting, unchanged.
+
+    Nothing is solved: the plan's ``device_map`` is the given one, its usage may exceed caps
+    (``DeviceUsage.free_bytes < 0``) and ``Plan.violations`` lists every rule it breaks. A device
+    the map uses but ``max_memory`` does not declare counts with a cap of 0.
+
+    Raises:
+        InvalidSpecError: the map names an unknown module, does not cover every node, or splits a
+            node layerplan keeps whole; bad caps or hardware.
+    """
+    given = _as_map(device_map)
+    assert given is not None
+    placed = node_devices(graph, given)
+    missing = [n.name for n in graph.nodes if n.name not in placed]
+    if missing:
+        raise InvalidSpecError(
+            f"the device_map does not place {len(missing)} node(s), e.g. {missing[0]!r}; give a full map "
+            "to evaluate, or plan with it as a partial map (`layerplan plan --device-map`)"
+        )
+    used = tuple(dict.fromkeys(placed.values()))
+    devices, spec = _declared(graph, max_memory=max_memory, reserve=reserve, device_types=device_types,
+                              hardware=hardware, offload_folder=offload_folder, extra_devices=used)
+    # accelerate's dispatch_model runs offloaded modules on the first accelerator of the map (on
+    # the cpu when the map has none): list that one first, and leave the others out when none is used.
+    accelerators = [k for k in used if k not in ("cpu", "disk")]
+    devices = tuple(sorted(
+        (d for d in devices if d.key in ("cpu", "disk") or accelerators),
+        key=lambda d: 0 if accelerators and d.key == accelerators[0] else 1,
+    ))
+    keys = [d.key for d in devices]
+    problem = graph.to_problem(devices=[d.to_solver() for d in devices], ordered=False)
+    assignment = tuple(keys.index(placed[n.name]) for n in graph.nodes)
+    cost = cost_model(graph, problem, spec)
+    values = {m: score(problem, assignment, m, cost) for m in
+              ("offload_cost", "transfer_bytes", "max_utilisation", "time_ns", "bottleneck_ns")}
+    solution = Solution(
+        assignment=assignment, status=Status.GIVEN, objective=evaluate(problem, assignment),
+        bound=0, wall_time_s=0.0, solver=solver_name, goal=Goal.LATENCY.value, values=values,
+        timing=timing(problem, cost, assignment),
+    )
+    return build_plan(graph, problem, solution, offload_folder=os.fspath(offload_folder) if offload_folder else None,
+                      device_map=given, hardware_notes=spec.notes, check_disk=False,
+                      violations=tuple(v for v in violations(problem, assignment) if "> cap" not in v))
 
 
 def plan(
     model: ModelLike,
     *,
-    max_memory: Mapping[int | str, int | str],
+    max_memory: Mapping[int | str, int | str] | None = None,
+    strategy: Strategy | str = Strategy.AUTO,
+    objective: Goal | str | None = None,
+    device_map: Mapping[str, int | str] | str | os.PathLike | None = None,
     pins: Mapping[str, int | str] | None = None,
+    device_types: Mapping[int | str, str] | None = None,
+    hardware: Mapping[str, Any] | None = None,
     offload_folder: str | os.PathLike | None = None,
     reserve: Mapping[int | str, int | str] | int | str | None = None,
     time_limit_s: float = 30.0,
@@ -189,12 +399,14 @@ def plan(
 
     Example::
 
-        plan = planner.plan("llama-2-70b", max_memory={0: "40GiB", 1: "40GiB", "cpu": "200GiB"})
+        plan = planner.plan("llama-2-70b", max_memory={0: "40GiB", 1: "40GiB", "cpu": "200GiB"},
+                            device_types={0: "a100-40gb", 1: "a100-40gb"})
         model = AutoModelForCausalLM.from_pretrained(path, **plan.from_pretrained_kwargs())
 
     Args:
         model: see :func:`trace`; a :class:`LayerGraph` is planned as is.
-        max_memory, pins, offload_folder, reserve, time_limit_s: see :func:`plan_graph`.
+        max_memory, strategy, objective, device_map, pins, device_types, hardware, offload_folder,
+            reserve, time_limit_s: see :func:`plan_graph`.
         **workload: ``dtype``, ``batch_size``, ``seq_len``, ``prompt_len``, ``max_new_tokens``,
             ``kv_dtype``, ``attn_implementation``, ``phase``, ``prefill_logits``,
             ``no_split_module_classes``: see :func:`trace` (ignored for a :class:`LayerGraph`).
@@ -212,8 +424,9 @@ def plan(
     else:
         graph, meta_model = trace(model, **workload)
     trace_time_s = time.perf_counter() - start
-    result = plan_graph(graph, max_memory=max_memory, pins=pins, offload_folder=offload_folder,
-                        reserve=reserve, time_limit_s=time_limit_s)
+    result = plan_graph(graph, max_memory=max_memory, strategy=strategy, objective=objective,
+                        device_map=device_map, pins=pins, device_types=device_types, hardware=hardware,
+                        offload_folder=offload_folder, reserve=reserve, time_limit_s=time_limit_s)
     if meta_model is not None:
         check_device_map(meta_model, result.device_map)  # accelerate's own coverage check
     return dataclasses.replace(result, trace_time_s=trace_time_s)

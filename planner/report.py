@@ -7,9 +7,11 @@ from rich.table import Table
 
 from planner import catalog
 from planner.adapter import Plan
+from planner.compare import Comparison
 from solver import format_bytes
+from solver.goals import UTILISATION_SCALE
 
-__all__ = ["render_plan", "render_models"]
+__all__ = ["render_plan", "render_models", "render_comparison", "comparison_to_dict", "render_devices"]
 
 
 def render_plan(plan: Plan, console: Console) -> None:
@@ -63,14 +65,57 @@ def render_plan(plan: Plan, console: Console) -> None:
     else:
         console.print("No tensor crosses a device boundary.")
     s = plan.solution
-    gap = "" if s.status.value == "optimal" else f", bound {format_bytes(s.bound)}, gap {100 * s.gap:.1f}%"
-    console.print(
-        f"status [bold]{s.status.value}[/bold] ({s.solver}, {s.wall_time_s:.2f} s; trace "
-        f"{plan.trace_time_s:.2f} s): {format_bytes(plan.transfer_bytes)} cross devices per forward{gap}; "
-        f"{format_bytes(plan.offloaded_bytes)} offloaded"
-    )
-    for note in g.notes:
+    if plan.timing is not None:
+        t = plan.timing
+        console.print(
+            f"estimated: [bold]{t.per_token_s * 1e3:.2f} ms per generated token[/bold] (prefill "
+            f"{_ms(t.prefill_ns)}, decode {_ms(t.decode_ns)} per step); over the whole workload "
+            f"{_ms(t.total_ns)}: compute {_ms(t.compute_ns)}, transfers {_ms(t.transfer_ns)}, offload "
+            f"streaming {_ms(t.streaming_ns)}; busiest device {_ms(t.bottleneck_ns)}"
+        )
+    if s.status.value == "given":
+        fits = "[green]fits[/green]" if plan.fits else "[red]does not fit[/red]: " + ", ".join(
+            f"device {u.device} over by {format_bytes(-u.free_bytes)}" for u in plan.usage if u.free_bytes < 0)
+        console.print(f"given device_map ({s.solver}), evaluated: {fits}; {format_bytes(plan.transfer_bytes)} "
+                      f"cross devices per forward; {format_bytes(plan.offloaded_bytes)} offloaded")
+        for v in plan.violations:
+            console.print(f"[red]rule broken:[/red] {v}")
+    else:
+        headline = s.headline
+        value = _measure(headline, s.headline_value)
+        gap = "" if s.status.value == "optimal" else f", bound {_value(headline, s.bound)}, gap {100 * s.gap:.1f}%"
+        console.print(
+            f"status [bold]{s.status.value}[/bold] (strategy {plan.strategy}, objective {s.goal}: "
+            f"{value}{gap}; {s.solver} {s.wall_time_s:.2f} s, trace {plan.trace_time_s:.2f} s): "
+            f"{format_bytes(plan.transfer_bytes)} cross devices per forward; "
+            f"{format_bytes(plan.offloaded_bytes)} offloaded"
+        )
+    for note in (*g.notes, *plan.hardware_notes):
         console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def _ms(ns: int) -> str:
+    return f"{ns / 1e6:.2f} ms" if ns < 10**10 else f"{ns / 1e9:.2f} s"
+
+
+_MEASURE_LABELS = {"time_ns": "workload time", "bottleneck_ns": "busiest device time",
+                   "max_utilisation": "largest used/cap", "transfer_bytes": "bytes crossing devices"}
+
+
+def _measure(name: str, value: int) -> str:
+    """A goal measure in its unit, labelled."""
+    label = _MEASURE_LABELS.get(name, name)
+    return f"{label} {_value(name, value)}"
+
+
+def _value(name: str, value: int) -> str:
+    if name.endswith("_ns"):
+        return _ms(value)
+    if name == "max_utilisation":
+        return f"{100 * value / UTILISATION_SCALE:.2f}%"
+    if name == "transfer_bytes":
+        return format_bytes(value)
+    return str(value)
 
 
 def _runs(graph, names: tuple[str, ...]) -> str:  # noqa: ANN001
@@ -100,3 +145,106 @@ def render_models(console: Console) -> None:
         table.add_row(name, entry.hub_id, str(entry.config.get("model_type", "")),
                       f"{entry.published_params / 1e9:.2f}B", entry.params_source)
     console.print(table)
+
+
+def render_comparison(comparison: Comparison, console: Console) -> None:
+    """One row per (strategy, tool): fits or by how much not, memory per device, offload, cuts,
+    estimated time per token and planning time, all under layerplan's accounting."""
+    w = comparison.workload
+    console.print(
+        f"[bold]{comparison.model}[/bold]: batch {w.get('batch_size')}, prompt {w.get('prompt_len')} + "
+        f"{w.get('max_new_tokens')} new tokens; caps "
+        + ", ".join(f"{k}={format_bytes(v)}" for k, v in comparison.max_memory.items())
+        + f"; traced once in {comparison.trace_s:.2f} s"
+    )
+    devices = list(comparison.max_memory)
+    strategies = list(dict.fromkeys(e.strategy for e in comparison.entries))
+    for strategy in strategies:
+        pair = [e for e in comparison.entries if e.strategy == strategy]
+        table = Table(title=f'device_map="{strategy}"', title_justify="left")
+        table.add_column("", no_wrap=True)
+        for e in pair:
+            table.add_column(e.tool, justify="right", no_wrap=True)
+        rows: list[tuple[str, list[str]]] = [("fits", []), *((f"{d}: used / cap", []) for d in devices),
+                                             ("offloaded", []), ("bytes crossing devices", []),
+                                             ("est. ms per token", []), ("planning s", [])]
+        for e in pair:
+            p = e.plan
+            if p is None:
+                values = ["[red]no plan[/red]"] + ["-"] * (len(rows) - 2)
+            else:
+                by_device = {u.device: u for u in p.usage}
+                values = ["[green]yes[/green]" if p.fits else f"[red]over by {format_bytes(e.overflow_bytes)}[/red]"]
+                for d in devices:
+                    u = by_device.get(d)
+                    values.append("-" if u is None else
+                                  f"{'[red]' if u.free_bytes < 0 else ''}{format_bytes(u.used_bytes)}"
+                                  f"{'[/red]' if u.free_bytes < 0 else ''} / {format_bytes(u.cap_bytes)}")
+                values += [format_bytes(p.offloaded_bytes), format_bytes(p.transfer_bytes),
+                           "-" if p.timing is None else f"{p.timing.per_token_s * 1e3:.2f}"]
+            values.append(f"{e.planning_s:.2f}")
+            for (label, cells), value in zip(rows, values):
+                cells.append(value)
+        for label, cells in rows:
+            table.add_row(label, *cells)
+        console.print(table)
+        for e in pair:
+            if e.plan is None and e.error:
+                console.print(f"[red]{e.tool} gave no plan:[/red] {e.error}", soft_wrap=True)
+    console.print("used/cap counts KV cache, activations, streaming buffer and reserve, not only weights; "
+                  "ms/token is the cost model's estimate (prefill included); an accelerate row that does "
+                  "not fit would run out of memory at generate() time.")
+
+
+def _short(text: str | None, limit: int = 70) -> str:
+    if not text:
+        return ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def comparison_to_dict(comparison: Comparison) -> dict:
+    """JSON-ready form of a :class:`~planner.compare.Comparison`."""
+    return {
+        "model": comparison.model,
+        "max_memory": {str(k): v for k, v in comparison.max_memory.items()},
+        "workload": dict(comparison.workload),
+        "trace_s": comparison.trace_s,
+        "entries": [
+            {
+                "tool": e.tool,
+                "strategy": e.strategy,
+                "error": e.error,
+                "planning_s": e.planning_s,
+                "overflow_bytes": e.overflow_bytes,
+                "plan": None if e.plan is None else e.plan.to_dict(),
+            }
+            for e in comparison.entries
+        ],
+    }
+
+
+def render_devices(console: Console) -> None:
+    """Print the hardware presets the cost model uses, with their sources."""
+    from planner import hardware
+
+    table = Table(title="Accelerator presets (--device-type)", title_justify="left")
+    for col, justify in (("name", "left"), ("memory", "right"), ("bandwidth", "right"),
+                         ("bf16 dense", "right"), ("NVLink", "right"), ("host link", "left"), ("source", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name, preset in hardware.ACCELERATORS.items():
+        bf16 = preset.flops_per_s.get("bfloat16")
+        table.add_row(name, format_bytes(preset.memory_bytes), f"{preset.mem_bytes_per_s / 1e9:.0f} GB/s",
+                      "-" if bf16 is None else f"{bf16 / 1e12:.0f} TFLOPS",
+                      f"{preset.nvlink_bytes_per_s / 1e9:.0f} GB/s" if preset.nvlink_bytes_per_s else "-",
+                      preset.host_link, preset.source)
+    console.print(table)
+    links = Table(title="Host links (--host-link) and disks (--disk-read)", title_justify="left")
+    for col in ("name", "read", "source"):
+        links.add_column(col)
+    for group in (hardware.HOST_LINKS, hardware.DISKS):
+        for name, preset in group.items():
+            links.add_row(name, f"{preset.bytes_per_s / 1e9:.2f} GB/s", preset.source)
+    console.print(links)
+    cpu = hardware.HOST_CPU
+    console.print(f"host CPU (when nodes compute on it): {cpu.description}, {cpu.flops_per_s / 1e12:.1f} TFLOPS, "
+                  f"{cpu.mem_bytes_per_s / 1e9:.0f} GB/s ({cpu.source})")

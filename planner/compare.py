@@ -1,0 +1,129 @@
+"""layerplan against accelerate, side by side, under one accounting.
+
+For each strategy, both tools place the same meta model on the same caps at the same workload:
+layerplan solves (:func:`planner.api.plan_graph`); accelerate fills greedily as
+``from_pretrained(device_map=strategy, max_memory=...)`` does (:mod:`planner.baselines`). Both
+maps are then measured by :func:`planner.api.evaluate_map`: bytes per device with KV cache,
+activations, streaming and reserve (:mod:`solver.accounting`), offloaded bytes, cuts and the cost
+model's time per token (:mod:`solver.cost`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from planner.adapter import Plan
+from planner.api import evaluate_map, plan_graph, resolve_max_memory, trace
+from planner.baselines import accelerate_device_map
+from planner.strategies import Strategy
+from planner.spec import parse_dtype, parse_max_memory
+from solver import InfeasiblePlanError, LayerplanError
+
+__all__ = ["Entry", "Comparison", "compare"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Entry:
+    """One tool's plan for one strategy.
+
+    Attributes:
+        tool: ``"layerplan"`` or ``"accelerate"``.
+        strategy: ``"auto"``, ``"balanced"``, ``"balanced_low_0"`` or ``"sequential"``.
+        plan: the plan measured under layerplan's accounting (None when refused).
+        error: why the tool gave no plan (layerplan: infeasible; accelerate: raised).
+        planning_s: seconds the tool took to produce its device_map (tracing excluded).
+    """
+
+    tool: str
+    strategy: str
+    plan: Plan | None
+    error: str | None
+    planning_s: float
+
+    @property
+    def overflow_bytes(self) -> int:
+        """Bytes over the caps, summed over devices (0 when it fits or there is no plan)."""
+        return 0 if self.plan is None else sum(max(0, -u.free_bytes) for u in self.plan.usage)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Comparison:
+    """Every entry, plus what they were planned for."""
+
+    model: str
+    max_memory: dict[int | str, int]
+    workload: Mapping[str, Any]
+    trace_s: float
+    entries: tuple[Entry, ...]
+
+
+def compare(
+    model: Any,
+    *,
+    max_memory: Mapping[int | str, int | str] | None = None,
+    strategies: Sequence[Strategy | str] = tuple(Strategy),
+    objective: str | None = None,
+    device_types: Mapping[int | str, str] | None = None,
+    hardware: Mapping[str, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
+    reserve: Mapping[int | str, int | str] | int | str | None = None,
+    time_limit_s: float = 30.0,
+    **workload: Any,
+) -> Comparison:
+    """Plan ``model`` with layerplan and with accelerate for each strategy (see the module docstring).
+
+    Args:
+        model: catalog name, model directory, ``config.json`` path, Hub id (local cache) or
+            ``nn.Module`` (a graph JSON is not enough: accelerate needs the module tree).
+        max_memory, objective, device_types, hardware, offload_folder, reserve, time_limit_s:
+            see :func:`planner.api.plan_graph` (the same caps go to accelerate).
+        strategies: which strategies to compare.
+        **workload: see :func:`planner.api.trace`.
+
+    Raises:
+        InvalidSpecError, TraceError: bad input, or the model cannot be built on meta.
+    """
+    chosen = [Strategy.parse(s) for s in strategies]
+    started = time.perf_counter()
+    graph, meta_model = trace(model, **workload)
+    trace_s = time.perf_counter() - started
+    caps = resolve_max_memory(max_memory, device_types=device_types, offload_folder=offload_folder)
+    shared = dict(max_memory=caps, device_types=device_types, hardware=hardware,
+                  offload_folder=offload_folder, reserve=reserve)
+    dtype = parse_dtype(graph.dtype)
+    entries = []
+    for strategy in chosen:
+        began = time.perf_counter()
+        try:
+            ours: Plan | None = plan_graph(graph, strategy=strategy, objective=objective,
+                                           time_limit_s=time_limit_s, **shared)
+            error = None
+        except InfeasiblePlanError as exc:
+            ours, error = None, str(exc)
+        entries.append(Entry(tool="layerplan", strategy=strategy.value, plan=ours, error=error,
+                             planning_s=time.perf_counter() - began))
+        began = time.perf_counter()
+        try:
+            theirs = accelerate_device_map(
+                meta_model, max_memory=parse_max_memory(caps),
+                strategy=strategy.value, dtype=dtype,
+                no_split_module_classes=tuple(graph.no_split_module_classes),
+            )
+            planning_s = time.perf_counter() - began
+            measured: Plan | None = evaluate_map(graph, theirs, solver_name="accelerate", **shared)
+            error = None
+        except LayerplanError as exc:
+            planning_s, measured, error = time.perf_counter() - began, None, str(exc)
+        entries.append(Entry(tool="accelerate", strategy=strategy.value, plan=measured, error=error,
+                             planning_s=planning_s))
+    return Comparison(
+        model=graph.model,
+        max_memory=parse_max_memory(caps),
+        workload=dict(graph.workload),
+        trace_s=trace_s,
+        entries=tuple(entries),
+    )
