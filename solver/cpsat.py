@@ -10,12 +10,15 @@ extract):
 * ``level[node]`` (int, ``ordered`` only): index, in accelerator order, of the block the node is in
   or follows; non-decreasing along the non-follower nodes, so blocks appear in device order;
 * ``sent[edge,device]`` (bool): the edge's tensor is sent to this compute device, i.e. a consumer
-  computes there and the producer does not (offloaded nodes compute on the execution device).
+  computes there and the producer does not (offloaded nodes compute on the execution device);
+* for the timed goals, ``moved[edge,device]`` (int, ns) when links differ by source, and
+  ``bottleneck_ns``; for ``balanced``, ``max_utilisation``; for :func:`least_extra_memory`,
+  ``extra[device]`` (slack on each cap).
 
-The objective is lexicographic and solved in two phases on one model: minimise ``offload_cost``;
-then constrain it to at most the value found and minimise ``transfer_bytes``, hinted with the first
-phase's placement. A phase is skipped when the placement in hand already scores 0 on it (nothing
-can beat 0), e.g. when the chain hint offloads nothing.
+The objective is the goal's lexicographic list of measures (:mod:`solver.goals`), solved in phases on
+one model: minimise the first; constrain it to at most the value found and minimise the next,
+hinted with the previous phase's placement. A phase is skipped when the placement in hand already
+scores 0 on it (nothing can beat 0), e.g. when the chain hint offloads nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ _RANDOM_SEED = 20240527
 _OFFLOAD_PHASE_SHARE = 0.5
 #: Most seconds spent looking for the least extra memory once a problem is known infeasible.
 _EXPLAIN_TIME_S = 10.0
+#: CP-SAT's deterministic interleaved search (see :func:`_solver`); about 2-6x slower than the
+#: default racing portfolio on 70B-class problems, the price of "same input, same plan".
 _INTERLEAVE = True
 
 

@@ -172,6 +172,33 @@ def _with_execution_device_used(problem: PlacementProblem) -> tuple[int, ...] | 
     return min(valid, key=lambda c: (evaluate(problem, c).as_tuple(), c)) if valid else None
 
 
+def _repair_execution_device(
+    problem: PlacementProblem, relaxed: _RelaxedChain, deadline: float
+) -> tuple[int, ...] | None:
+    """A hint that keeps the execution-device rule (see :func:`_with_execution_device_used`): the
+    relaxed chain solved without offload devices, then with each node pinned to the execution
+    device, under the hint's label cap and deadline; the first valid expansion wins."""
+    chain = relaxed.problem
+    accs = len(problem.accelerators)
+    execution = relaxed.device_of.index(problem.execution_device)
+    variants = []
+    if all(d < accs for _, d in chain.pins):
+        variants.append(dataclasses.replace(chain, devices=chain.devices[:accs]))
+    pinned = dict(chain.pins)
+    variants += [
+        dataclasses.replace(chain, pins=tuple(sorted({*chain.pins, (j, execution)})))
+        for j in range(len(chain.nodes))
+        if pinned.get(j, execution) == execution
+    ]
+    for variant in variants:
+        found = _chain_dp(variant, max_labels=_HINT_MAX_LABELS, deadline=deadline)
+        if found is not None:
+            hint = relaxed.expand(found)
+            if not violations(problem, hint):
+                return hint
+    return None
+
+
 def chain_hint(problem: PlacementProblem) -> tuple[int, ...] | None:
     """A fast feasible placement for any problem, meant as a CP-SAT hint; None if none is found.
 
@@ -262,6 +289,12 @@ def _weights_hint(problem: PlacementProblem) -> tuple[int, ...] | None:
         if found is not None:
             hint = relaxed.expand(found)
             if not violations(problem, hint):
+                return hint
+            try:
+                hint = _repair_execution_device(problem, relaxed, deadline)
+            except _OutOfTime:
+                break
+            if hint is not None:
                 return hint
     hint = _greedy_fill(problem, kept)
     return hint if hint is not None and not violations(problem, hint) else None
