@@ -102,6 +102,15 @@ def _add_device_args(p: argparse.ArgumentParser, *, required_caps: bool = False)
     p.add_argument("--offload-folder", metavar="DIR", help="folder for disk-offloaded weights (needed if disk is used)")
 
 
+_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_OBJECTIVES = ("latency", "throughput", "balanced", "transfers")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE instead of stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerplan",
@@ -116,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_workload_args(p)
     _add_device_args(p)
-    p.add_argument("--strategy", choices=("auto", "balanced", "balanced_low_0", "sequential"), default="auto",
+    p.add_argument("--strategy", choices=_STRATEGIES, default="auto",
                    help="accelerate's device_map strategy, solved (default auto; see below)")
-    p.add_argument("--objective", choices=("latency", "throughput", "balanced", "transfers"),
+    p.add_argument("--objective", choices=_OBJECTIVES,
                    help="what to minimise (default: the strategy's)")
     p.add_argument("--device-map", metavar="FILE.json",
                    help="a device_map as JSON: a full map is evaluated and kept as is; a partial one "
@@ -127,8 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="force a module (or every node under a prefix) onto a device, e.g. lm_head=1")
     p.add_argument("--time-limit", type=float, default=30.0, metavar="S",
                    help="solver time limit in seconds (default 30); past it the best plan and its gap are shown")
-    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE instead of stdout")
+    _add_output_args(p)
     p.set_defaults(func=cmd_plan)
 
     t = sub.add_parser("trace", help="trace a model on the meta device and write its layer graph as JSON")
@@ -141,21 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workload_args(e)
     _add_device_args(e)
     e.add_argument("--device-map", metavar="FILE.json", required=True, help="the full device_map to evaluate (JSON)")
-    e.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
-    e.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE instead of stdout")
+    _add_output_args(e)
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compare", help="layerplan vs accelerate (from_pretrained's device_map) for each strategy",
                        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_workload_args(c)
     _add_device_args(c)
-    c.add_argument("--strategies", nargs="+", choices=("auto", "balanced", "balanced_low_0", "sequential"),
-                   default=["auto", "balanced", "balanced_low_0", "sequential"], help="strategies to compare (default all)")
-    c.add_argument("--objective", choices=("latency", "throughput", "balanced", "transfers"),
+    c.add_argument("--strategies", nargs="+", choices=_STRATEGIES, default=list(_STRATEGIES), help="strategies to compare (default all)")
+    c.add_argument("--objective", choices=_OBJECTIVES,
                    help="layerplan's objective (default: each strategy's)")
     c.add_argument("--time-limit", type=float, default=30.0, metavar="S", help="solver time limit per plan (default 30)")
-    c.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
-    c.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE instead of stdout")
+    _add_output_args(c)
     c.set_defaults(func=cmd_compare)
 
     m = sub.add_parser("models", help="list the built-in catalog of published model configs")
