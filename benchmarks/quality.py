@@ -70,8 +70,8 @@ from solver import Goal, InfeasiblePlanError, LayerplanError  # noqa: E402
 
 _GIB = 2**30
 
-#: (label, batch size, total context in tokens); the context is capped at the model's own.
-WORKLOADS = (("b1/4k", 1, 4096), ("b8/2k", 8, 2048))
+#: (batch size, total context in tokens); the context is capped at the model's own.
+WORKLOADS = ((1, 4096), (8, 2048))
 #: Spans 7B to 70B, dense and MoE, fp16 / bf16 / fp32 checkpoints, MHA and GQA; with
 #: :data:`DEFAULT_HARDWARE`, about 11 minutes on 2 CPU cores with the default time limit.
 DEFAULT_MODELS = ("llama-2-7b", "mistral-7b", "gemma-2-9b", "mixtral-8x7b", "llama-2-70b")
@@ -251,6 +251,19 @@ def run_case(
     )
 
 
+def _model_context(name: str) -> int | None:
+    """The catalog model's context in tokens (the config keys :func:`planner.api.trace` reads)."""
+    config = catalog.lookup(name).config
+    found = (config.get(k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"))
+    return next((v for v in found if isinstance(v, int) and v > 0), None)
+
+
+def _workload_label(graph: LayerGraph) -> str:
+    """``"b8/2k"``: batch size / total context as traced (after capping at the model's context)."""
+    context = int(graph.workload["context_len"])
+    return f"b{graph.batch_size}/{context // 1024}k" if context % 1024 == 0 else f"b{graph.batch_size}/{context}"
+
+
 def _gib(num_bytes: int | None) -> str:
     return "-" if num_bytes is None else f"{num_bytes / _GIB:.1f}"
 
@@ -345,12 +358,13 @@ def main() -> None:
     with progress, tempfile.TemporaryDirectory(prefix="layerplan-quality-") as offload_folder:
         task = progress.add_task("", total=len(names) * len(WORKLOADS) * len(settings) * len(strategies))
         for name in names:
-            model_context = catalog.lookup(name).config.get("max_position_embeddings")
-            for label, batch, context in WORKLOADS:
-                progress.update(task, description=f"{name} {label}: tracing")
+            model_context = _model_context(name)
+            for batch, context in WORKLOADS:
+                progress.update(task, description=f"{name} b{batch}: tracing")
                 began = time.perf_counter()
                 graph, meta_model = trace(name, batch_size=batch, seq_len=min(context, model_context or context))
                 trace_s = time.perf_counter() - began
+                label = _workload_label(graph)
                 for setting in settings:
                     for strategy in strategies:
                         progress.update(task, description=f"{name} {label} {setting.name} {strategy.value}")
