@@ -61,12 +61,12 @@ from torch import nn  # noqa: E402
 
 from planner import catalog  # noqa: E402
 from planner.adapter import Plan  # noqa: E402
-from planner.api import evaluate_map, plan_graph, trace  # noqa: E402
-from planner.baselines import accelerate_device_map  # noqa: E402
+from planner.api import trace  # noqa: E402
+from planner.compare import compare_strategy  # noqa: E402
 from planner.graph import LayerGraph  # noqa: E402
-from planner.spec import parse_dtype, parse_max_memory  # noqa: E402
+from planner.spec import parse_max_memory  # noqa: E402
 from planner.strategies import Strategy  # noqa: E402
-from solver import Goal, InfeasiblePlanError, LayerplanError  # noqa: E402
+from solver import Goal  # noqa: E402
 
 _GIB = 2**30
 
@@ -189,11 +189,6 @@ class Row:
                 and not self.acc_violations and ratio is not None and ratio > 1 + 1e-6)
 
 
-def _overflow_bytes(plan: Plan) -> int:
-    """Bytes over the caps, summed over devices."""
-    return sum(max(0, -u.free_bytes) for u in plan.usage)
-
-
 def _per_token_s(plan: Plan) -> float:
     assert plan.timing is not None, "every device has a preset: the cost model has what it needs"
     return plan.timing.per_token_s
@@ -213,37 +208,24 @@ def run_case(
 ) -> Row:
     """Plan one case with both tools and measure both plans (see the module docstring)."""
     caps = setting.caps(graph)
-    shared = dict(max_memory=caps, device_types=setting.device_types,
-                  offload_folder=offload_folder if setting.disk else None)
-    began = time.perf_counter()
-    try:
-        ours: Plan | None = plan_graph(graph, strategy=strategy, time_limit_s=time_limit_s, **shared)
-        lp_error = None
-    except InfeasiblePlanError as exc:
-        ours, lp_error = None, str(exc)
-    lp_planning_s = time.perf_counter() - began
-    began = time.perf_counter()
-    try:
-        device_map = accelerate_device_map(meta_model, max_memory=caps, strategy=strategy.value,
-                                           dtype=parse_dtype(graph.dtype),
-                                           no_split_module_classes=tuple(graph.no_split_module_classes))
-        acc_planning_s = time.perf_counter() - began
-        theirs: Plan | None = evaluate_map(graph, device_map, solver_name="accelerate", **shared)
-        acc_error = None
-    except LayerplanError as exc:
-        acc_planning_s, theirs, acc_error = time.perf_counter() - began, None, str(exc)
+    mine, theirs_entry = compare_strategy(
+        graph, meta_model, strategy=strategy, max_memory=caps, time_limit_s=time_limit_s,
+        device_types=setting.device_types, offload_folder=offload_folder if setting.disk else None,
+    )
+    ours, lp_error, lp_planning_s = mine.plan, mine.error, mine.planning_s
+    theirs, acc_error, acc_planning_s = theirs_entry.plan, theirs_entry.error, theirs_entry.planning_s
     return Row(
         model=model, hardware=setting.name, workload=workload, strategy=strategy.value,
         max_memory={str(k): v for k, v in parse_max_memory(caps).items()},
         trace_s=trace_s,
         lp_status=ours.status if ours is not None else "refused",
         lp_error=lp_error,
-        lp_overflow_bytes=_overflow_bytes(ours) if ours is not None else 0,
+        lp_overflow_bytes=mine.overflow_bytes,
         lp_offloaded_bytes=ours.offloaded_bytes if ours is not None else None,
         lp_per_token_s=_per_token_s(ours) if ours is not None else None,
         lp_planning_s=lp_planning_s,
         acc_error=acc_error,
-        acc_overflow_bytes=_overflow_bytes(theirs) if theirs is not None else 0,
+        acc_overflow_bytes=theirs_entry.overflow_bytes,
         acc_violations=tuple(theirs.violations) if theirs is not None else (),
         acc_offloaded_bytes=theirs.offloaded_bytes if theirs is not None else None,
         acc_per_token_s=_per_token_s(theirs) if theirs is not None else None,

@@ -16,14 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from planner.adapter import Plan
+from planner.graph import LayerGraph
 from planner.api import evaluate_map, plan_graph, resolve_max_memory, trace
 from planner.baselines import accelerate_device_map
 from planner.strategies import Strategy
 from planner.spec import parse_dtype, parse_max_memory
 from solver import InfeasiblePlanError, LayerplanError
 
-__all__ = ["Entry", "Comparison", "compare"]
+__all__ = ["Entry", "Comparison", "compare", "compare_strategy"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -61,6 +64,56 @@ class Comparison:
     entries: tuple[Entry, ...]
 
 
+def compare_strategy(
+    graph: LayerGraph,
+    meta_model: nn.Module,
+    *,
+    strategy: Strategy | str,
+    max_memory: Mapping[int | str, int | str],
+    objective: str | None = None,
+    time_limit_s: float = 30.0,
+    **declared: Any,
+) -> tuple[Entry, Entry]:
+    """layerplan's and accelerate's entries for one strategy on an already traced model.
+
+    Args:
+        graph, meta_model: from :func:`planner.api.trace` (traced once, reused for any caps).
+        strategy: one of :class:`~planner.strategies.Strategy`.
+        max_memory: the caps both tools get.
+        objective, time_limit_s: layerplan's (see :func:`planner.api.plan_graph`).
+        **declared: ``device_types``, ``hardware``, ``offload_folder``, ``reserve``
+            (see :func:`planner.api.plan_graph`), used for both plans' measurement.
+
+    Returns:
+        ``(layerplan entry, accelerate entry)``; a tool that gives no plan has ``plan=None`` and
+        its ``error``.
+    """
+    strategy = Strategy.parse(strategy)
+    shared = dict(max_memory=max_memory, **declared)
+    began = time.perf_counter()
+    try:
+        ours: Plan | None = plan_graph(graph, strategy=strategy, objective=objective,
+                                       time_limit_s=time_limit_s, **shared)
+        error = None
+    except InfeasiblePlanError as exc:
+        ours, error = None, str(exc)
+    mine = Entry(tool="layerplan", strategy=strategy.value, plan=ours, error=error,
+                 planning_s=time.perf_counter() - began)
+    began = time.perf_counter()
+    try:
+        theirs = accelerate_device_map(
+            meta_model, max_memory=parse_max_memory(max_memory), strategy=strategy.value,
+            dtype=parse_dtype(graph.dtype), no_split_module_classes=tuple(graph.no_split_module_classes),
+        )
+        planning_s = time.perf_counter() - began
+        measured: Plan | None = evaluate_map(graph, theirs, solver_name="accelerate", **shared)
+        error = None
+    except LayerplanError as exc:
+        planning_s, measured, error = time.perf_counter() - began, None, str(exc)
+    return mine, Entry(tool="accelerate", strategy=strategy.value, plan=measured, error=error,
+                       planning_s=planning_s)
+
+
 def compare(
     model: Any,
     *,
@@ -94,32 +147,12 @@ def compare(
     caps = resolve_max_memory(max_memory, device_types=device_types, offload_folder=offload_folder)
     shared = dict(max_memory=caps, device_types=device_types, hardware=hardware,
                   offload_folder=offload_folder, reserve=reserve)
-    dtype = parse_dtype(graph.dtype)
-    entries = []
-    for strategy in chosen:
-        began = time.perf_counter()
-        try:
-            ours: Plan | None = plan_graph(graph, strategy=strategy, objective=objective,
-                                           time_limit_s=time_limit_s, **shared)
-            error = None
-        except InfeasiblePlanError as exc:
-            ours, error = None, str(exc)
-        entries.append(Entry(tool="layerplan", strategy=strategy.value, plan=ours, error=error,
-                             planning_s=time.perf_counter() - began))
-        began = time.perf_counter()
-        try:
-            theirs = accelerate_device_map(
-                meta_model, max_memory=parse_max_memory(caps),
-                strategy=strategy.value, dtype=dtype,
-                no_split_module_classes=tuple(graph.no_split_module_classes),
-            )
-            planning_s = time.perf_counter() - began
-            measured: Plan | None = evaluate_map(graph, theirs, solver_name="accelerate", **shared)
-            error = None
-        except LayerplanError as exc:
-            planning_s, measured, error = time.perf_counter() - began, None, str(exc)
-        entries.append(Entry(tool="accelerate", strategy=strategy.value, plan=measured, error=error,
-                             planning_s=planning_s))
+    entries = [
+        entry
+        for strategy in chosen
+        for entry in compare_strategy(graph, meta_model, strategy=strategy, objective=objective,
+                                      time_limit_s=time_limit_s, **shared)
+    ]
     return Comparison(
         model=graph.model,
         max_memory=parse_max_memory(caps),
