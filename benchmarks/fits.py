@@ -38,12 +38,12 @@ from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import planner  # noqa: E402
-from planner import catalog  # noqa: E402
-from planner.api import plan_graph  # noqa: E402
-from planner.graph import LayerGraph  # noqa: E402
-from planner.spec import build_devices, parse_max_memory  # noqa: E402
-from planner.trace import no_split_classes  # noqa: E402
-from solver import InfeasiblePlanError, PlacementProblem, device_loads, format_bytes  # noqa: E402
+from layerplan.planner.model import catalog  # noqa: E402
+from layerplan.planner.api import plan_graph  # noqa: E402
+from layerplan.planner.graph import LayerGraph  # noqa: E402
+from layerplan.planner.spec.sizes import build_devices, parse_max_memory  # noqa: E402
+from layerplan.planner.model.trace import no_split_classes  # noqa: E402
+from layerplan.solver import InfeasiblePlanError, PlacementProblem, device_loads, format_bytes  # noqa: E402
 
 HARDWARE = {
     "1x24GiB+cpu+disk": {0: "24GiB", "cpu": "512GiB", "disk": "4TiB"},

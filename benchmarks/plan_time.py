@@ -26,13 +26,13 @@ from accelerate import infer_auto_device_map  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from planner import catalog  # noqa: E402
-from planner.api import plan_graph  # noqa: E402
-from planner.meta import build_meta_model  # noqa: E402
-from planner.spec import parse_dtype, parse_max_memory  # noqa: E402
-from planner.trace import no_split_classes, trace_model  # noqa: E402
-from planner.workload import Workload  # noqa: E402
-from solver import InfeasiblePlanError, format_bytes  # noqa: E402
+from layerplan.planner.model import catalog  # noqa: E402
+from layerplan.planner.api import plan_graph  # noqa: E402
+from layerplan.planner.model.meta import build_meta_model  # noqa: E402
+from layerplan.planner.spec.sizes import parse_dtype, parse_max_memory  # noqa: E402
+from layerplan.planner.model.trace import no_split_classes, trace_model  # noqa: E402
+from layerplan.planner.spec.workload import Workload  # noqa: E402
+from layerplan.solver import InfeasiblePlanError, format_bytes  # noqa: E402
 
 DEVICE_SETS = {
     "4x40GiB+cpu": {0: "40GiB", 1: "40GiB", 2: "40GiB", 3: "40GiB", "cpu": "1TiB"},

@@ -1,16 +1,16 @@
 """Plan quality: layerplan vs accelerate's ``device_map`` strategies, under one accounting.
 
-For each catalog model x workload the model is traced once (:func:`planner.api.trace`); the graph
+For each catalog model x workload the model is traced once (:func:`layerplan.planner.api.trace`); the graph
 and the meta model are reused for every hardware setting and strategy. Per (model, hardware,
-workload, strategy), as :func:`planner.compare.compare` does without re-tracing:
+workload, strategy), as :func:`layerplan.planner.baselines.compare.compare` does without re-tracing:
 
 * **layerplan**: ``plan_graph(graph, strategy=...)`` (CP-SAT, default 1 GiB reserve per GPU), timed;
 * **accelerate**: ``accelerate_device_map(meta_model, strategy=...)``, what
-  ``from_pretrained(device_map=strategy, max_memory=...)`` places (:mod:`planner.baselines`), timed;
+  ``from_pretrained(device_map=strategy, max_memory=...)`` places (:mod:`layerplan.planner.baselines.accelerate`), timed;
   its map is then measured by ``evaluate_map`` (not timed).
 
 Both plans are charged by layerplan's accounting (weights + KV cache + activations + streaming buffer
-+ reserve, :mod:`solver.accounting`) and timed by its cost model (:mod:`solver.cost`):
++ reserve, :mod:`layerplan.solver.accounting`) and timed by its cost model (:mod:`layerplan.solver.cost`):
 
 * ``overflow``: some device holds more than its cap. layerplan must never overflow (the run exits
   with status 1 if it does); ``refused``: layerplan proved that nothing fits;
@@ -22,7 +22,7 @@ Both plans are charged by layerplan's accounting (weights + KV cache + activatio
   solved, accelerate within every cap), since a map that overflows does not run at all.
 
 ``"auto"`` and ``"sequential"`` are solved for latency, ``"balanced"`` and ``"balanced_low_0"`` for
-balance (:mod:`planner.strategies`): only for the first two is a slower layerplan plan suspicious.
+balance (:mod:`layerplan.planner.spec.strategies`): only for the first two is a slower layerplan plan suspicious.
 A case is flagged *suspect* when layerplan proved a latency optimum that is slower than an
 accelerate map that fits and breaks no layerplan placement rule (``Plan.violations``), i.e. a map
 inside layerplan's own search space.
@@ -59,14 +59,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table  # noqa: E402
 from torch import nn  # noqa: E402
 
-from planner import catalog  # noqa: E402
-from planner.adapter import Plan  # noqa: E402
-from planner.api import trace  # noqa: E402
-from planner.compare import compare_strategy  # noqa: E402
-from planner.graph import LayerGraph  # noqa: E402
-from planner.spec import parse_max_memory  # noqa: E402
-from planner.strategies import Strategy  # noqa: E402
-from solver import Goal  # noqa: E402
+from layerplan.planner.model import catalog  # noqa: E402
+from layerplan.planner.output.adapter import Plan  # noqa: E402
+from layerplan.planner.api import trace  # noqa: E402
+from layerplan.planner.baselines.compare import compare_strategy  # noqa: E402
+from layerplan.planner.graph import LayerGraph  # noqa: E402
+from layerplan.planner.spec.sizes import parse_max_memory  # noqa: E402
+from layerplan.planner.spec.strategies import Strategy  # noqa: E402
+from layerplan.solver import Goal  # noqa: E402
 
 _GIB = 2**30
 
@@ -85,7 +85,7 @@ class Setting:
 
     Attributes:
         name: table label.
-        device_types: accelerator key -> :mod:`planner.hardware` preset.
+        device_types: accelerator key -> :mod:`layerplan.planner.hardware.presets` preset.
         caps: the ``max_memory`` to plan with, from the traced graph (most settings ignore it).
         disk: whether ``"disk"`` is declared (an offload folder is then passed).
     """
@@ -234,7 +234,7 @@ def run_case(
 
 
 def _model_context(name: str) -> int | None:
-    """The catalog model's context in tokens (the config keys :func:`planner.api.trace` reads)."""
+    """The catalog model's context in tokens (the config keys :func:`layerplan.planner.api.trace` reads)."""
     config = catalog.lookup(name).config
     found = (config.get(k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"))
     return next((v for v in found if isinstance(v, int) and v > 0), None)

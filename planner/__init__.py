@@ -4,10 +4,10 @@ Public surface: :func:`plan` (trace + solve), :func:`trace`, :func:`plan_graph`,
 and :class:`LayerGraph` data, and the error hierarchy.
 """
 
-from planner.adapter import Plan
-from planner.api import plan, plan_graph, trace
-from planner.graph import LayerGraph
-from solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
+from layerplan.planner.output.adapter import Plan
+from layerplan.planner.api import plan, plan_graph, trace
+from layerplan.planner.graph import LayerGraph
+from layerplan.solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
 
 __all__ = [
     "InfeasiblePlanError",

@@ -12,18 +12,18 @@ import torch
 from accelerate.utils import check_device_map
 from torch import nn
 
-from planner.adapter import Plan, build_plan
-from planner.costing import cost_model
-from planner.graph import LayerGraph
-from planner.hardware import HardwareSpec, build_hardware, detect_max_memory, lookup_accelerator
-from planner.mapping import is_full, load_device_map, node_devices
-from planner.measure import generates
-from planner.source import resolve_source
-from planner.spec import DeviceSpec, build_devices, parse_device, parse_dtype
-from planner.strategies import Strategy
-from planner.trace import trace_model
-from planner.workload import Phase, Workload
-from solver import (
+from layerplan.planner.output.adapter import Plan, build_plan
+from layerplan.planner.hardware.costing import cost_model
+from layerplan.planner.graph import LayerGraph
+from layerplan.planner.hardware import HardwareSpec, build_hardware, detect_max_memory, lookup_accelerator
+from layerplan.planner.output.mapping import is_full, load_device_map, node_devices
+from layerplan.planner.model.measure import generates
+from layerplan.planner.model.source import resolve_source
+from layerplan.planner.spec.sizes import DeviceCap, build_devices, parse_device, parse_dtype
+from layerplan.planner.spec.strategies import Strategy
+from layerplan.planner.model.trace import trace_model
+from layerplan.planner.spec.workload import Phase, Workload
+from layerplan.solver import (
     Goal,
     InfeasiblePlanError,
     InvalidSpecError,
@@ -144,7 +144,7 @@ def resolve_max_memory(
 
     Detection is accelerate's ``get_max_memory`` (free memory of each visible GPU, available RAM
     for ``"cpu"``) plus the free space of ``offload_folder`` for ``"disk"``
-    (:func:`planner.hardware.detect_max_memory`); a GPU named in ``device_types`` that is not
+    (:func:`layerplan.planner.hardware.presets.detect_max_memory`); a GPU named in ``device_types`` that is not
     visible gets its preset's memory, so a machine without GPUs can plan for declared ones.
     """
     if max_memory is not None:
@@ -166,13 +166,13 @@ def _declared(
     hardware: Mapping[str, Any] | None,
     offload_folder: str | os.PathLike | None,
     extra_devices: tuple[int | str, ...] = (),
-) -> tuple[tuple[DeviceSpec, ...], HardwareSpec]:
+) -> tuple[tuple[DeviceCap, ...], HardwareSpec]:
     """Devices (caps, reserves) and their hardware; ``extra_devices`` join with a cap of 0."""
     caps = resolve_max_memory(max_memory, device_types=device_types, offload_folder=offload_folder)
     for key in extra_devices:
         if key not in {parse_device(k) for k in caps}:
             caps[key] = 0
-    devices: tuple[DeviceSpec, ...] = build_devices(caps, reserve)
+    devices: tuple[DeviceCap, ...] = build_devices(caps, reserve)
     spec = build_hardware([d.key for d in devices], dtype=graph.dtype, device_types=device_types,
                           **dict(hardware or {}))
     return devices, spec
@@ -220,7 +220,7 @@ def plan_graph(
         max_memory: device -> cap (``{0: "40GiB", 1: "40GiB", "cpu": "200GiB"}``), accelerate's
             keys; None detects them (:func:`resolve_max_memory`).
         strategy: ``"auto"``, ``"balanced"``, ``"balanced_low_0"`` or ``"sequential"``
-            (:mod:`planner.strategies`).
+            (:mod:`layerplan.planner.spec.strategies`).
         objective: ``"latency"``, ``"throughput"``, ``"balanced"`` or ``"transfers"``
             (:class:`solver.Goal`); default: the strategy's.
         device_map: a dict or a JSON file of module -> device. A map covering every node is
@@ -228,8 +228,8 @@ def plan_graph(
             modules it names (a prefix such as ``"model.layers"`` pins every node under it).
         pins: more module -> device pins, same rules as a partial ``device_map``.
         device_types: accelerator key -> preset name (``{0: "h100-sxm"}``), for the cost model
-            (:mod:`planner.hardware`).
-        hardware: further :func:`planner.hardware.build_hardware` options: ``interconnect``,
+            (:mod:`layerplan.planner.hardware.presets`).
+        hardware: further :func:`layerplan.planner.hardware.presets.build_hardware` options: ``interconnect``,
             ``links``, ``host_link``, ``disk_read``, ``overrides``.
         offload_folder: where ``from_pretrained`` writes disk-offloaded weights; required when the
             plan uses ``"disk"``.
@@ -241,7 +241,7 @@ def plan_graph(
 
     Each device that computes is charged, besides the weights stored on it, the KV cache of the
     nodes that run on it, its largest working set, the tensors it receives, the streaming buffer
-    for offloaded nodes (execution device) and its reserve (:mod:`solver.accounting`).
+    for offloaded nodes (execution device) and its reserve (:mod:`layerplan.solver.accounting`).
 
     Raises:
         InvalidSpecError: bad device, size, pin, strategy, objective or device type; disk used
@@ -289,7 +289,7 @@ def plan_graph(
 def _with_offload_hint(
     exc: InfeasiblePlanError,
     graph: LayerGraph,
-    devices: tuple[DeviceSpec, ...],
+    devices: tuple[DeviceCap, ...],
     spec: HardwareSpec,
     problem: PlacementProblem,
     goal: Goal,
@@ -302,7 +302,7 @@ def _with_offload_hint(
     ram = detect_max_memory().get("cpu", 0)
     if ram <= 0:
         return exc
-    with_cpu = tuple(devices) + (DeviceSpec(key="cpu", cap_bytes=ram),)
+    with_cpu = tuple(devices) + (DeviceCap(key="cpu", cap_bytes=ram),)
     try:
         cpu_spec = build_hardware([d.key for d in with_cpu], dtype=graph.dtype,
                                   device_types={d.key: spec.device(d.key).preset for d in devices

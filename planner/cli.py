@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from solver import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
+from layerplan.solver import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
 
 __all__ = ["main"]
 
@@ -174,7 +174,7 @@ def _load_model_arg(model: str):  # noqa: ANN202
     """A graph JSON written by `layerplan trace`, or the model string as is."""
     path = Path(model)
     if path.suffix == ".json" and path.name != "config.json" and path.is_file():
-        from planner.graph import LayerGraph
+        from layerplan.planner.graph import LayerGraph
 
         return LayerGraph.from_json(path.read_text())
     return model
@@ -206,7 +206,7 @@ def _reserve_arg(items: list[str]) -> dict[str, str] | str | None:
 
 def _device_kwargs(args: argparse.Namespace) -> dict:
     """The device options shared by plan, evaluate and compare (library keyword arguments)."""
-    from planner.hardware import parse_device_types, parse_links
+    from layerplan.planner.hardware import parse_device_types, parse_links
 
     hardware: dict = {"interconnect": args.interconnect}
     if args.link:
@@ -225,8 +225,8 @@ def _device_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_plan(args: argparse.Namespace, err: Console) -> int:
-    from planner.api import plan
-    from planner.report import render_plan
+    from layerplan.planner.api import plan
+    from layerplan.planner.output.report import render_plan
 
     pins = _key_values(args.pin, flag="--pin", example="lm_head=1")
     with err.status(f"Tracing {args.model} on the meta device and solving ({args.strategy}) ..."):
@@ -246,9 +246,9 @@ def cmd_plan(args: argparse.Namespace, err: Console) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, err: Console) -> int:
-    from planner.api import evaluate_map, trace
-    from planner.graph import LayerGraph
-    from planner.report import render_plan
+    from layerplan.planner.api import evaluate_map, trace
+    from layerplan.planner.graph import LayerGraph
+    from layerplan.planner.output.report import render_plan
 
     with err.status(f"Tracing {args.model} on the meta device ..."):
         model = _load_model_arg(args.model)
@@ -260,8 +260,8 @@ def cmd_evaluate(args: argparse.Namespace, err: Console) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, err: Console) -> int:
-    from planner.compare import compare
-    from planner.report import comparison_to_dict, render_comparison
+    from layerplan.planner.baselines.compare import compare
+    from layerplan.planner.output.report import comparison_to_dict, render_comparison
 
     with err.status(f"Tracing {args.model}, planning with layerplan and accelerate ..."):
         result = compare(args.model, strategies=args.strategies, objective=args.objective,
@@ -274,14 +274,14 @@ def cmd_compare(args: argparse.Namespace, err: Console) -> int:
 
 
 def cmd_devices(args: argparse.Namespace, err: Console) -> int:
-    from planner.report import render_devices
+    from layerplan.planner.output.report import render_devices
 
     render_devices(Console())
     return EXIT_OK
 
 
 def cmd_trace(args: argparse.Namespace, err: Console) -> int:
-    from planner.api import trace
+    from layerplan.planner.api import trace
 
     with err.status(f"Tracing {args.model} on the meta device ..."):
         graph, _ = trace(args.model, **_workload_kwargs(args))
@@ -292,7 +292,7 @@ def cmd_trace(args: argparse.Namespace, err: Console) -> int:
 
 
 def cmd_models(args: argparse.Namespace, err: Console) -> int:
-    from planner.report import render_models
+    from layerplan.planner.output.report import render_models
 
     render_models(Console())
     return EXIT_OK

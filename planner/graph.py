@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from solver import Device, Edge, InvalidSpecError, Node, PlacementProblem
+from layerplan.solver import Device, Edge, InvalidSpecError, Node, PlacementProblem
 
 __all__ = ["GraphNode", "GraphEdge", "LayerGraph"]
 
@@ -35,20 +35,20 @@ class GraphNode:
             node that registers them first (accelerate ``compute_module_sizes`` semantics).
         buffer_bytes: buffer bytes (persistent or not), same dtype rule.
         kv_bytes: KV cache the node holds at the end of the workload (its attention layers' keys and
-            values, :mod:`planner.measure`); charged to the node's execution device.
+            values, :mod:`layerplan.planner.model.measure`); charged to the node's execution device.
         prefill_work_bytes: peak transient working set of the node's forward during prefill.
         decode_work_bytes: the same for one decode step.
         prefill_flops: floating-point operations (a multiply-add counts 2) of the node's forward in
             one prefill pass over the prompt (``batch * prompt_len`` tokens; logits for the last
             position only unless ``prefill_logits``), counted per op with PyTorch's formulas
             (``torch.utils.flop_counter``: matmuls, convolutions, attention; elementwise ops count 0)
-            during the fake-tensor forward of :mod:`planner.measure`.
+            during the fake-tensor forward of :mod:`layerplan.planner.model.measure`.
         decode_flops: the same for one decode step at full context (``batch`` new tokens against a
             cache of ``context_len - 1`` tokens); 0 when the workload has no decode step (an
             encoder-only model, or ``phase="prefill"``).
         executed: False when the meta forward never called the node (its position then follows
             registration order).
-        estimated: some of KV, working set and FLOPs come from the config (:mod:`planner.estimate`),
+        estimated: some of KV, working set and FLOPs come from the config (:mod:`layerplan.planner.model.estimate`),
             not a measurement (the graph's notes say which).
     """
 
@@ -88,7 +88,7 @@ class GraphEdge:
         dtype: torch dtype name, e.g. ``"bfloat16"``.
         size_bytes: ``prod(shape) * itemsize`` bytes per prefill forward pass.
         decode_size_bytes: bytes of the same input in one decode step, as measured by
-            :mod:`planner.trace` (e.g. ``batch * 1 * hidden * itemsize`` for hidden states; the
+            :mod:`layerplan.planner.model.trace` (e.g. ``batch * 1 * hidden * itemsize`` for hidden states; the
             encoder output of an encoder-decoder model keeps its ``prompt_len`` tokens because it
             is handed to the decoder at every step); 0 when the consumers do not run in decode
             (encoder blocks) or the workload has no decode step. Always filled: where the decode
@@ -123,7 +123,7 @@ class LayerGraph:
         model: the model's name (catalog name, path or class).
         model_class: e.g. ``"LlamaForCausalLM"``.
         dtype: the dtype weights and activations were sized in, e.g. ``"bfloat16"``.
-        workload: the workload it was traced at (:meth:`planner.workload.Workload.to_dict`); edges
+        workload: the workload it was traced at (:meth:`layerplan.planner.spec.workload.Workload.to_dict`); edges
             are measured in prefill (``prompt_len`` tokens).
         nodes: in execution order.
         edges: tensors between nodes.

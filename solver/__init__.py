@@ -1,12 +1,13 @@
 """Pure placement solver: integer problem, CP-SAT model and exact chain DP. Never imports torch."""
 
-from solver.accounting import DeviceLoad, device_loads
-from solver.cost import CostModel, DeviceSpeed, NodeWork, Timing, timing
-from solver.cpsat import least_extra_memory, solve
-from solver.dp import chain_hint, solve_chain_dp
-from solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
-from solver.goals import Goal, score
-from solver.problem import (
+from layerplan.solver.accounting import DeviceLoad, device_loads
+from layerplan.solver.cost import CostModel, DeviceSpeed, NodeWork, Timing, timing
+from layerplan.solver.cpsat import least_extra_memory, solve
+from layerplan.solver.dp import solve_chain_dp
+from layerplan.solver.hint import chain_hint
+from layerplan.solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
+from layerplan.solver.goals import Goal, score
+from layerplan.solver.problem import (
     Device,
     DeviceKind,
     Edge,
@@ -17,7 +18,7 @@ from solver.problem import (
     format_bytes,
     violations,
 )
-from solver.solution import Solution, Status
+from layerplan.solver.solution import Solution, Status
 
 __all__ = [
     "CostModel",

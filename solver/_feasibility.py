@@ -7,8 +7,8 @@ whole nodes into caps) is reported by :func:`structural_infeasibility` once a so
 
 from __future__ import annotations
 
-from solver.errors import InfeasiblePlanError
-from solver.problem import PlacementProblem, format_bytes
+from layerplan.solver.errors import InfeasiblePlanError
+from layerplan.solver.problem import PlacementProblem, format_bytes
 
 __all__ = ["check_capacity", "structural_infeasibility", "missing_bytes"]
 

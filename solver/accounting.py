@@ -5,14 +5,14 @@ For a device ``d`` and an assignment (storage device per node):
 * ``weights``: bytes of the nodes *stored* on ``d`` (weights and buffers);
 * for a device that computes at least one node (an accelerator, or the CPU when it is the execution
   device), and only when the problem has runtime memory
-  (:attr:`solver.problem.PlacementProblem.has_runtime_memory`):
+  (:attr:`layerplan.solver.problem.PlacementProblem.has_runtime_memory`):
 
   * ``kv``: KV cache of every node that *computes* on ``d``: offloaded nodes compute on the
     execution device and keep their cache there (accelerate ``hooks.AlignDevicesHook`` moves the
     inputs, hence the cache tensors created from them, to the execution device);
   * ``activations``: the largest working set among the nodes computing on ``d`` (one node runs at a
     time) plus the bytes of every tensor sent to ``d`` from another device (received once and kept
-    for the pass, as :func:`solver.problem.evaluate` counts transfers);
+    for the pass, as :func:`layerplan.solver.problem.evaluate` counts transfers);
   * ``streaming``: on the execution device, the largest node stored elsewhere that computes there
     (``AlignDevicesHook`` with ``offload=True`` brings one offloaded module's weights in at a time);
   * ``reserve``: the device's fixed ``reserve_bytes`` (CUDA context, allocator slack).
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # problem.py imports this module for its cap check.
-    from solver.problem import PlacementProblem
+    from layerplan.solver.problem import PlacementProblem
 
 __all__ = ["DeviceLoad", "device_loads"]
 

@@ -12,7 +12,7 @@ the sum of:
   Scaling Transformer Inference", MLSys 2023, section 2);
 * **transfers** across cuts: for every tensor and every device that reads it while its producer
   runs elsewhere, ``link_latency + bytes / link_bytes_per_s(src, dst)`` (the tensor moves once per
-  destination, as in :func:`solver.problem.evaluate`);
+  destination, as in :func:`layerplan.solver.problem.evaluate`);
 * **offload streaming**: a node stored on ``cpu`` or ``disk`` has its weights copied to the
   execution device before every forward, ``size_bytes / read_bytes_per_s`` of its storage device
   (accelerate ``hooks.AlignDevicesHook`` with ``offload=True`` loads the weights in
@@ -38,8 +38,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from solver.errors import InvalidSpecError
-from solver.problem import PlacementProblem
+from layerplan.solver.errors import InvalidSpecError
+from layerplan.solver.problem import PlacementProblem
 
 __all__ = ["DeviceSpeed", "NodeWork", "CostModel", "Timing", "timing", "node_time_ns", "edge_time_ns"]
 
@@ -94,7 +94,7 @@ class NodeWork:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CostModel:
-    """Speeds, links and per-node work for one :class:`~solver.problem.PlacementProblem`.
+    """Speeds, links and per-node work for one :class:`~layerplan.solver.problem.PlacementProblem`.
 
     Attributes:
         speeds: one per problem device, in ``problem.devices`` order.

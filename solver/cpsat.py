@@ -1,6 +1,6 @@
 """The CP-SAT placement model: the exact solver for any :class:`PlacementProblem`.
 
-The model follows the rules of :mod:`solver.problem` (sections in the order of OR-Tools'
+The model follows the rules of :mod:`layerplan.solver.problem` (sections in the order of OR-Tools'
 ``examples/python/line_balancing_sat.py``: data, variables, constraints, objective, hint, solve,
 extract):
 
@@ -15,7 +15,7 @@ extract):
   ``bottleneck_ns``; for ``balanced``, ``max_utilisation``; for :func:`least_extra_memory`,
   ``extra[device]`` (slack on each cap).
 
-The objective is the goal's lexicographic list of measures (:mod:`solver.goals`), solved in phases on
+The objective is the goal's lexicographic list of measures (:mod:`layerplan.solver.goals`), solved in phases on
 one model: minimise the first; constrain it to at most the value found and minimise the next,
 hinted with the previous phase's placement. A phase is skipped when the placement in hand already
 scores 0 on it (nothing can beat 0), e.g. when the chain hint offloads nothing.
@@ -30,13 +30,13 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from solver._feasibility import check_capacity, structural_infeasibility
-from solver.cost import CostModel, edge_time_ns, node_time_ns, timing
-from solver.dp import chain_hint
-from solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError
-from solver.goals import UTILISATION_SCALE, Goal, balance_devices, score
-from solver.problem import PlacementProblem, evaluate, format_bytes, violations
-from solver.solution import Solution, Status
+from layerplan.solver._feasibility import check_capacity, structural_infeasibility
+from layerplan.solver.cost import CostModel, edge_time_ns, node_time_ns, timing
+from layerplan.solver.hint import chain_hint
+from layerplan.solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError
+from layerplan.solver.goals import UTILISATION_SCALE, Goal, balance_devices, score
+from layerplan.solver.problem import PlacementProblem, evaluate, format_bytes, violations
+from layerplan.solver.solution import Solution, Status
 
 __all__ = ["solve", "least_extra_memory"]
 
@@ -75,20 +75,20 @@ def solve(
     use_hint: bool = True,
     explain: bool = True,
 ) -> Solution:
-    """Optimal placement of ``problem`` by CP-SAT for ``goal`` (:mod:`solver.goals`).
+    """Optimal placement of ``problem`` by CP-SAT for ``goal`` (:mod:`layerplan.solver.goals`).
 
     Args:
         problem: the placement problem (any edges, tied groups, pins, ``ordered`` and
             ``low_zero`` either way).
         goal: what to minimise; ``latency`` and ``throughput`` need ``cost``.
-        cost: speeds, links and per-node work (:class:`solver.cost.CostModel`); when given, the
-            solution carries its :class:`~solver.cost.Timing` whatever the goal.
+        cost: speeds, links and per-node work (:class:`layerplan.solver.cost.CostModel`); when given, the
+            solution carries its :class:`~layerplan.solver.cost.Timing` whatever the goal.
         time_limit_s: wall-clock budget in seconds for the whole call (hint included); a phase
             before the last may use at most half of what is left.
         num_workers: CP-SAT search workers (threads), >= 1. The search is CP-SAT's deterministic
             interleaved search, so the same problem gives the same placement on every run and for
             any number of workers, as long as no phase hits ``time_limit_s``.
-        use_hint: start the search from :func:`solver.dp.chain_hint`'s placement.
+        use_hint: start the search from :func:`layerplan.solver.hint.chain_hint`'s placement.
         explain: on infeasibility, also solve for the least extra memory per device that would
             make the problem fit (:func:`least_extra_memory`) and say it in the error.
 
@@ -214,7 +214,7 @@ def _solve(
             break
         else:
             raise LayerplanError(
-                f"CP-SAT neither found a placement nor proved that none exists within the time "
+                "CP-SAT neither found a placement nor proved that none exists within the time "
                 "limit; raise time_limit_s"
             )
     assert placement is not None
@@ -427,7 +427,7 @@ def _utilisation(
     problem: PlacementProblem, model: cp_model.CpModel, loads: dict[int, cp_model.LinearExprT]
 ) -> cp_model.IntVar | None:
     """``util >= ceil(UTILISATION_SCALE * load / cap)`` on every balance device
-    (:func:`solver.goals.max_utilisation`); None when no balance device holds anything."""
+    (:func:`layerplan.solver.goals.max_utilisation`); None when no balance device holds anything."""
     devices = [d for d in balance_devices(problem) if d in loads]
     if not devices:
         return None
@@ -446,7 +446,7 @@ def _time_measures(
     sent: dict[tuple[int, int], cp_model.IntVar],
     goal: Goal,
 ) -> dict[str, cp_model.LinearExprT | None]:
-    """``time_ns`` and ``bottleneck_ns`` as linear expressions, exactly as :func:`solver.cost.timing`.
+    """``time_ns`` and ``bottleneck_ns`` as linear expressions, exactly as :func:`layerplan.solver.cost.timing`.
 
     A node stored on ``d`` costs its weighted compute (plus streaming when offloaded) on ``d``'s
     compute device. A tensor sent to ``c`` costs the transfer from wherever its producer runs:
@@ -538,7 +538,7 @@ def _runtime_terms(
     runs_on: dict[tuple[int, int], cp_model.LinearExprT],
     sent: dict[tuple[int, int], cp_model.IntVar],
 ) -> dict[int, list]:
-    """Per computing device, the runtime bytes of :mod:`solver.accounting` as linear terms.
+    """Per computing device, the runtime bytes of :mod:`layerplan.solver.accounting` as linear terms.
 
     ``runs_on[i, c]`` (0/1 expression) says node ``i`` computes on ``c``; ``used[c]`` that ``c``
     computes anything (it then pays its reserve); ``work[c]`` >= each working set run there;

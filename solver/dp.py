@@ -1,4 +1,6 @@
-"""Exact dynamic program for chain placement problems, and a fast placement hint for any problem.
+"""Exact dynamic program for chain placement problems (the solver's oracle and fast path).
+
+:mod:`layerplan.solver.hint` reuses it, with few labels per state, as a heuristic hint for any problem.
 
 A chain problem (``problem.is_chain``, ``problem.ordered``, no tied groups) has a placement made of
 accelerator *blocks* in device order, possibly skipping accelerators, with offloaded nodes before,
@@ -16,7 +18,7 @@ accelerator later in the order. Transfer is charged for the edges ``i-1 -> i`` w
 The offload devices share their caps along the whole chain and a block's cap along the block, so
 one cost per state is not enough: every state keeps a Pareto set of labels. A label has a cost,
 ``offload_cost * scale + transfer_bytes`` (``scale`` exceeds every possible transfer, so integer
-order is the lexicographic order of :class:`solver.problem.Objective`, and a common suffix keeps
+order is the lexicographic order of :class:`layerplan.solver.problem.Objective`, and a common suffix keeps
 it), the bytes ``used`` on each offload device and, in a ``block`` state, the bytes of the open
 block. A label is dropped when another label of its state is no worse in all of these. Resource
 values are clipped from below at ``cap - bytes still to place``: past that the device can take
@@ -41,20 +43,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from solver._feasibility import check_capacity, structural_infeasibility
-from solver.errors import InvalidSpecError
-from solver.accounting import device_loads
-from solver.problem import Device, Edge, Node, PlacementProblem, evaluate, violations
-from solver.solution import Solution, Status
+from layerplan.solver._feasibility import check_capacity, structural_infeasibility
+from layerplan.solver.errors import InvalidSpecError
+from layerplan.solver.problem import PlacementProblem, evaluate, violations
+from layerplan.solver.solution import Solution, Status
 
-__all__ = ["solve_chain_dp", "chain_hint"]
+__all__ = ["solve_chain_dp"]
 
-#: Labels kept per state by :func:`chain_hint` (the exact DP keeps them all).
-_HINT_MAX_LABELS = 8
-#: Wall-clock budget of the DP inside :func:`chain_hint`, in seconds; the greedy fill follows.
-_HINT_DP_BUDGET_S = 0.5
-#: Rounds of cap shrinking :func:`chain_hint` tries on a problem with runtime memory.
-_HINT_RUNTIME_ROUNDS = 4
+#: Labels kept per state by the quick pass (incumbent) and by the hint; the exact pass keeps them all.
+QUICK_MAX_LABELS = 8
 
 
 class _Label(NamedTuple):
@@ -72,8 +69,8 @@ class _Label(NamedTuple):
     first: int
 
 
-class _OutOfTime(Exception):
-    """The DP inside :func:`chain_hint` ran past its budget."""
+class OutOfTime(Exception):
+    """The DP ran past its ``deadline`` (only the hint gives one)."""
 
 
 def solve_chain_dp(problem: PlacementProblem) -> Solution:
@@ -85,7 +82,7 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
 
     Returns:
         An OPTIMAL :class:`Solution` (``solver="dp"``) minimising ``offload_cost`` first, then
-        ``transfer_bytes``, both as :func:`solver.problem.evaluate` computes them; ties are broken
+        ``transfer_bytes``, both as :func:`layerplan.solver.problem.evaluate` computes them; ties are broken
         deterministically.
 
     Raises:
@@ -121,7 +118,7 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
     started = time.perf_counter()
     check_capacity(problem)
     # A quick truncated pass gives an incumbent whose cost bounds the exact pass.
-    incumbent = _chain_dp(problem, max_labels=_HINT_MAX_LABELS, deadline=None)
+    incumbent = _chain_dp(problem, max_labels=QUICK_MAX_LABELS, deadline=None)
     upper_bound = None if incumbent is None else _scaled_cost(problem, incumbent)
     assignment = _chain_dp(problem, max_labels=None, deadline=None, upper_bound=upper_bound)
     if assignment is not None and violations(problem, assignment):
@@ -142,7 +139,7 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
 
 def _with_execution_device_used(problem: PlacementProblem) -> tuple[int, ...] | None:
     """The exact optimum under the rule the chain DP does not model: when anything is offloaded,
-    the execution device stores a node (:mod:`solver.problem`).
+    the execution device stores a node (:mod:`layerplan.solver.problem`).
 
     Every valid placement either offloads nothing (solved with the offload devices removed) or
     has some node ``j`` on the execution device (solved with ``j`` pinned there); the best of
@@ -172,134 +169,6 @@ def _with_execution_device_used(problem: PlacementProblem) -> tuple[int, ...] | 
     return min(valid, key=lambda c: (evaluate(problem, c).as_tuple(), c)) if valid else None
 
 
-def _repair_execution_device(
-    problem: PlacementProblem, relaxed: _RelaxedChain, deadline: float
-) -> tuple[int, ...] | None:
-    """A hint that keeps the execution-device rule (see :func:`_with_execution_device_used`): the
-    relaxed chain solved without offload devices, then with each node pinned to the execution
-    device, under the hint's label cap and deadline; the first valid expansion wins."""
-    chain = relaxed.problem
-    accs = len(problem.accelerators)
-    execution = relaxed.device_of.index(problem.execution_device)
-    variants = []
-    if all(d < accs for _, d in chain.pins):
-        variants.append(dataclasses.replace(chain, devices=chain.devices[:accs]))
-    pinned = dict(chain.pins)
-    variants += [
-        dataclasses.replace(chain, pins=tuple(sorted({*chain.pins, (j, execution)})))
-        for j in range(len(chain.nodes))
-        if pinned.get(j, execution) == execution
-    ]
-    for variant in variants:
-        found = _chain_dp(variant, max_labels=_HINT_MAX_LABELS, deadline=deadline)
-        if found is not None:
-            hint = relaxed.expand(found)
-            if not violations(problem, hint):
-                return hint
-    return None
-
-
-def chain_hint(problem: PlacementProblem) -> tuple[int, ...] | None:
-    """A fast feasible placement for any problem, meant as a CP-SAT hint; None if none is found.
-
-    The problem is relaxed to a chain: tied-group followers are dropped and their bytes added to
-    their anchor (they later join the anchor's device, which keeps caps and tied groups exact);
-    the edge between consecutive kept nodes ``u < v`` weighs the bytes of every tensor produced at
-    or before ``u`` and read after it (what crosses a cut there); pins on followers move to their
-    anchor. The DP then runs on this chain keeping at most a few labels per state and for at most
-    about half a second (accelerators in listed order, and for ``ordered=False`` also by
-    decreasing cap), falling back to a greedy fill (accelerators in order, overflow to the
-    cheapest offload device with room).
-
-    A problem with runtime memory is first made weights-only: each node weighs its weights plus
-    its KV cache, and each computing device's cap shrinks by its reserve, the largest working set,
-    the largest tensor and (execution device) the largest node. When the hint still overflows a
-    device under the full accounting, that device's cap shrinks by the overflow and the hint is
-    searched again (a few rounds).
-
-    Args:
-        problem: any placement problem (DAG edges, tied groups, pins, ``ordered`` either way).
-
-    Returns:
-        A device index per node with ``violations(problem, hint) == []``, or None when neither the
-        relaxed DP nor the greedy fill finds one. Never raises for a valid problem.
-    """
-    if not problem.nodes:
-        return ()
-    if not problem.has_runtime_memory:
-        return _weights_hint(problem)
-    shrink = [0] * len(problem.devices)
-    for _ in range(_HINT_RUNTIME_ROUNDS):
-        hint = _weights_hint(_weights_only(problem, shrink))
-        if hint is None:
-            return None
-        if not violations(problem, hint):
-            return hint
-        over = [
-            max(0, load.total - device.cap_bytes)
-            for load, device in zip(device_loads(problem, hint), problem.devices)
-        ]
-        if not any(over):
-            return None
-        shrink = [s + o for s, o in zip(shrink, over)]
-    return None
-
-
-def _weights_only(problem: PlacementProblem, shrink: list[int]) -> PlacementProblem:
-    """The weights-only surrogate of a problem with runtime memory (see :func:`chain_hint`)."""
-    nodes = problem.nodes
-    work = max((x.work_bytes for x in nodes), default=0)
-    edge = max((e.size_bytes for e in problem.edges), default=0)
-    largest = max((x.size_bytes for x in nodes), default=0)
-    devices = []
-    for d, device in enumerate(problem.devices):
-        cap = device.cap_bytes - shrink[d]
-        if d in problem.computing_devices:
-            cap -= device.reserve_bytes + work + edge
-            if d == problem.execution_device:
-                cap -= largest
-        devices.append(
-            Device(name=device.name, kind=device.kind, cap_bytes=max(0, cap), offload_cost=device.offload_cost)
-        )
-    return PlacementProblem(
-        nodes=tuple(Node(name=x.name, size_bytes=x.size_bytes + x.kv_bytes) for x in nodes),
-        edges=problem.edges,
-        devices=tuple(devices),
-        tied_groups=problem.tied_groups,
-        pins=problem.pins,
-        ordered=problem.ordered,
-    )
-
-
-def _weights_hint(problem: PlacementProblem) -> tuple[int, ...] | None:
-    """:func:`chain_hint` for a weights-only problem."""
-    deadline = time.perf_counter() + _HINT_DP_BUDGET_S
-    orders = [problem.accelerators]
-    if not problem.ordered:
-        by_cap = tuple(sorted(problem.accelerators, key=lambda d: -problem.devices[d].cap_bytes))
-        if by_cap != orders[0]:
-            orders.append(by_cap)
-    kept = [i for i in range(len(problem.nodes)) if not problem.is_follower(i)]
-    for order in orders:
-        relaxed = _chain_relaxation(problem, kept, order)
-        try:
-            found = _chain_dp(relaxed.problem, max_labels=_HINT_MAX_LABELS, deadline=deadline)
-        except _OutOfTime:
-            break
-        if found is not None:
-            hint = relaxed.expand(found)
-            if not violations(problem, hint):
-                return hint
-            try:
-                hint = _repair_execution_device(problem, relaxed, deadline)
-            except _OutOfTime:
-                break
-            if hint is not None:
-                return hint
-    hint = _greedy_fill(problem, kept)
-    return hint if hint is not None and not violations(problem, hint) else None
-
-
 # -- the DP --------------------------------------------------------------------------------------
 def _chain_dp(
     problem: PlacementProblem,
@@ -313,7 +182,7 @@ def _chain_dp(
     Args:
         problem: a chain problem; tied groups and ``ordered`` are not looked at.
         max_labels: keep only this many cheapest labels per state (a heuristic); None is exact.
-        deadline: ``time.perf_counter()`` value past which :class:`_OutOfTime` is raised.
+        deadline: ``time.perf_counter()`` value past which :class:`OutOfTime` is raised.
         upper_bound: the scaled cost (see :func:`_scaled_cost`) of a known placement. Labels whose
             cost plus a lower bound on their completion exceeds it are dropped, which keeps the
             result exact while cutting the label sets. The lower bound: the bytes still to place
@@ -394,7 +263,7 @@ def _chain_dp(
 
     for i in range(n + 1):
         if deadline is not None and time.perf_counter() > deadline:
-            raise _OutOfTime
+            raise OutOfTime
         for m in range(num_accs):
             block[i][m] = settle(block[i][m], i, m, m + 1)
         for j1 in range(num_accs + 1):
@@ -536,102 +405,3 @@ def _pareto(labels: list[_Label], resources: Callable[[_Label], tuple[int, ...]]
             held[len(kept)] = row
             kept.append(entry)
     return [entry[2] for entry in kept]
-
-
-# -- the hint ------------------------------------------------------------------------------------
-class _RelaxedChain(NamedTuple):
-    """A chain problem over the non-follower nodes, and how to map its answer back."""
-
-    problem: PlacementProblem
-    kept: list[int]
-    device_of: tuple[int, ...]  # relaxed device index -> original device index
-    anchors: tuple[int, ...]  # original node -> its anchor
-
-    def expand(self, relaxed: tuple[int, ...]) -> tuple[int, ...]:
-        """The original assignment: kept nodes as solved, followers on their anchor's device."""
-        placed = {node: self.device_of[d] for node, d in zip(self.kept, relaxed)}
-        return tuple(placed[anchor] for anchor in self.anchors)
-
-
-def _chain_relaxation(
-    problem: PlacementProblem, kept: list[int], accelerator_order: tuple[int, ...]
-) -> _RelaxedChain:
-    """See :func:`chain_hint`: followers folded into anchors, live tensors as chain edges."""
-    n = len(problem.nodes)
-    position = {node: p for p, node in enumerate(kept)}
-    size = [0] * len(kept)
-    for node in range(n):
-        size[position[problem.anchor_of(node)]] += problem.nodes[node].size_bytes
-    # live[x]: bytes of tensors produced at or before node x and read after it.
-    live = [0] * (n + 1)
-    for edge in problem.edges:
-        if problem.is_follower(edge.producer):
-            continue
-        readers = [c for c in edge.consumers if not problem.is_follower(c)]
-        if readers:
-            live[edge.producer] += edge.size_bytes
-            live[readers[-1]] -= edge.size_bytes
-    for x in range(1, n + 1):
-        live[x] += live[x - 1]
-    edges = tuple(
-        Edge(producer=p, consumers=(p + 1,), size_bytes=live[kept[p]])
-        for p in range(len(kept) - 1)
-        if live[kept[p]] > 0
-    )
-    others = tuple(d for d in range(len(problem.devices)) if d not in set(accelerator_order))
-    device_of = tuple(accelerator_order) + others
-    new_index = {d: r for r, d in enumerate(device_of)}
-    pins = {(position[problem.anchor_of(node)], new_index[d]) for node, d in problem.pins}
-    relaxed = PlacementProblem(
-        nodes=tuple(Node(name=problem.nodes[k].name, size_bytes=s) for k, s in zip(kept, size)),
-        edges=edges,
-        devices=tuple(problem.devices[d] for d in device_of),
-        pins=tuple(pins),
-        ordered=True,
-    )
-    anchors = tuple(problem.anchor_of(node) for node in range(n))
-    return _RelaxedChain(problem=relaxed, kept=kept, device_of=device_of, anchors=anchors)
-
-
-def _greedy_fill(problem: PlacementProblem, kept: list[int]) -> tuple[int, ...] | None:
-    """Fill accelerators in order with whole nodes (groups), overflow to the cheapest offload device.
-
-    Followers join their anchor. Returns None when a node fits nowhere the rules allow.
-    """
-    devices = problem.devices
-    group_bytes = {node: 0 for node in kept}
-    for node in range(len(problem.nodes)):
-        group_bytes[problem.anchor_of(node)] += problem.nodes[node].size_bytes
-    pin = {problem.anchor_of(node): d for node, d in problem.pins}
-    accs = list(problem.accelerators)
-    offs = sorted(
-        (d for d, dev in enumerate(devices) if not dev.is_accelerator),
-        key=lambda d: (devices[d].offload_cost, d),
-    )
-    load = [0] * len(devices)
-    placed: dict[int, int] = {}
-    current = 0  # index into accs of the open block
-    for node in kept:
-        need = group_bytes[node]
-        target: int | None = None
-        if node in pin:
-            target = pin[node]
-            if devices[target].is_accelerator:
-                position = accs.index(target)
-                if position < current:
-                    return None
-                current = position
-        else:
-            while current < len(accs) and load[accs[current]] + need > devices[accs[current]].cap_bytes:
-                current += 1
-            if current < len(accs):
-                target = accs[current]
-            else:
-                target = next((o for o in offs if load[o] + need <= devices[o].cap_bytes), None)
-        if target is None or load[target] + need > devices[target].cap_bytes:
-            return None
-        if not devices[target].is_accelerator and current < len(accs) and load[accs[current]] > 0:
-            current += 1  # An offloaded node closes the open block.
-        load[target] += need
-        placed[node] = target
-    return tuple(placed[problem.anchor_of(node)] for node in range(len(problem.nodes)))

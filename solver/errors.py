@@ -28,7 +28,7 @@ class InfeasiblePlanError(LayerplanError):
             totals fit but the structure does not, e.g. one node larger than every cap).
         node: name of a node that fits on no device by itself, or ``None``.
         extra_bytes: device name -> the least extra bytes on it that make the problem fit
-            (:func:`solver.cpsat.least_extra_memory`); empty when not computed or not found.
+            (:func:`layerplan.solver.cpsat.least_extra_memory`); empty when not computed or not found.
     """
 
     def __init__(

@@ -6,15 +6,15 @@ the goal is named after; a FEASIBLE solution's bound and gap refer to it.
 
 Measures (all integers, so CP-SAT and :func:`score` agree exactly):
 
-* ``offload_cost``: offloaded bytes x per-byte cost of their device (:func:`solver.problem.evaluate`);
+* ``offload_cost``: offloaded bytes x per-byte cost of their device (:func:`layerplan.solver.problem.evaluate`);
 * ``transfer_bytes``: bytes crossing device boundaries per forward pass (same);
 * ``time_ns``: estimated time of the whole workload, prefill plus every decode step
-  (:func:`solver.cost.timing` ``total_ns``); minimising it minimises the time per generated token;
+  (:func:`layerplan.solver.cost.timing` ``total_ns``); minimising it minimises the time per generated token;
 * ``bottleneck_ns``: the busiest device's share of that time (``Timing.bottleneck_ns``): a pipeline
   of micro-batches runs at the pace of its slowest stage;
 * ``max_utilisation``: the largest ``used / cap`` over the devices that compute, in units of
   1/:data:`UTILISATION_SCALE`, rounded up (``used`` is the full accounting of
-  :mod:`solver.accounting`).
+  :mod:`layerplan.solver.accounting`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
-from solver.accounting import device_loads
-from solver.cost import CostModel, timing
-from solver.errors import InvalidSpecError
-from solver.problem import PlacementProblem, evaluate
+from layerplan.solver.accounting import device_loads
+from layerplan.solver.cost import CostModel, timing
+from layerplan.solver.errors import InvalidSpecError
+from layerplan.solver.problem import PlacementProblem, evaluate
 
 __all__ = ["Goal", "UTILISATION_SCALE", "score", "max_utilisation"]
 
@@ -72,7 +72,7 @@ class Goal(enum.Enum):
 
     @property
     def needs_cost(self) -> bool:
-        """Whether a :class:`~solver.cost.CostModel` is required."""
+        """Whether a :class:`~layerplan.solver.cost.CostModel` is required."""
         return any(m in _TIMED for m in self.measures)
 
 

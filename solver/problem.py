@@ -10,7 +10,7 @@ Placement rules (shared by the CP-SAT model, the chain DP and :func:`evaluate`):
   for a problem with runtime memory (:attr:`PlacementProblem.has_runtime_memory`: some node has KV
   or working-set bytes, or some device a reserve), on each device that computes also the KV cache,
   the largest working set, the tensors it receives, the streaming buffer for offloaded nodes and
-  the reserve (see :mod:`solver.accounting`);
+  the reserve (see :mod:`layerplan.solver.accounting`);
 * the nodes of a tied group share one device; the first member (in execution order) is the group's
   *anchor*, the others are *followers*;
 * each accelerator holds at most one contiguous run of non-follower nodes in execution order
@@ -43,8 +43,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from solver.accounting import device_loads
-from solver.errors import InvalidSpecError
+from layerplan.solver.accounting import device_loads
+from layerplan.solver.errors import InvalidSpecError
 
 __all__ = [
     "DeviceKind",

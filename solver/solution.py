@@ -6,9 +6,9 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from solver.cost import Timing
-from solver.goals import Goal
-from solver.problem import Objective, PlacementProblem
+from layerplan.solver.cost import Timing
+from layerplan.solver.goals import Goal
+from layerplan.solver.problem import Objective, PlacementProblem
 
 __all__ = ["Status", "Solution"]
 
@@ -16,7 +16,7 @@ __all__ = ["Status", "Solution"]
 class Status(enum.Enum):
     """How good a returned placement is known to be.
 
-    Infeasibility is not a status: it is raised as :class:`solver.errors.InfeasiblePlanError`.
+    Infeasibility is not a status: it is raised as :class:`layerplan.solver.errors.InfeasiblePlanError`.
     """
 
     OPTIMAL = "optimal"
@@ -32,12 +32,12 @@ class Solution:
     Attributes:
         assignment: device index per node, in node order (length = number of nodes).
         status: OPTIMAL (proven) or FEASIBLE (time limit hit; see ``bound`` and ``gap``).
-        objective: offload cost and transfer bytes of the placement (see :mod:`solver.problem`).
+        objective: offload cost and transfer bytes of the placement (see :mod:`layerplan.solver.problem`).
         bound: proven lower bound on the goal's headline measure (:attr:`headline`) given the
             measures before it; equals its value when OPTIMAL.
         wall_time_s: solver wall time in seconds.
         solver: which algorithm produced it (``"cp-sat"`` or ``"dp"``).
-        goal: the objective solved for (:class:`solver.goals.Goal` value).
+        goal: the objective solved for (:class:`layerplan.solver.goals.Goal` value).
         values: measure name -> value of the placement (every measure of the goal, plus offload
             cost, transfer bytes and max utilisation; time measures when a cost model was given).
         timing: the cost model's estimate of the placement, when a cost model was given.

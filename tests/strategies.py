@@ -14,7 +14,7 @@ import itertools
 import pytest
 from hypothesis import strategies as st
 
-from solver import (
+from layerplan.solver import (
     Device,
     DeviceKind,
     Edge,

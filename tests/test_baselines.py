@@ -24,8 +24,8 @@ from accelerate.utils import check_device_map, compute_module_sizes
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from planner.baselines import STRATEGIES, accelerate_device_map, accelerate_max_memory
-from solver import InvalidSpecError
+from layerplan.planner.baselines.accelerate import STRATEGIES, accelerate_device_map, accelerate_max_memory
+from layerplan.solver import InvalidSpecError
 
 BF16 = torch.bfloat16
 

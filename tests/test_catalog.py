@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from planner.catalog import CATALOG, CatalogEntry, catalog_names, closest_names, lookup
-from planner.meta import build_meta_model
-from solver.errors import InvalidSpecError
+from layerplan.planner.model.catalog import CATALOG, CatalogEntry, catalog_names, closest_names, lookup
+from layerplan.planner.model.meta import build_meta_model
+from layerplan.solver.errors import InvalidSpecError
 
 # Models whose released checkpoint ties the output head to the input embedding.
 TIED = ("gpt2", "gpt2-xl", "gemma-2-9b", "gemma-2-27b", "t5-large", "bloom-176b", "opt-13b", "falcon-40b")

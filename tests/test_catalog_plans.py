@@ -6,8 +6,8 @@ import pytest
 from accelerate.utils import check_device_map, compute_module_sizes, find_tied_parameters
 
 import planner
-from planner import catalog
-from solver import violations
+from layerplan.planner.model import catalog
+from layerplan.solver import violations
 
 GIB = 2**30
 HARDWARE = {0: "40GiB", 1: "40GiB", 2: "40GiB", 3: "40GiB", "cpu": "2TiB"}

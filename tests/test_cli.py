@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from planner.cli import main
+from layerplan.planner.cli import main
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -108,7 +108,7 @@ def test_models_lists_the_catalog(capsys):
 
 
 def test_console_script_help_runs_without_traceback():
-    result = subprocess.run([sys.executable, "-m", "planner.cli", "plan", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "layerplan.planner.cli", "plan", "--help"], capture_output=True,
                             text=True, check=False)
     assert result.returncode == 0
     assert "--max-memory" in result.stdout and "exit codes" in result.stdout

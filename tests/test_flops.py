@@ -18,8 +18,8 @@ from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, MixtralCo
 from transformers.cache_utils import DynamicCache
 
 import planner
-from planner.graph import LayerGraph
-from planner.meta import build_meta_model
+from layerplan.planner.graph import LayerGraph
+from layerplan.planner.model.meta import build_meta_model
 
 
 def _counted(model: torch.nn.Module, run) -> tuple[int, dict[str, int]]:  # noqa: ANN001

@@ -1,7 +1,7 @@
 """Objectives (latency, throughput, balanced, transfers), the cost model and the strategy rules.
 
 Oracles: brute force over every assignment, scored by a second implementation of the cost model
-written here from the formulas in :mod:`solver.cost` (not by calling it), and hand-computed cases.
+written here from the formulas in :mod:`layerplan.solver.cost` (not by calling it), and hand-computed cases.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import gpus, small_problems
 
-from solver import (
+from layerplan.solver import (
     CostModel,
     Device,
     DeviceKind,

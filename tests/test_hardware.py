@@ -1,4 +1,4 @@
-"""Hardware presets and :func:`planner.hardware.build_hardware`: lookups, link choice, dtype
+"""Hardware presets and :func:`layerplan.planner.hardware.presets.build_hardware`: lookups, link choice, dtype
 figures, overrides, rate parsing and machine probing. No GPU, no network: CUDA is reported absent
 unless a test pretends otherwise."""
 
@@ -11,8 +11,8 @@ import shutil
 import pytest
 import torch
 
-from planner import hardware as hw
-from planner.hardware import (
+from layerplan.planner import hardware as hw
+from layerplan.planner.hardware import (
     ACCELERATORS,
     DISKS,
     HOST_CPU,
@@ -30,7 +30,7 @@ from planner.hardware import (
     parse_links,
     preset_for_device_name,
 )
-from solver.errors import InvalidSpecError
+from layerplan.solver.errors import InvalidSpecError
 
 GIB = 2**30
 GB = 1e9
@@ -145,7 +145,7 @@ def test_undeclared_gpu_is_identified_from_its_driver_name(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: names[i])
-    spec = build_hardware([0, 1])
+    spec = build_hardware([0, 1], reported_names=hw.detect_device_names())
     assert spec.device(0).preset == "h100-sxm"
     assert spec.device(1).preset == hw.DEFAULT_ACCELERATOR
     assert any("'NVIDIA A10G'" in note for note in spec.notes)

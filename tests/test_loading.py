@@ -10,7 +10,7 @@ from accelerate.utils import check_device_map
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import planner
-from planner.meta import build_meta_model
+from layerplan.planner.model.meta import build_meta_model
 
 
 def _devices(device_map: dict) -> set:

@@ -17,9 +17,9 @@ from accelerate import infer_auto_device_map
 from accelerate.utils import check_device_map, compute_module_sizes
 
 import planner
-from planner.graph import GraphNode, LayerGraph
-from planner.mapping import is_full, load_device_map, node_devices, uncovered
-from solver import InvalidSpecError
+from layerplan.planner.graph import GraphNode, LayerGraph
+from layerplan.planner.output.mapping import is_full, load_device_map, node_devices, uncovered
+from layerplan.solver import InvalidSpecError
 
 # -- a hand-built graph -----------------------------------------------------------------------------
 TOY_NODES = ("model.embed", "model.layers.1", "model.layers.10", "model.norm", "head")

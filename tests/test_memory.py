@@ -20,8 +20,8 @@ from transformers import (
 from transformers.cache_utils import DynamicCache
 
 import planner
-from planner.meta import build_meta_model
-from planner.workload import Workload
+from layerplan.planner.model.meta import build_meta_model
+from layerplan.planner.spec.workload import Workload
 
 KIB = 1024
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from solver import (
+from layerplan.solver import (
     Device,
     DeviceKind,
     Edge,

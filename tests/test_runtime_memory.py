@@ -1,7 +1,7 @@
 """Runtime memory in the solver: KV cache, working sets, received tensors, streaming, reserves.
 
 Oracles: brute force over every assignment (through :func:`violations`), and a second, by-hand
-accounting written here from the rules in DESIGN.md, independent of :mod:`solver.accounting`.
+accounting written here from the rules in DESIGN.md, independent of :mod:`layerplan.solver.accounting`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solver import (
+from layerplan.solver import (
     Device,
     DeviceKind,
     Edge,

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ortools.sat.python import cp_model
 
-import solver.cpsat
-from solver import (
+import layerplan.solver.cpsat
+from layerplan.solver import (
     Device,
     DeviceKind,
     Edge,
@@ -277,7 +277,7 @@ class _ReportedAs:
 def _report(monkeypatch: pytest.MonkeyPatch, *statuses: tuple[int, float]) -> None:
     """Make the successive CP-SAT phases report the given (status, bound) pairs."""
     queue = list(statuses)
-    monkeypatch.setattr(solver.cpsat, "_solver", lambda **_: _ReportedAs(*queue.pop(0)))
+    monkeypatch.setattr(layerplan.solver.cpsat, "_solver", lambda **_: _ReportedAs(*queue.pop(0)))
 
 
 def test_time_limit_gives_feasible_with_the_proven_bound(monkeypatch: pytest.MonkeyPatch) -> None:

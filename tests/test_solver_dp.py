@@ -7,8 +7,8 @@ import time
 import pytest
 from hypothesis import given, settings
 
-import solver.dp
-from solver import (
+import layerplan.solver.hint
+from layerplan.solver import (
     Device,
     DeviceKind,
     Edge,
@@ -284,7 +284,7 @@ def test_chain_hint_falls_back_to_a_greedy_fill_when_the_dp_runs_out_of_time(
 ) -> None:
     # No time for the DP: GPU 0 fills up with nodes 0-1 (20 of 25 bytes), GPU 1 with nodes 2-3,
     # and the last node goes to the cheapest offload tier with room, the cpu.
-    monkeypatch.setattr(solver.dp, "_HINT_DP_BUDGET_S", -1.0)
+    monkeypatch.setattr(layerplan.solver.hint, "_HINT_DP_BUDGET_S", -1.0)
     problem = chain_of(10, 10, 10, 10, 10, devices=gpus(25, 20, cpu=10, disk=100))
     hint = chain_hint(problem)
     assert hint == (0, 0, 1, 1, 2)

@@ -1,7 +1,7 @@
 """Strategies, manual maps, pins, determinism and comparison on real (tiny) models.
 
 Oracles: accelerate's ``check_device_map``; the strategy rules checked directly on the plan;
-accelerate's own device_map (:mod:`planner.baselines`) evaluated under the same cost model.
+accelerate's own device_map (:mod:`layerplan.planner.baselines.accelerate`) evaluated under the same cost model.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 from accelerate.utils import check_device_map, compute_module_sizes
 
 import planner
-from planner.api import evaluate_map
-from planner.baselines import accelerate_device_map
-from planner.cli import main
-from planner.compare import compare
-from solver import InfeasiblePlanError
+from layerplan.planner.api import evaluate_map
+from layerplan.planner.baselines.accelerate import accelerate_device_map
+from layerplan.planner.cli import main
+from layerplan.planner.baselines.compare import compare
+from layerplan.solver import InfeasiblePlanError
 
 TYPES = {0: "a100-80gb", 1: "a100-40gb", 2: "l4"}
 

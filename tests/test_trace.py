@@ -7,8 +7,8 @@ from accelerate.utils import compute_module_sizes
 from transformers import AutoConfig, LlamaConfig
 
 import planner
-from planner.graph import LayerGraph
-from planner.meta import build_meta_model
+from layerplan.planner.graph import LayerGraph
+from layerplan.planner.model.meta import build_meta_model
 
 
 def test_tiny_llama_nodes_follow_execution_not_registration(tiny_llama_dir):

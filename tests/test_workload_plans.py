@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 import planner
-from planner.spec import DEFAULT_RESERVE_BYTES, parse_reserve
-from solver import InfeasiblePlanError, InvalidSpecError, device_loads
+from layerplan.planner.spec.sizes import DEFAULT_RESERVE_BYTES, parse_reserve
+from layerplan.solver import InfeasiblePlanError, InvalidSpecError, device_loads
 from tests.test_runtime_memory import by_hand
 
 

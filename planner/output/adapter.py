@@ -15,8 +15,8 @@ from typing import Any
 
 from accelerate.utils.modeling import clean_device_map
 
-from planner.graph import LayerGraph
-from solver import InvalidSpecError, PlacementProblem, Solution, Timing, device_loads, format_bytes
+from layerplan.planner.graph import LayerGraph
+from layerplan.solver import InvalidSpecError, PlacementProblem, Solution, Timing, device_loads, format_bytes
 
 __all__ = ["DeviceUsage", "Cut", "Plan", "to_device_map", "build_plan"]
 
@@ -59,7 +59,7 @@ def to_device_map(graph: LayerGraph, problem: PlacementProblem, solution: Soluti
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DeviceUsage:
-    """What one device holds under a plan, in bytes (the accounting of :mod:`solver.accounting`).
+    """What one device holds under a plan, in bytes (the accounting of :mod:`layerplan.solver.accounting`).
 
     Attributes:
         device: accelerate key (``0``, ``"cpu"``, ...).

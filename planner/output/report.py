@@ -5,11 +5,11 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from planner import catalog
-from planner.adapter import Plan
-from planner.compare import Comparison
-from solver import format_bytes
-from solver.goals import UTILISATION_SCALE
+from layerplan.planner.model import catalog
+from layerplan.planner.output.adapter import Plan
+from layerplan.planner.baselines.compare import Comparison
+from layerplan.solver import format_bytes
+from layerplan.solver.goals import UTILISATION_SCALE
 
 __all__ = ["render_plan", "render_models", "render_comparison", "comparison_to_dict", "render_devices"]
 
@@ -203,7 +203,7 @@ def _short(text: str | None, limit: int = 70) -> str:
 
 
 def comparison_to_dict(comparison: Comparison) -> dict:
-    """JSON-ready form of a :class:`~planner.compare.Comparison`."""
+    """JSON-ready form of a :class:`~layerplan.planner.baselines.compare.Comparison`."""
     return {
         "model": comparison.model,
         "max_memory": {str(k): v for k, v in comparison.max_memory.items()},
@@ -225,7 +225,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
 
 def render_devices(console: Console) -> None:
     """Print the hardware presets the cost model uses, with their sources."""
-    from planner import hardware
+    from layerplan.planner import hardware
 
     table = Table(title="Accelerator presets (--device-type)", title_justify="left")
     for col, justify in (("name", "left"), ("memory", "right"), ("bandwidth", "right"),

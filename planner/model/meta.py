@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 from transformers.models.auto import modeling_auto
 
-from solver.errors import TraceError
+from layerplan.solver.errors import TraceError
 
 __all__ = ["auto_class_for", "build_meta_model"]
 

@@ -1,4 +1,4 @@
-"""Trace a meta-device model into a :class:`~planner.graph.LayerGraph`.
+"""Trace a meta-device model into a :class:`~layerplan.planner.graph.LayerGraph`.
 
 Nodes are found from the module tree (each ``no_split_module_classes`` instance is one node, leaves
 and root parameters outside such blocks are nodes too) and ordered by *execution*: a forward pass on
@@ -9,8 +9,8 @@ or T5's ``position_bias`` shared by every block) is attributed to the node that 
 real shape and dtype.
 
 FLOPs per node and the bytes each edge carries in one decode step come from
-:func:`planner.measure.measure_node_memory`: the decode step records, per node, the bytes of every
-tensor it receives, keyed by argument (:func:`planner.measure.input_tensors`), and an edge's decode
+:func:`layerplan.planner.model.measure.measure_node_memory`: the decode step records, per node, the bytes of every
+tensor it receives, keyed by argument (:func:`layerplan.planner.model.measure.input_tensors`), and an edge's decode
 size is what its consumers receive under the key they received it by in prefill. So it is measured,
 not derived: hidden states shrink to one token, T5's encoder output keeps ``prompt_len`` tokens (the
 decoder is handed it every step), edges into encoder blocks carry 0 (they do not run in decode).
@@ -32,10 +32,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from planner.estimate import attention_shape, estimate_forward_flops, estimate_layer_bytes
-from planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
-from planner.measure import NodeMemory, decodes, input_tensors, measure_node_memory
-from planner.workload import Workload
+from layerplan.planner.model.estimate import attention_shape, estimate_forward_flops, estimate_layer_bytes
+from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
+from layerplan.planner.model.measure import NodeMemory, decodes, input_tensors, measure_node_memory
+from layerplan.planner.spec.workload import Workload
 
 __all__ = ["trace_model", "no_split_classes"]
 
@@ -96,7 +96,7 @@ def _find_nodes(model: nn.Module, no_split: tuple[str, ...]) -> list[_NodeSpec]:
 @dataclass(slots=True)
 class _Received:
     """One tensor received from one producer: its prefill shape and dtype, and each consumer with
-    the :func:`~planner.measure.input_tensors` key it received the tensor under."""
+    the :func:`~layerplan.planner.model.measure.input_tensors` key it received the tensor under."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
@@ -182,7 +182,7 @@ def trace_model(
 
     Edges and execution order come from a prefill forward (``workload.prompt_len`` tokens); KV cache,
     working sets, FLOPs per node and edge sizes in decode from
-    :func:`planner.measure.measure_node_memory` (see the module docstring).
+    :func:`layerplan.planner.model.measure.measure_node_memory` (see the module docstring).
 
     Args:
         model: a model whose parameters are on ``torch.device("meta")``; hooks are removed before
@@ -195,7 +195,7 @@ def trace_model(
             scaled back to ``workload.dtype``.
 
     Returns:
-        The graph. What could not be measured is estimated (:mod:`planner.estimate`): nodes follow
+        The graph. What could not be measured is estimated (:mod:`layerplan.planner.model.estimate`): nodes follow
         registration order, edges are ``batch * prompt_len * hidden_size * dtype bytes`` between
         consecutive nodes, per-layer KV and working set come from the config, FLOPs of blocks and
         linear leaves are ``2 * parameters * tokens`` plus attention, and decode edge sizes are the
@@ -372,7 +372,7 @@ def _estimates(model: nn.Module, specs: list[_NodeSpec], workload: Workload) -> 
 
 def _estimate_flops(model: nn.Module, specs: list[_NodeSpec], workload: Workload) -> dict[int, tuple[int, int]]:
     """Config-based ``(prefill_flops, decode_flops)`` of each block and each ``nn.Linear`` leaf
-    (:func:`planner.estimate.estimate_forward_flops`), with the tokens :mod:`planner.measure` runs:
+    (:func:`layerplan.planner.model.estimate.estimate_forward_flops`), with the tokens :mod:`layerplan.planner.model.measure` runs:
 
     * decoder-only block: prefill ``prompt_len`` queries over ``prompt_len`` keys; decode 1 query over
       ``context_len`` keys (the window on sliding-window layers);

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from solver import InvalidSpecError
+from layerplan.solver import InvalidSpecError
 
 __all__ = ["Phase", "Workload", "DEFAULT_MAX_CONTEXT", "DEFAULT_MAX_NEW_TOKENS"]
 

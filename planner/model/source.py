@@ -14,9 +14,9 @@ from pathlib import Path
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
-from planner import catalog
-from planner.meta import build_meta_model
-from solver import InvalidSpecError
+from layerplan.planner.model import catalog
+from layerplan.planner.model.meta import build_meta_model
+from layerplan.solver import InvalidSpecError
 
 __all__ = ["ModelSource", "resolve_source"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import convert_file_size_to_int
 
-from solver import Device, DeviceKind, InvalidSpecError
+from layerplan.solver import Device, DeviceKind, InvalidSpecError
 
 __all__ = [
     "DEFAULT_RESERVE_BYTES",
@@ -22,7 +22,7 @@ __all__ = [
     "parse_max_memory",
     "parse_reserve",
     "parse_dtype",
-    "DeviceSpec",
+    "DeviceCap",
     "build_devices",
 ]
 
@@ -186,8 +186,8 @@ def parse_reserve(
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class DeviceSpec:
-    """One declared device: accelerate key, cap and reserve in bytes."""
+class DeviceCap:
+    """One resolved device: accelerate key, cap and reserve in bytes."""
 
     key: int | str
     cap_bytes: int
@@ -201,9 +201,9 @@ class DeviceSpec:
 def build_devices(
     max_memory: Mapping[int | str, int | str],
     reserve: Mapping[int | str, int | str] | int | str | None = 0,
-) -> tuple[DeviceSpec, ...]:
+) -> tuple[DeviceCap, ...]:
     """Declared devices in accelerate's order (see :func:`parse_max_memory`), with reserves
     (see :func:`parse_reserve`; 0 keeps nothing back)."""
     caps = parse_max_memory(max_memory)
     reserves = parse_reserve(reserve, list(caps))
-    return tuple(DeviceSpec(key=k, cap_bytes=v, reserve_bytes=reserves[k]) for k, v in caps.items())
+    return tuple(DeviceCap(key=k, cap_bytes=v, reserve_bytes=reserves[k]) for k, v in caps.items())

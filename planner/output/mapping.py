@@ -20,15 +20,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from planner.graph import LayerGraph
-from planner.spec import parse_device
-from solver import InvalidSpecError
+from layerplan.planner.graph import LayerGraph
+from layerplan.planner.spec.sizes import parse_device
+from layerplan.solver import InvalidSpecError
 
 __all__ = ["load_device_map", "node_devices", "is_full", "uncovered"]
 
 
 def load_device_map(path: str | os.PathLike) -> dict[str, int | str]:
-    """Read a ``{module name: device}`` JSON object, devices normalised by :func:`planner.spec.parse_device`.
+    """Read a ``{module name: device}`` JSON object, devices normalised by :func:`layerplan.planner.spec.sizes.parse_device`.
 
     Example file: ``{"model.embed_tokens": 0, "model.layers": "cuda:1", "lm_head": "cpu"}``.
 

@@ -1,14 +1,14 @@
 """Build the solver's :class:`~solver.CostModel` from a traced graph and the declared hardware.
 
-Per node (see :mod:`solver.cost` for how they are combined):
+Per node (see :mod:`layerplan.solver.cost` for how they are combined):
 
 * FLOPs: measured per node on the meta device with ``torch.utils.flop_counter``'s formulas
-  (:class:`planner.graph.GraphNode` ``prefill_flops`` / ``decode_flops``);
+  (:class:`layerplan.planner.graph.GraphNode` ``prefill_flops`` / ``decode_flops``);
 * bytes moved through device memory, the roofline's memory side (Pope et al., "Efficiently Scaling
   Transformer Inference", 2023, section 2: decode reads every weight and the KV cache once per
   token): prefill = weights + working set; decode = weights + KV cache + working set;
 * per edge, the bytes crossing in prefill (measured at ``prompt_len`` tokens) and in one decode
-  step (:class:`planner.graph.GraphEdge` ``decode_size_bytes``).
+  step (:class:`layerplan.planner.graph.GraphEdge` ``decode_size_bytes``).
 
 Weights stored on ``disk`` reach the execution device through the disk and then the host link, in
 series (accelerate's disk offload reads a memory-mapped file on the CPU, then copies it over):
@@ -21,9 +21,9 @@ generate (an encoder) = one forward.
 
 from __future__ import annotations
 
-from planner.graph import LayerGraph
-from planner.hardware import HardwareSpec
-from solver import CostModel, DeviceSpeed, NodeWork, PlacementProblem
+from layerplan.planner.graph import LayerGraph
+from layerplan.planner.hardware.resolve import HardwareSpec
+from layerplan.solver import CostModel, DeviceSpeed, NodeWork, PlacementProblem
 
 __all__ = ["cost_model"]
 
@@ -39,10 +39,10 @@ def cost_model(graph: LayerGraph, problem: PlacementProblem, hardware: HardwareS
         graph: the traced graph (nodes in the order of ``problem.nodes``).
         problem: its placement problem (devices named by accelerate key).
         hardware: speeds and links of every device in ``problem.devices``
-            (:func:`planner.hardware.build_hardware`).
+            (:func:`layerplan.planner.hardware.presets.build_hardware`).
 
     Returns:
-        A :class:`solver.CostModel` with times in the units of :mod:`solver.cost`.
+        A :class:`solver.CostModel` with times in the units of :mod:`layerplan.solver.cost`.
     """
     keys = [_device_key(d.name) for d in problem.devices]
     speeds = []

@@ -40,8 +40,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.integrations import accelerate as hf_accelerate
 
-from planner.spec import parse_dtype, parse_max_memory
-from solver import InvalidSpecError, TraceError
+from layerplan.planner.spec.sizes import parse_dtype, parse_max_memory
+from layerplan.solver import InvalidSpecError, TraceError
 
 __all__ = ["STRATEGIES", "accelerate_device_map", "accelerate_max_memory"]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-from solver.errors import InvalidSpecError
+from layerplan.solver.errors import InvalidSpecError
 
 __all__ = ["CATALOG", "CatalogEntry", "catalog_names", "closest_names", "lookup"]
 

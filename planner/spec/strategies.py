@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 
-from solver import Goal, InvalidSpecError
+from layerplan.solver import Goal, InvalidSpecError
 
 __all__ = ["Strategy"]
 

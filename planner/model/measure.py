@@ -30,10 +30,10 @@ the declared workload, and
   Here counting adds one dictionary lookup per op, and one shape formula per matmul or attention op,
   to the memory tracker below (about 1% of a trace).
 
-Phases (see :class:`~planner.workload.Phase`): prefill = one forward over the prompt (``use_cache=
+Phases (see :class:`~layerplan.planner.spec.workload.Phase`): prefill = one forward over the prompt (``use_cache=
 False``, logits for the last position only unless ``prefill_logits``); decode = one token after a
 cache filled with ``context - 1`` tokens. The decode step also records the bytes of every tensor each
-node receives (:func:`input_tensors` keys), so that :mod:`planner.trace` can size its edges in decode.
+node receives (:func:`input_tensors` keys), so that :mod:`layerplan.planner.model.trace` can size its edges in decode.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, mm_flop, shape_wrapper
 from torch.utils.weak import WeakIdKeyDictionary
 
-from planner.workload import Phase, Workload
+from layerplan.planner.spec.workload import Phase, Workload
 
 __all__ = ["NodeMemory", "decodes", "generates", "input_tensors", "measure_node_memory"]
 
@@ -74,7 +74,7 @@ class NodeMemory:
             decode step was measured.
         notes: what could not be measured and why (empty when everything was measured).
         flop_notes: FLOPs left out (an op whose formula rejected its shapes, FLOPs outside every
-            node); everything else stands, so these do not make :mod:`planner.trace` estimate.
+            node); everything else stands, so these do not make :mod:`layerplan.planner.model.trace` estimate.
     """
 
     kv_bytes: tuple[int, ...]

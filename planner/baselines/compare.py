@@ -1,11 +1,11 @@
 """layerplan against accelerate, side by side, under one accounting.
 
 For each strategy, both tools place the same meta model on the same caps at the same workload:
-layerplan solves (:func:`planner.api.plan_graph`); accelerate fills greedily as
-``from_pretrained(device_map=strategy, max_memory=...)`` does (:mod:`planner.baselines`). Both
-maps are then measured by :func:`planner.api.evaluate_map`: bytes per device with KV cache,
-activations, streaming and reserve (:mod:`solver.accounting`), offloaded bytes, cuts and the cost
-model's time per token (:mod:`solver.cost`).
+layerplan solves (:func:`layerplan.planner.api.plan_graph`); accelerate fills greedily as
+``from_pretrained(device_map=strategy, max_memory=...)`` does (:mod:`layerplan.planner.baselines.accelerate`). Both
+maps are then measured by :func:`layerplan.planner.api.evaluate_map`: bytes per device with KV cache,
+activations, streaming and reserve (:mod:`layerplan.solver.accounting`), offloaded bytes, cuts and the cost
+model's time per token (:mod:`layerplan.solver.cost`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 
 from torch import nn
 
-from planner.adapter import Plan
-from planner.graph import LayerGraph
-from planner.api import evaluate_map, plan_graph, resolve_max_memory, trace
-from planner.baselines import accelerate_device_map
-from planner.strategies import Strategy
-from planner.spec import parse_dtype, parse_max_memory
-from solver import InfeasiblePlanError, LayerplanError
+from layerplan.planner.output.adapter import Plan
+from layerplan.planner.graph import LayerGraph
+from layerplan.planner.api import evaluate_map, plan_graph, resolve_max_memory, trace
+from layerplan.planner.baselines.accelerate import accelerate_device_map
+from layerplan.planner.spec.strategies import Strategy
+from layerplan.planner.spec.sizes import parse_dtype, parse_max_memory
+from layerplan.solver import InfeasiblePlanError, LayerplanError
 
 __all__ = ["Entry", "Comparison", "compare", "compare_strategy"]
 
@@ -77,12 +77,12 @@ def compare_strategy(
     """layerplan's and accelerate's entries for one strategy on an already traced model.
 
     Args:
-        graph, meta_model: from :func:`planner.api.trace` (traced once, reused for any caps).
-        strategy: one of :class:`~planner.strategies.Strategy`.
+        graph, meta_model: from :func:`layerplan.planner.api.trace` (traced once, reused for any caps).
+        strategy: one of :class:`~layerplan.planner.spec.strategies.Strategy`.
         max_memory: the caps both tools get.
-        objective, time_limit_s: layerplan's (see :func:`planner.api.plan_graph`).
+        objective, time_limit_s: layerplan's (see :func:`layerplan.planner.api.plan_graph`).
         **declared: ``device_types``, ``hardware``, ``offload_folder``, ``reserve``
-            (see :func:`planner.api.plan_graph`), used for both plans' measurement.
+            (see :func:`layerplan.planner.api.plan_graph`), used for both plans' measurement.
 
     Returns:
         ``(layerplan entry, accelerate entry)``; a tool that gives no plan has ``plan=None`` and
@@ -133,9 +133,9 @@ def compare(
         model: catalog name, model directory, ``config.json`` path, Hub id (local cache) or
             ``nn.Module`` (a graph JSON is not enough: accelerate needs the module tree).
         max_memory, objective, device_types, hardware, offload_folder, reserve, time_limit_s:
-            see :func:`planner.api.plan_graph` (the same caps go to accelerate).
+            see :func:`layerplan.planner.api.plan_graph` (the same caps go to accelerate).
         strategies: which strategies to compare.
-        **workload: see :func:`planner.api.trace`.
+        **workload: see :func:`layerplan.planner.api.trace`.
 
     Raises:
         InvalidSpecError, TraceError: bad input, or the model cannot be built on meta.
