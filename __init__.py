@@ -14,26 +14,33 @@ that knows PyTorch and Hugging Face: spec, model, hardware, output, baselines) a
 :mod:`layerplan.solver` (the pure integer problem; never imports torch).
 """
 
-from layerplan.planner import (
-    InfeasiblePlanError,
-    InvalidSpecError,
-    LayerGraph,
-    LayerplanError,
-    Plan,
-    TraceError,
-    plan,
-    plan_graph,
-    trace,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "InfeasiblePlanError",
-    "InvalidSpecError",
-    "LayerGraph",
-    "LayerplanError",
-    "Plan",
-    "TraceError",
-    "plan",
-    "plan_graph",
-    "trace",
-]
+# Names resolved on first use (PEP 562), so that `import layerplan.solver` stays free of torch and
+# the CLI starts without importing transformers before it has validated its input.
+_PUBLIC = {
+    "InfeasiblePlanError": "layerplan.solver.errors",
+    "InvalidSpecError": "layerplan.solver.errors",
+    "LayerplanError": "layerplan.solver.errors",
+    "TraceError": "layerplan.solver.errors",
+    "LayerGraph": "layerplan.planner.graph",
+    "Plan": "layerplan.planner.output.adapter",
+    "plan": "layerplan.planner.api",
+    "plan_graph": "layerplan.planner.api",
+    "trace": "layerplan.planner.api",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'layerplan' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
