@@ -29,6 +29,13 @@ _PUBLIC = {
     "plan": "layerplan.planner.api",
     "plan_graph": "layerplan.planner.api",
     "trace": "layerplan.planner.api",
+    "evaluate_map": "layerplan.planner.api",
+    "OutputSpec": "layerplan.planner.spec",
+    "SolveSpec": "layerplan.planner.spec",
+    "WorkloadSpec": "layerplan.planner.spec",
+    "DevicesSpec": "layerplan.planner.spec",
+    "ModelSpec": "layerplan.planner.spec",
+    "PlanSpec": "layerplan.planner.spec",
 }
 
 __all__ = sorted(_PUBLIC)

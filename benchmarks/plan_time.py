@@ -31,7 +31,7 @@ from layerplan.planner.api import plan_graph  # noqa: E402
 from layerplan.planner.model.meta import build_meta_model  # noqa: E402
 from layerplan.planner.spec.sizes import parse_dtype, parse_max_memory  # noqa: E402
 from layerplan.planner.model.trace import no_split_classes, trace_model  # noqa: E402
-from layerplan.planner.spec.workload import Workload  # noqa: E402
+from layerplan.planner.model.workload import Workload  # noqa: E402
 from layerplan.solver import InfeasiblePlanError, format_bytes  # noqa: E402
 
 DEVICE_SETS = {

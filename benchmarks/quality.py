@@ -63,6 +63,7 @@ from layerplan.planner.model import catalog  # noqa: E402
 from layerplan.planner.output.adapter import Plan  # noqa: E402
 from layerplan.planner.api import trace  # noqa: E402
 from layerplan.planner.baselines.compare import compare_strategy  # noqa: E402
+from layerplan.planner.spec import PlanSpec  # noqa: E402
 from layerplan.planner.graph import LayerGraph  # noqa: E402
 from layerplan.planner.spec.sizes import parse_max_memory  # noqa: E402
 from layerplan.planner.spec.strategies import Strategy  # noqa: E402
@@ -208,10 +209,9 @@ def run_case(
 ) -> Row:
     """Plan one case with both tools and measure both plans (see the module docstring)."""
     caps = setting.caps(graph)
-    mine, theirs_entry = compare_strategy(
-        graph, meta_model, strategy=strategy, max_memory=caps, time_limit_s=time_limit_s,
-        device_types=setting.device_types, offload_folder=offload_folder if setting.disk else None,
-    )
+    spec = PlanSpec.from_kwargs(graph, max_memory=caps, time_limit_s=time_limit_s, device_types=setting.device_types,
+                                offload_folder=offload_folder if setting.disk else None)
+    mine, theirs_entry = compare_strategy(graph, meta_model, spec, strategy=strategy)
     ours, lp_error, lp_planning_s = mine.plan, mine.error, mine.planning_s
     theirs, acc_error, acc_planning_s = theirs_entry.plan, theirs_entry.error, theirs_entry.planning_s
     return Row(
@@ -226,7 +226,7 @@ def run_case(
         lp_planning_s=lp_planning_s,
         acc_error=acc_error,
         acc_overflow_bytes=theirs_entry.overflow_bytes,
-        acc_violations=tuple(theirs.violations) if theirs is not None else (),
+        acc_violations=tuple(map(str, theirs.violations)) if theirs is not None else (),
         acc_offloaded_bytes=theirs.offloaded_bytes if theirs is not None else None,
         acc_per_token_s=_per_token_s(theirs) if theirs is not None else None,
         acc_planning_s=acc_planning_s,

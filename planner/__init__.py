@@ -1,22 +1,46 @@
-"""layerplan's planner: everything that knows PyTorch and Hugging Face.
+"""layerplan's planner: everything that knows PyTorch and Hugging Face, by concern -- ``spec``
+(what the user declares), ``model`` (sources, meta build, catalog, trace, measure, estimate),
+``hardware`` (presets, parsing, resolution, detection, costing), ``output`` (device_map, report),
+``baselines`` (accelerate's maps, compare).
 
-Public surface: :func:`plan` (trace + solve), :func:`trace`, :func:`plan_graph`, the :class:`Plan`
-and :class:`LayerGraph` data, and the error hierarchy.
+Public surface: :func:`plan` (trace + solve), :func:`trace`, :func:`plan_graph`,
+:func:`evaluate_map`, :class:`PlanSpec` and its sections, the :class:`Plan` and
+:class:`LayerGraph` data, and the error hierarchy. Names are imported on first use, so that
+validating a spec does not import torch.
 """
 
-from layerplan.planner.output.adapter import Plan
-from layerplan.planner.api import plan, plan_graph, trace
-from layerplan.planner.graph import LayerGraph
-from layerplan.solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
+import importlib
+from typing import Any
 
-__all__ = [
-    "InfeasiblePlanError",
-    "InvalidSpecError",
-    "LayerGraph",
-    "LayerplanError",
-    "Plan",
-    "TraceError",
-    "plan",
-    "plan_graph",
-    "trace",
-]
+_PUBLIC = {
+    "InfeasiblePlanError": "layerplan.solver.errors",
+    "InvalidSpecError": "layerplan.solver.errors",
+    "LayerplanError": "layerplan.solver.errors",
+    "TraceError": "layerplan.solver.errors",
+    "LayerGraph": "layerplan.planner.graph",
+    "Plan": "layerplan.planner.output.adapter",
+    "plan": "layerplan.planner.api",
+    "plan_graph": "layerplan.planner.api",
+    "trace": "layerplan.planner.api",
+    "evaluate_map": "layerplan.planner.api",
+    "PlanSpec": "layerplan.planner.spec",
+    "ModelSpec": "layerplan.planner.spec",
+    "DevicesSpec": "layerplan.planner.spec",
+    "WorkloadSpec": "layerplan.planner.spec",
+    "SolveSpec": "layerplan.planner.spec",
+    "OutputSpec": "layerplan.planner.spec",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'layerplan.planner' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

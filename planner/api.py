@@ -1,4 +1,10 @@
-"""The library entry points: :func:`trace` a model into a LayerGraph, :func:`plan` a placement."""
+"""The library entry points, each taking a :class:`PlanSpec` (or keyword arguments that build one):
+:func:`trace` a model into a LayerGraph, :func:`plan` a placement, :func:`evaluate_map` a given map.
+
+The flow is the one of ``../shared/DESIGN.md``: the spec is validated when it is built (before
+anything is imported from torch); the model source is resolved and the workload checked against
+the model's config (before any model is built); then the meta model is traced, and the graph solved.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +18,34 @@ import torch
 from accelerate.utils import check_device_map
 from torch import nn
 
-from layerplan.planner.output.adapter import Plan, build_plan
-from layerplan.planner.hardware.costing import cost_model
 from layerplan.planner.graph import LayerGraph
-from layerplan.planner.hardware import HardwareSpec, build_hardware, detect_max_memory, lookup_accelerator
-from layerplan.planner.output.mapping import is_full, load_device_map, node_devices
+from layerplan.planner.hardware import HardwareSpec, build_hardware, detect_device_names, detect_max_memory
+from layerplan.planner.hardware.costing import cost_model
+from layerplan.planner.hardware.presets import lookup_accelerator
 from layerplan.planner.model.measure import generates
-from layerplan.planner.model.source import resolve_source
-from layerplan.planner.spec.sizes import DeviceCap, build_devices, parse_device, parse_dtype
-from layerplan.planner.spec.strategies import Strategy
+from layerplan.planner.model.source import ModelSource, resolve_source
 from layerplan.planner.model.trace import trace_model
-from layerplan.planner.spec.workload import Phase, Workload
+from layerplan.planner.model.workload import Workload
+from layerplan.planner.output.adapter import Plan, build_plan
+from layerplan.planner.output.mapping import is_full, node_devices
+from layerplan.planner.quiet import quiet
+from layerplan.planner.spec import (
+    DeviceCap,
+    DevicesSpec,
+    ModelSpec,
+    PlanSpec,
+    SolveSpec,
+    WorkloadSpec,
+    build_devices,
+    parse_dtype,
+)
 from layerplan.solver import (
     Goal,
     InfeasiblePlanError,
     InvalidSpecError,
     LayerplanError,
     PlacementProblem,
+    Rule,
     Solution,
     Status,
     evaluate,
@@ -39,11 +56,27 @@ from layerplan.solver import (
     violations,
 )
 
-__all__ = ["trace", "plan", "plan_graph", "evaluate_map", "resolve_max_memory"]
-
-ModelLike = str | os.PathLike | nn.Module | LayerGraph
+__all__ = ["as_spec", "evaluate_map", "load_graph", "plan", "plan_graph", "resolve_max_memory", "trace"]
 
 
+def as_spec(model: Any, **options: Any) -> PlanSpec:
+    """``model`` when it is a :class:`PlanSpec` (then ``options`` must be empty), else the spec
+    :meth:`PlanSpec.from_kwargs` builds from ``model`` and ``options``.
+
+    Raises:
+        InvalidSpecError: both a spec and options, an unknown option, or any field's error.
+    """
+    if isinstance(model, PlanSpec):
+        if options:
+            raise InvalidSpecError(
+                f"pass a PlanSpec or keyword options, not both (got {', '.join(sorted(options))}); "
+                "change the spec with spec.replace(...) or dataclasses.replace"
+            )
+        return model
+    return PlanSpec.from_kwargs(model, **options)
+
+
+# -- model and workload ------------------------------------------------------------------------------
 def _default_dtype(config) -> torch.dtype:  # noqa: ANN001
     value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(value, str | torch.dtype):
@@ -62,120 +95,135 @@ def _model_context(config) -> int | None:  # noqa: ANN001
     return None
 
 
-def trace(
-    model: str | os.PathLike | nn.Module,
-    *,
-    dtype: str | torch.dtype | None = None,
-    batch_size: int = 1,
-    seq_len: int | None = None,
-    prompt_len: int | None = None,
-    max_new_tokens: int | None = None,
-    kv_dtype: str | torch.dtype | None = None,
-    attn_implementation: str | None = None,
-    phase: str | Phase = Phase.GENERATE,
-    prefill_logits: bool = False,
-    no_split_module_classes: tuple[str, ...] = (),
-) -> tuple[LayerGraph, nn.Module]:
-    """Build ``model`` on the meta device and trace it into a :class:`LayerGraph` at a workload.
+def _check_context(source: ModelSource, workload: WorkloadSpec) -> None:
+    """A declared context longer than the model's positions is an error, never a silent clamp."""
+    context = _model_context(source.config)
+    declared = workload.seq_len or (
+        workload.prompt_len + (workload.max_new_tokens or 0) if workload.prompt_len is not None else None
+    )
+    if context is not None and declared is not None and declared > context:
+        raise InvalidSpecError(
+            f"the workload's context of {declared} tokens (prompt + new tokens) exceeds {source.name}'s "
+            f"{context} positions (max_position_embeddings); lower seq_len / prompt_len / max_new_tokens to at most {context}"
+        )
 
-    Args:
-        model: catalog name, directory holding ``config.json``, path to a ``config.json``, Hub id
-            (local cache only) or an ``nn.Module`` (not modified).
-        dtype: weight and activation dtype; default the checkpoint's published dtype, else float32.
-        batch_size: sequences per forward pass.
-        seq_len: total context in tokens (prompt + new tokens); default the model's context capped
-            at 4096 (:meth:`Workload.from_lengths` says how the rest is filled in).
-        prompt_len: prompt tokens (prefill length).
-        max_new_tokens: generated tokens (decode steps).
-        kv_dtype: KV-cache dtype; default ``dtype``.
-        attn_implementation: ``"sdpa"`` or ``"eager"``; default what transformers picks for the model
-            (sdpa where supported).
-        phase: ``"prefill"``, ``"decode"`` or ``"generate"`` (both; default).
-        prefill_logits: size prefill logits for every prompt position, not only the last.
-        no_split_module_classes: classes to keep whole in addition to the model's ``_no_split_modules``.
 
-    Returns:
-        ``(graph, meta_model)``; the meta model is what :func:`accelerate.utils.check_device_map`
-        is run against.
-
-    Raises:
-        InvalidSpecError: unknown model, bad dtype or workload.
-        TraceError: the model cannot be built on meta.
-    """
-    source = resolve_source(model)
-    config = source.config
-    torch_dtype = parse_dtype(dtype) if dtype is not None else _default_dtype(config)
-    meta_model = source.meta_model(attn_implementation=attn_implementation)
+def _resolve_workload(source: ModelSource, meta_model: nn.Module, dtype: torch.dtype, spec: WorkloadSpec) -> Workload:
+    """The declared workload with the model's defaults filled in (:meth:`Workload.from_lengths`)."""
     chosen = getattr(getattr(meta_model, "config", None), "_attn_implementation", None)
+    max_new_tokens = spec.max_new_tokens
     if max_new_tokens is None and not generates(meta_model):
         max_new_tokens = 0  # an encoder (BERT, MiniLM) runs one forward: the whole context is prompt
-    workload = Workload.from_lengths(
-        model_context=_model_context(config),
-        seq_len=seq_len,
-        prompt_len=prompt_len,
+    return Workload.from_lengths(
+        model_context=_model_context(source.config),
+        seq_len=spec.seq_len,
+        prompt_len=spec.prompt_len,
         max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        dtype=torch_dtype,
-        kv_dtype=parse_dtype(kv_dtype) if kv_dtype is not None else None,
-        attn_implementation=attn_implementation or (chosen if chosen in ("sdpa", "eager") else "sdpa"),
-        phase=phase,
-        prefill_logits=prefill_logits,
+        batch_size=spec.batch_size or 1,
+        dtype=dtype,
+        kv_dtype=parse_dtype(spec.kv_dtype) if spec.kv_dtype is not None else None,
+        attn_implementation=spec.attn_implementation or (chosen if chosen in ("sdpa", "eager") else "sdpa"),
+        phase=spec.phase.value if spec.phase is not None else "generate",
+        prefill_logits=bool(spec.prefill_logits),
     )
+
+
+def _trace_source(source: ModelSource, model: ModelSpec, workload: WorkloadSpec) -> tuple[LayerGraph, nn.Module]:
+    """Build ``source`` on the meta device and trace it at ``workload`` (see :func:`trace`)."""
+    _check_context(source, workload)
+    dtype = parse_dtype(model.dtype) if model.dtype is not None else _default_dtype(source.config)
+    meta_model = source.meta_model(attn_implementation=workload.attn_implementation)
+    resolved = _resolve_workload(source, meta_model, dtype, workload)
     owned = source.module is None or meta_model is not source.module
-    if owned and torch_dtype.is_floating_point:
-        meta_model = meta_model.to(torch_dtype)
-    graph = trace_model(
-        meta_model,
-        name=source.name,
-        workload=workload,
-        no_split_module_classes=tuple(no_split_module_classes),
-        allow_cast=owned,
-    )
+    if owned and dtype.is_floating_point:
+        meta_model = meta_model.to(dtype)
+    graph = trace_model(meta_model, name=source.name, workload=resolved,
+                        no_split_module_classes=model.no_split_module_classes, allow_cast=owned)
     return graph, meta_model
 
 
-def resolve_max_memory(
-    max_memory: Mapping[int | str, int | str] | None,
-    *,
-    device_types: Mapping[int | str, str] | None = None,
-    offload_folder: str | os.PathLike | None = None,
-) -> dict[int | str, int | str]:
-    """The caps to plan with: ``max_memory`` as given, or detected on this machine when None.
+def trace(model: Any, **options: Any) -> tuple[LayerGraph, nn.Module]:
+    """Build a model on the meta device and trace it into a :class:`LayerGraph` at a workload.
 
-    Detection is accelerate's ``get_max_memory`` (free memory of each visible GPU, available RAM
-    for ``"cpu"``) plus the free space of ``offload_folder`` for ``"disk"``
-    (:func:`layerplan.planner.hardware.presets.detect_max_memory`); a GPU named in ``device_types`` that is not
-    visible gets its preset's memory, so a machine without GPUs can plan for declared ones.
+    Args:
+        model: a :class:`PlanSpec` (its ``model`` and ``workload`` sections are used), or what
+            ``[model] source`` takes: a catalog name, a model directory, a config file, a Hub id
+            (local cache only) or an ``nn.Module`` (never modified: a module with weights in memory
+            is rebuilt on meta from its config).
+        **options: with a model, the fields of ``[model]`` and ``[workload]`` (``dtype``,
+            ``batch_size``, ``seq_len``, ``prompt_len``, ``max_new_tokens``, ``kv_dtype``,
+            ``attn_implementation``, ``phase``, ``prefill_logits``, ``no_split_module_classes``).
+
+    Returns:
+        ``(graph, meta_model)``; the meta model is what accelerate's ``check_device_map`` is run against.
+
+    Raises:
+        InvalidSpecError: an unknown model or option, a bad dtype or workload, a context longer
+            than the model's positions, or a source that is already a traced graph.
+        TraceError: the model cannot be built on meta.
     """
-    if max_memory is not None:
-        return dict(max_memory)
-    detected: dict[int | str, int | str] = dict(detect_max_memory(offload_folder=offload_folder))
-    for key, name in (device_types or {}).items():
-        gpu = parse_device(key)
-        if gpu not in detected:
-            detected[gpu] = lookup_accelerator(name).memory_bytes
+    spec = as_spec(model, **options)
+    source = resolve_source(spec.model.source)
+    if source.graph is not None:
+        raise InvalidSpecError(f"{source.name} is already a traced graph; plan it, or trace the model it came from")
+    with quiet():
+        return _trace_source(source, spec.model, spec.workload)
+
+
+def load_graph(spec: PlanSpec) -> tuple[LayerGraph, nn.Module | None]:
+    """The spec's graph: traced from its model, or read as given (a graph JSON or a LayerGraph),
+    in which case a declared workload or dtype must match the one it was traced at.
+
+    Raises:
+        InvalidSpecError: see :func:`trace`; a declared workload field that differs from the graph's.
+    """
+    source = resolve_source(spec.model.source)
+    if source.graph is None:
+        with quiet():
+            return _trace_source(source, spec.model, spec.workload)
+    graph = source.graph
+    declared = {**spec.workload.to_dict(), **({"dtype": spec.model.dtype} if spec.model.dtype else {})}
+    traced = {**dict(graph.workload), "dtype": graph.dtype, "seq_len": graph.workload.get("context_len")}
+    for key, value in declared.items():
+        if key in traced and traced[key] != value:
+            raise InvalidSpecError(
+                f"{key}={value!r} was declared but the graph {source.name} was traced at {key}={traced[key]!r}; "
+                "drop the option, or trace the model again at this workload (`layerplan trace`)"
+            )
+    return graph, None
+
+
+# -- devices -----------------------------------------------------------------------------------------
+def resolve_max_memory(devices: DevicesSpec) -> dict[int | str, int]:
+    """The caps: ``devices.max_memory`` as declared, or detected on this machine.
+
+    Detection (``devices.max_memory is None``) is accelerate's ``get_max_memory`` (free GPU
+    memory, available RAM, the offload folder's free space for disk:
+    :func:`layerplan.planner.hardware.detect_max_memory`); a GPU named in ``devices.types`` that is
+    not visible gets its preset's memory, so a machine without GPUs can plan for declared ones.
+    """
+    if devices.max_memory is not None:
+        return dict(devices.max_memory)
+    detected: dict[int | str, int] = dict(detect_max_memory(offload_folder=devices.offload_folder))
+    for gpu, name in devices.types.items():
+        detected.setdefault(gpu, lookup_accelerator(name).memory_bytes)
     return detected
 
 
+def _hardware(keys: list[int | str], dtype: str, devices: DevicesSpec) -> HardwareSpec:
+    """The declared hardware of ``keys`` (device types, links, host link, disk, overrides)."""
+    return build_hardware(keys, dtype=dtype, reported_names=detect_device_names(), **devices.hardware)
+
+
 def _declared(
-    graph: LayerGraph,
-    *,
-    max_memory: Mapping[int | str, int | str] | None,
-    reserve: Mapping[int | str, int | str] | int | str | None,
-    device_types: Mapping[int | str, str] | None,
-    hardware: Mapping[str, Any] | None,
-    offload_folder: str | os.PathLike | None,
-    extra_devices: tuple[int | str, ...] = (),
+    graph: LayerGraph, devices: DevicesSpec, *, extra_devices: tuple[int | str, ...] = ()
 ) -> tuple[tuple[DeviceCap, ...], HardwareSpec]:
     """Devices (caps, reserves) and their hardware; ``extra_devices`` join with a cap of 0."""
-    caps = resolve_max_memory(max_memory, device_types=device_types, offload_folder=offload_folder)
+    caps = resolve_max_memory(devices)
     for key in extra_devices:
-        if key not in {parse_device(k) for k in caps}:
-            caps[key] = 0
-    devices: tuple[DeviceCap, ...] = build_devices(caps, reserve)
-    spec = build_hardware([d.key for d in devices], dtype=graph.dtype, device_types=device_types,
-                          **dict(hardware or {}))
-    return devices, spec
+        caps.setdefault(key, 0)
+    declared = build_devices(caps, devices.reserve)
+    return declared, _hardware([d.key for d in declared], graph.dtype, devices)
 
 
 def _pin_indices(graph: LayerGraph, pins: Mapping[str, int | str], keys: list[int | str]) -> dict[str, int]:
@@ -191,112 +239,56 @@ def _pin_indices(graph: LayerGraph, pins: Mapping[str, int | str], keys: list[in
     return out
 
 
-def _as_map(device_map: Mapping[str, int | str] | str | os.PathLike | None) -> dict[str, int | str] | None:
-    if device_map is None:
-        return None
-    if isinstance(device_map, (str, os.PathLike)):
-        return load_device_map(device_map)
-    return dict(device_map)
-
-
-def plan_graph(
-    graph: LayerGraph,
-    *,
-    max_memory: Mapping[int | str, int | str] | None = None,
-    strategy: Strategy | str = Strategy.AUTO,
-    objective: Goal | str | None = None,
-    device_map: Mapping[str, int | str] | str | os.PathLike | None = None,
-    pins: Mapping[str, int | str] | None = None,
-    device_types: Mapping[int | str, str] | None = None,
-    hardware: Mapping[str, Any] | None = None,
-    offload_folder: str | os.PathLike | None = None,
-    reserve: Mapping[int | str, int | str] | int | str | None = None,
-    time_limit_s: float = 30.0,
-) -> Plan:
-    """Solve the placement of an already traced ``graph``.
-
-    Args:
-        graph: from :func:`trace` or :meth:`LayerGraph.from_json`.
-        max_memory: device -> cap (``{0: "40GiB", 1: "40GiB", "cpu": "200GiB"}``), accelerate's
-            keys; None detects them (:func:`resolve_max_memory`).
-        strategy: ``"auto"``, ``"balanced"``, ``"balanced_low_0"`` or ``"sequential"``
-            (:mod:`layerplan.planner.spec.strategies`).
-        objective: ``"latency"``, ``"throughput"``, ``"balanced"`` or ``"transfers"``
-            (:class:`solver.Goal`); default: the strategy's.
-        device_map: a dict or a JSON file of module -> device. A map covering every node is
-            evaluated and returned unchanged (raising if it does not fit); a partial one pins the
-            modules it names (a prefix such as ``"model.layers"`` pins every node under it).
-        pins: more module -> device pins, same rules as a partial ``device_map``.
-        device_types: accelerator key -> preset name (``{0: "h100-sxm"}``), for the cost model
-            (:mod:`layerplan.planner.hardware.presets`).
-        hardware: further :func:`layerplan.planner.hardware.presets.build_hardware` options: ``interconnect``,
-            ``links``, ``host_link``, ``disk_read``, ``overrides``.
-        offload_folder: where ``from_pretrained`` writes disk-offloaded weights; required when the
-            plan uses ``"disk"``.
-        reserve: bytes kept free on each device that computes (CUDA context, allocator slack):
-            None gives every accelerator ``spec.DEFAULT_RESERVE_BYTES`` (1 GiB) and cpu/disk 0;
-            one size applies to every accelerator; a mapping sets devices one by one.
-        time_limit_s: CP-SAT wall-clock limit in seconds; past it the best plan is returned as
-            ``feasible`` with its proven bound.
-
-    Each device that computes is charged, besides the weights stored on it, the KV cache of the
-    nodes that run on it, its largest working set, the tensors it receives, the streaming buffer
-    for offloaded nodes (execution device) and its reserve (:mod:`layerplan.solver.accounting`).
-
-    Raises:
-        InvalidSpecError: bad device, size, pin, strategy, objective or device type; disk used
-            without ``offload_folder``.
-        InfeasiblePlanError: the caps cannot hold the model; the message says how many bytes are
-            missing, the least extra memory per device that makes it fit and, when no ``cpu`` was
-            declared, whether offloading to it would.
-    """
-    strategy = Strategy.parse(strategy)
-    goal = Goal.parse(objective) if objective is not None else strategy.default_goal
-    given = _as_map(device_map)
+# -- solve -------------------------------------------------------------------------------------------
+def _solve_graph(graph: LayerGraph, spec: PlanSpec) -> Plan:
+    """Solve the placement of ``graph`` under ``spec.devices`` and ``spec.solve`` (see :func:`plan`)."""
+    options: SolveSpec = spec.solve
+    given = dict(options.device_map) if options.device_map is not None else None
     if given is not None and is_full(graph, given):
-        if pins:
+        if options.pins:
             raise InvalidSpecError("a full device_map places every module already; drop the pins")
-        result = evaluate_map(graph, given, max_memory=max_memory, device_types=device_types, hardware=hardware,
-                              offload_folder=offload_folder, reserve=reserve)
-        over = [u for u in result.usage if u.free_bytes < 0]
-        if over or result.violations:
-            problems = [f"device {u.device!r} over its cap by {format_bytes(-u.free_bytes)}" for u in over]
-            raise InfeasiblePlanError(
-                "the given device_map does not fit: " + "; ".join(problems + list(result.violations))
-                + "; run `layerplan evaluate` for the breakdown, or give a partial map to solve the rest",
-                missing_bytes=sum(-u.free_bytes for u in over),
-            )
-        return result
-    devices, spec = _declared(graph, max_memory=max_memory, reserve=reserve, device_types=device_types,
-                              hardware=hardware, offload_folder=offload_folder)
+        return _given_map_fits(evaluate_map(graph, given, spec))
+    devices, hardware = _declared(graph, spec.devices)
     keys = [d.key for d in devices]
-    pin_index = _pin_indices(graph, {**(given or {}), **dict(pins or {})}, keys)
+    pin_index = _pin_indices(graph, {**(given or {}), **options.pins}, keys)
+    strategy = options.strategy
     problem = dataclasses.replace(
         graph.to_problem(devices=[d.to_solver() for d in devices], pins=pin_index, ordered=strategy.ordered),
         low_zero=strategy.low_zero,
     )
-    cost = cost_model(graph, problem, spec)
+    cost = cost_model(graph, problem, hardware)
     try:
-        solution = solve(problem, goal=goal, cost=cost, time_limit_s=time_limit_s)
+        solution = solve(problem, goal=options.goal, cost=cost, time_limit_s=options.time_limit_s)
     except InfeasiblePlanError as exc:
-        raise _with_offload_hint(exc, graph, devices, spec, problem, goal, time_limit_s) from None
-    return build_plan(
-        graph, problem, solution, offload_folder=os.fspath(offload_folder) if offload_folder else None,
-        strategy=strategy.value, hardware_notes=spec.notes,
-    )
+        raise _with_offload_hint(exc, graph, spec.devices, devices, problem, options) from None
+    return build_plan(graph, problem, solution, offload_folder=spec.devices.offload_folder,
+                      strategy=strategy.value, hardware_notes=hardware.notes, spec=spec)
+
+
+def _given_map_fits(result: Plan) -> Plan:
+    """A full device_map given to :func:`plan`: returned when it fits and breaks no rule."""
+    over = [u for u in result.usage if u.free_bytes < 0]
+    if over or result.violations:
+        problems = [f"device {u.device!r} over its cap by {format_bytes(-u.free_bytes)}" for u in over]
+        raise InfeasiblePlanError(
+            "the given device_map does not fit: " + "; ".join(problems + [str(v) for v in result.violations])
+            + "; run `layerplan evaluate` for the breakdown, or give a partial map to solve the rest",
+            missing_bytes=sum(-u.free_bytes for u in over),
+        )
+    return result
 
 
 def _with_offload_hint(
     exc: InfeasiblePlanError,
     graph: LayerGraph,
+    declared: DevicesSpec,
     devices: tuple[DeviceCap, ...],
-    spec: HardwareSpec,
     problem: PlacementProblem,
-    goal: Goal,
-    time_limit_s: float,
+    options: SolveSpec,
 ) -> InfeasiblePlanError:
-    """``exc``, plus whether offloading to host RAM would make it fit and at what estimated cost
-    (only when no ``cpu`` was declared: with one, the solver already tried)."""
+    """``exc``, plus whether offloading to host RAM would make it fit and at what estimated cost on
+    the *declared* hardware (only when no ``cpu`` was declared: with one, the solver already tried).
+    The RAM is this machine's (nothing else is known about a host), and the message says so."""
     if any(d.key == "cpu" for d in devices) or not problem.accelerators:
         return exc
     ram = detect_max_memory().get("cpu", 0)
@@ -304,12 +296,10 @@ def _with_offload_hint(
         return exc
     with_cpu = tuple(devices) + (DeviceCap(key="cpu", cap_bytes=ram),)
     try:
-        cpu_spec = build_hardware([d.key for d in with_cpu], dtype=graph.dtype,
-                                  device_types={d.key: spec.device(d.key).preset for d in devices
-                                                if d.key not in ("cpu", "disk")})
+        cpu_hardware = _hardware([d.key for d in with_cpu], graph.dtype, declared)
         cpu_problem = dataclasses.replace(problem, devices=tuple(d.to_solver() for d in with_cpu))
-        cost = cost_model(graph, cpu_problem, cpu_spec)
-        solution = solve(cpu_problem, goal=goal, cost=cost, time_limit_s=min(time_limit_s, 10.0), explain=False)
+        solution = solve(cpu_problem, goal=options.goal, cost=cost_model(graph, cpu_problem, cpu_hardware),
+                         time_limit_s=min(options.time_limit_s, 10.0), explain=False)
     except LayerplanError:
         return InfeasiblePlanError(f"{exc}; offloading to this machine's RAM ({format_bytes(ram)}) would not "
                                    "make it fit either", missing_bytes=exc.missing_bytes, node=exc.node,
@@ -318,8 +308,9 @@ def _with_offload_hint(
     offloaded = sum(n.size_bytes for n, d in zip(cpu_problem.nodes, solution.assignment) if d == cpu_index)
     assert solution.timing is not None
     return InfeasiblePlanError(
-        f"{exc}; or add cpu: offloading {format_bytes(offloaded)} to host RAM fits, at an estimated "
-        f"{solution.timing.per_token_s * 1e3:.1f} ms per token (--max-memory ... cpu=SIZE)",
+        f"{exc}; or add cpu: offloading {format_bytes(offloaded)} to host RAM (this machine has "
+        f"{format_bytes(ram)}) fits, at an estimated {solution.timing.per_token_s * 1e3:.1f} ms per token "
+        "on the declared hardware (--max-memory ... cpu=SIZE)",
         missing_bytes=exc.missing_bytes, node=exc.node, extra_bytes=exc.extra_bytes,
     )
 
@@ -327,26 +318,29 @@ def _with_offload_hint(
 def evaluate_map(
     graph: LayerGraph,
     device_map: Mapping[str, int | str] | str | os.PathLike,
+    spec: PlanSpec | None = None,
     *,
-    max_memory: Mapping[int | str, int | str] | None = None,
-    device_types: Mapping[int | str, str] | None = None,
-    hardware: Mapping[str, Any] | None = None,
-    offload_folder: str | os.PathLike | None = None,
-    reserve: Mapping[int | str, int | str] | int | str | None = None,
     solver_name: str = "given",
+    **options: Any,
 ) -> Plan:
     """Evaluate a full ``device_map`` (dict or JSON file) under layerplan's accounting, unchanged.
 
     Nothing is solved: the plan's ``device_map`` is the given one, its usage may exceed caps
-    (``DeviceUsage.free_bytes < 0``) and ``Plan.violations`` lists every rule it breaks. A device
-    the map uses but ``max_memory`` does not declare counts with a cap of 0.
+    (``DeviceUsage.free_bytes < 0``) and ``Plan.violations`` lists every rule it breaks besides
+    caps. A device the map uses but ``max_memory`` does not declare counts with a cap of 0.
+
+    Args:
+        graph: the traced model.
+        device_map: module -> device, or a JSON file of it.
+        spec: its ``devices`` section gives caps and hardware (or ``**options``: ``max_memory=...``).
+        solver_name: the plan's ``solution.solver`` (``"accelerate"`` for its baseline maps).
 
     Raises:
         InvalidSpecError: the map names an unknown module, does not cover every node, or splits a
             node layerplan keeps whole; bad caps or hardware.
     """
-    given = _as_map(device_map)
-    assert given is not None
+    spec = as_spec(graph, **options) if spec is None else spec
+    given = dict(SolveSpec(device_map=device_map).device_map or {})
     placed = node_devices(graph, given)
     missing = [n.name for n in graph.nodes if n.name not in placed]
     if missing:
@@ -355,8 +349,7 @@ def evaluate_map(
             "to evaluate, or plan with it as a partial map (`layerplan plan --device-map`)"
         )
     used = tuple(dict.fromkeys(placed.values()))
-    devices, spec = _declared(graph, max_memory=max_memory, reserve=reserve, device_types=device_types,
-                              hardware=hardware, offload_folder=offload_folder, extra_devices=used)
+    devices, hardware = _declared(graph, spec.devices, extra_devices=used)
     # accelerate's dispatch_model runs offloaded modules on the first accelerator of the map (on
     # the cpu when the map has none): list that one first, and leave the others out when none is used.
     accelerators = [k for k in used if k not in ("cpu", "disk")]
@@ -367,7 +360,7 @@ def evaluate_map(
     keys = [d.key for d in devices]
     problem = graph.to_problem(devices=[d.to_solver() for d in devices], ordered=False)
     assignment = tuple(keys.index(placed[n.name]) for n in graph.nodes)
-    cost = cost_model(graph, problem, spec)
+    cost = cost_model(graph, problem, hardware)
     values = {m: score(problem, assignment, m, cost) for m in
               ("offload_cost", "transfer_bytes", "max_utilisation", "time_ns", "bottleneck_ns")}
     solution = Solution(
@@ -375,58 +368,64 @@ def evaluate_map(
         bound=0, wall_time_s=0.0, solver=solver_name, goal=Goal.LATENCY.value, values=values,
         timing=timing(problem, cost, assignment),
     )
-    return build_plan(graph, problem, solution, offload_folder=os.fspath(offload_folder) if offload_folder else None,
-                      device_map=given, hardware_notes=spec.notes, check_disk=False,
-                      violations=tuple(v for v in violations(problem, assignment) if "> cap" not in v))
+    return build_plan(graph, problem, solution, offload_folder=spec.devices.offload_folder,
+                      device_map=given, hardware_notes=hardware.notes, check_disk=False, spec=spec,
+                      violations=tuple(v for v in violations(problem, assignment) if v.rule is not Rule.CAP))
 
 
-def plan(
-    model: ModelLike,
-    *,
-    max_memory: Mapping[int | str, int | str] | None = None,
-    strategy: Strategy | str = Strategy.AUTO,
-    objective: Goal | str | None = None,
-    device_map: Mapping[str, int | str] | str | os.PathLike | None = None,
-    pins: Mapping[str, int | str] | None = None,
-    device_types: Mapping[int | str, str] | None = None,
-    hardware: Mapping[str, Any] | None = None,
-    offload_folder: str | os.PathLike | None = None,
-    reserve: Mapping[int | str, int | str] | int | str | None = None,
-    time_limit_s: float = 30.0,
-    **workload: Any,
-) -> Plan:
-    """Trace ``model`` and solve its placement on the devices in ``max_memory``.
+def plan_graph(graph: LayerGraph, spec: PlanSpec | None = None, **options: Any) -> Plan:
+    """Solve the placement of an already traced ``graph``: :func:`plan` without the trace.
+
+    ``spec`` (its ``devices`` and ``solve`` sections) or ``**options`` (``max_memory=...``,
+    ``strategy=...``, ...: see :func:`plan`).
+    """
+    spec = as_spec(graph, **options) if spec is None else spec
+    with quiet():
+        return _solve_graph(graph, spec)
+
+
+def plan(model: Any, **options: Any) -> Plan:
+    """Trace a model and solve its placement on the declared devices.
 
     Example::
 
-        plan = planner.plan("llama-2-70b", max_memory={0: "40GiB", 1: "40GiB", "cpu": "200GiB"},
-                            device_types={0: "a100-40gb", 1: "a100-40gb"})
+        plan = layerplan.plan("llama-2-70b", max_memory={0: "40GiB", 1: "40GiB", "cpu": "200GiB"},
+                              device_types={0: "a100-40gb", 1: "a100-40gb"})
+        plan = layerplan.plan(layerplan.PlanSpec.from_toml("spec.toml"))     # the same, declared
         model = AutoModelForCausalLM.from_pretrained(path, **plan.from_pretrained_kwargs())
 
     Args:
-        model: see :func:`trace`; a :class:`LayerGraph` is planned as is.
-        max_memory, strategy, objective, device_map, pins, device_types, hardware, offload_folder,
-            reserve, time_limit_s: see :func:`plan_graph`.
-        **workload: ``dtype``, ``batch_size``, ``seq_len``, ``prompt_len``, ``max_new_tokens``,
-            ``kv_dtype``, ``attn_implementation``, ``phase``, ``prefill_logits``,
-            ``no_split_module_classes``: see :func:`trace` (ignored for a :class:`LayerGraph`).
+        model: a :class:`PlanSpec`, or what ``[model] source`` takes (a catalog name, model
+            directory, config file, Hub id in the local cache, graph JSON, ``nn.Module`` or
+            :class:`LayerGraph`).
+        **options: with a model, any field of the spec's sections by name (``max_memory``,
+            ``types`` / ``device_types``, ``reserve``, ``interconnect``, ``links``, ``host_link``,
+            ``disk_read``, ``overrides``, ``offload_folder``; ``dtype``, ``no_split_module_classes``;
+            ``batch_size``, ``seq_len``, ``prompt_len``, ``max_new_tokens``, ``kv_dtype``,
+            ``attn_implementation``, ``phase``, ``prefill_logits``; ``strategy``, ``objective``,
+            ``pins``, ``device_map``, ``time_limit_s``) -- see the sections in
+            :mod:`layerplan.planner.spec.sections`.
+
+    Each device that computes is charged, besides the weights stored on it, the KV cache of the
+    nodes that run on it, its largest working set, the tensors it receives, the streaming buffer
+    for offloaded nodes (execution device) and its reserve (:mod:`layerplan.solver.accounting`).
 
     Returns:
-        A :class:`Plan` whose ``device_map`` accelerate's ``check_device_map`` accepts.
+        A :class:`Plan` (carrying its spec) whose ``device_map`` accelerate's ``check_device_map`` accepts.
 
     Raises:
-        InvalidSpecError, TraceError, InfeasiblePlanError: see :func:`trace` and :func:`plan_graph`.
+        InvalidSpecError: bad input (reported before any model is built where the spec alone shows it).
+        TraceError: the model cannot be built on meta.
+        InfeasiblePlanError: the caps cannot hold the model; the message says how many bytes are
+            missing, the least extra memory per device that makes it fit and, when no ``cpu`` was
+            declared, whether offloading to it would.
     """
+    spec = as_spec(model, **options)
     start = time.perf_counter()
-    meta_model = None
-    if isinstance(model, LayerGraph):
-        graph = model
-    else:
-        graph, meta_model = trace(model, **workload)
+    graph, meta_model = load_graph(spec)
     trace_time_s = time.perf_counter() - start
-    result = plan_graph(graph, max_memory=max_memory, strategy=strategy, objective=objective,
-                        device_map=device_map, pins=pins, device_types=device_types, hardware=hardware,
-                        offload_folder=offload_folder, reserve=reserve, time_limit_s=time_limit_s)
-    if meta_model is not None:
-        check_device_map(meta_model, result.device_map)  # accelerate's own coverage check
+    with quiet():
+        result = _solve_graph(graph, spec)
+        if meta_model is not None:
+            check_device_map(meta_model, result.device_map)  # accelerate's own coverage check
     return dataclasses.replace(result, trace_time_s=trace_time_s)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from layerplan.planner.graph_schema import check_graph_dict
 from layerplan.solver import Device, Edge, InvalidSpecError, Node, PlacementProblem
 
 __all__ = ["GraphNode", "GraphEdge", "LayerGraph"]
@@ -123,7 +124,7 @@ class LayerGraph:
         model: the model's name (catalog name, path or class).
         model_class: e.g. ``"LlamaForCausalLM"``.
         dtype: the dtype weights and activations were sized in, e.g. ``"bfloat16"``.
-        workload: the workload it was traced at (:meth:`layerplan.planner.spec.workload.Workload.to_dict`); edges
+        workload: the workload it was traced at (:meth:`layerplan.planner.model.workload.Workload.to_dict`); edges
             are measured in prefill (``prompt_len`` tokens).
         nodes: in execution order.
         edges: tensors between nodes.
@@ -240,8 +241,11 @@ class LayerGraph:
         the prefill shapes by :func:`decode_size_from_prefill`, and a note saying so).
 
         Raises:
-            InvalidSpecError: an unknown ``format_version``.
+            InvalidSpecError: an unknown ``format_version``, or a missing, mistyped or inconsistent
+                field (:func:`layerplan.planner.graph_schema.check_graph_dict`), in one line.
         """
+        if not isinstance(data, Mapping):
+            raise InvalidSpecError(f"a graph JSON holds an object, not a {type(data).__name__}; write one with `layerplan trace`")
         data = dict(data)
         version = data.pop("format_version", GRAPH_FORMAT_VERSION)
         if version not in _READABLE_FORMAT_VERSIONS:
@@ -249,6 +253,7 @@ class LayerGraph:
                 f"graph format_version={version!r} but this layerplan reads "
                 f"{', '.join(map(str, _READABLE_FORMAT_VERSIONS))}; trace the model again"
             )
+        check_graph_dict(data)
         edges = [{**e, "consumers": tuple(e["consumers"]), "shape": tuple(e["shape"])} for e in data["edges"]]
         notes = tuple(data.get("notes", ()))
         if version == 2:
@@ -274,6 +279,10 @@ class LayerGraph:
             InvalidSpecError: the text is not a layerplan graph.
         """
         try:
-            return cls.from_dict(json.loads(text))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InvalidSpecError(f"not a layerplan graph JSON ({exc}); produce one with `layerplan trace`") from exc
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidSpecError(
+                f"not a layerplan graph JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; "
+                "produce one with `layerplan trace`"
+            ) from None
+        return cls.from_dict(data)

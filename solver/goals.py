@@ -19,6 +19,7 @@ Measures (all integers, so CP-SAT and :func:`score` agree exactly):
 
 from __future__ import annotations
 
+import difflib
 import enum
 from collections.abc import Sequence
 
@@ -56,9 +57,10 @@ class Goal(enum.Enum):
         try:
             return cls(str(value).strip().lower())
         except ValueError:
-            raise InvalidSpecError(
-                f"unknown objective {value!r}; expected one of {', '.join(g.value for g in cls)}"
-            ) from None
+            names = [g.value for g in cls]
+            close = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InvalidSpecError(f"unknown objective {value!r}; expected one of {', '.join(names)}{hint}") from None
 
     @property
     def measures(self) -> tuple[str, ...]:

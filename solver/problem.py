@@ -47,6 +47,8 @@ from layerplan.solver.accounting import device_loads
 from layerplan.solver.errors import InvalidSpecError
 
 __all__ = [
+    "Rule",
+    "Violation",
     "DeviceKind",
     "Device",
     "Node",
@@ -337,27 +339,51 @@ class PlacementProblem:
         return sum(d.cap_bytes for d in self.devices)
 
 
-def violations(problem: PlacementProblem, assignment: Sequence[int]) -> list[str]:
-    """Every rule the ``assignment`` (device index per node) breaks, as readable lines; [] if none."""
-    out: list[str] = []
+class Rule(enum.Enum):
+    """A placement rule (see the module docstring); :func:`violations` names the one broken."""
+
+    COVERAGE = "coverage"  # one valid device per node
+    CAP = "cap"  # every device within its cap, runtime memory included
+    TIES = "ties"  # a tied group on one device
+    PINS = "pins"  # pinned nodes where pinned
+    CONTIGUITY = "contiguity"  # one block per accelerator
+    ORDER = "order"  # blocks in device order (ordered problems)
+    EXECUTION_DEVICE = "execution_device"  # offload needs the execution device to store a node
+    LOW_ZERO = "low_zero"  # GPU 0 stores no more than any other GPU
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken rule: which (:class:`Rule`) and a readable line (``str(v)``)."""
+
+    rule: Rule
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def violations(problem: PlacementProblem, assignment: Sequence[int]) -> list[Violation]:
+    """Every rule the ``assignment`` (device index per node) breaks, one :class:`Violation` each; [] if none."""
+    out: list[Violation] = []
     n, k = len(problem.nodes), len(problem.devices)
     if len(assignment) != n:
-        return [f"assignment has {len(assignment)} entries for {n} nodes"]
+        return [Violation(Rule.COVERAGE, f"assignment has {len(assignment)} entries for {n} nodes")]
     if any(not 0 <= d < k for d in assignment):
-        return [f"assignment uses a device index outside 0..{k - 1}"]
+        return [Violation(Rule.COVERAGE, f"assignment uses a device index outside 0..{k - 1}")]
     for dev, load in zip(problem.devices, device_loads(problem, assignment)):
         if load.total > dev.cap_bytes:
             detail = "" if not problem.has_runtime_memory else (
                 f" (weights {load.weights}, KV {load.kv}, activations {load.activations}, "
                 f"streaming {load.streaming}, reserve {load.reserve})"
             )
-            out.append(f"device {dev.name!r} holds {load.total} bytes > cap {dev.cap_bytes}{detail}")
+            out.append(Violation(Rule.CAP, f"device {dev.name!r} holds {load.total} bytes > cap {dev.cap_bytes}{detail}"))
     for group in problem.tied_groups:
         if len({assignment[m] for m in group}) > 1:
-            out.append(f"tied group {group} is split across devices")
+            out.append(Violation(Rule.TIES, f"tied group {group} is split across devices"))
     for node, d in problem.pins:
         if assignment[node] != d:
-            out.append(f"node {problem.nodes[node].name!r} is not on its pinned device")
+            out.append(Violation(Rule.PINS, f"node {problem.nodes[node].name!r} is not on its pinned device"))
     first_seen: list[int] = []
     runs: dict[int, int] = {}
     prev = None
@@ -372,27 +398,23 @@ def violations(problem: PlacementProblem, assignment: Sequence[int]) -> list[str
             prev = d
     for d, count in runs.items():
         if count > 1:
-            out.append(f"accelerator {problem.devices[d].name!r} holds {count} separate blocks")
+            out.append(Violation(Rule.CONTIGUITY, f"accelerator {problem.devices[d].name!r} holds {count} separate blocks"))
     accs = problem.accelerators
     if problem.ordered:
         order = [accs.index(d) for d in first_seen]
         if order != sorted(order):
-            out.append("accelerator blocks are not in device order")
+            out.append(Violation(Rule.ORDER, "accelerator blocks are not in device order"))
     execution = problem.execution_device
     offloaded = [i for i, d in enumerate(assignment) if problem.compute_device(d) != d]
     if offloaded and problem.devices[execution].is_accelerator and execution not in assignment:
-        out.append(
-            f"node {problem.nodes[offloaded[0]].name!r} is offloaded but the execution device "
-            f"{problem.devices[execution].name!r} stores no node (accelerate would run it elsewhere)"
-        )
+        out.append(Violation(Rule.EXECUTION_DEVICE, f"node {problem.nodes[offloaded[0]].name!r} is offloaded but the execution device "
+            f"{problem.devices[execution].name!r} stores no node (accelerate would run it elsewhere)"))
     if problem.low_zero and len(accs) > 1:
         held = [sum(x.size_bytes for x, d in zip(problem.nodes, assignment) if d == a) for a in accs]
         lightest = min(range(1, len(accs)), key=lambda r: held[r])
         if held[0] > held[lightest]:
-            out.append(
-                f"accelerator {problem.devices[accs[0]].name!r} stores {held[0]} bytes > "
-                f"{held[lightest]} on {problem.devices[accs[lightest]].name!r} (low_zero)"
-            )
+            out.append(Violation(Rule.LOW_ZERO, f"accelerator {problem.devices[accs[0]].name!r} stores {held[0]} bytes > "
+                f"{held[lightest]} on {problem.devices[accs[lightest]].name!r} (low_zero)"))
     return out
 
 

@@ -21,7 +21,7 @@ from transformers.cache_utils import DynamicCache
 
 import planner
 from layerplan.planner.model.meta import build_meta_model
-from layerplan.planner.spec.workload import Workload
+from layerplan.planner.model.workload import Workload
 
 KIB = 1024
 

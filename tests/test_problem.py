@@ -13,6 +13,7 @@ from layerplan.solver import (
     InvalidSpecError,
     Node,
     PlacementProblem,
+    Rule,
     evaluate,
     format_bytes,
     violations,
@@ -163,17 +164,18 @@ def test_violations_empty_for_a_valid_assignment() -> None:
 @pytest.mark.parametrize(
     ("assignment", "expected"),
     [
-        ((0, 0), ["assignment has 2 entries for 4 nodes"]),
-        ((0, 0, 1, 5), ["assignment uses a device index outside 0..2"]),
-        ((0, 0, 0, 1), ["device '0' holds 30 bytes > cap 20"]),
-        ((0, 1, 0, 1), ["accelerator '0' holds 2 separate blocks", "accelerator '1' holds 2 separate blocks"]),
-        ((0, 2, 0, 1), ["accelerator '0' holds 2 separate blocks"]),  # a cpu node splits GPU 0
-        ((1, 1, 0, 0), ["accelerator blocks are not in device order"]),
+        ((0, 0), [(Rule.COVERAGE, "assignment has 2 entries for 4 nodes")]),
+        ((0, 0, 1, 5), [(Rule.COVERAGE, "assignment uses a device index outside 0..2")]),
+        ((0, 0, 0, 1), [(Rule.CAP, "device '0' holds 30 bytes > cap 20")]),
+        ((0, 1, 0, 1), [(Rule.CONTIGUITY, "accelerator '0' holds 2 separate blocks"),
+                       (Rule.CONTIGUITY, "accelerator '1' holds 2 separate blocks")]),
+        ((0, 2, 0, 1), [(Rule.CONTIGUITY, "accelerator '0' holds 2 separate blocks")]),  # a cpu node splits GPU 0
+        ((1, 1, 0, 0), [(Rule.ORDER, "accelerator blocks are not in device order")]),
     ],
 )
-def test_violations_name_each_broken_rule(assignment: tuple[int, ...], expected: list[str]) -> None:
+def test_violations_name_each_broken_rule(assignment: tuple[int, ...], expected: list[tuple[Rule, str]]) -> None:
     problem = PlacementProblem(nodes=nodes(10, 10, 10, 10), edges=chain(1, 1, 1, 1), devices=devices(20, 20, cpu=40))
-    assert violations(problem, assignment) == expected
+    assert [(v.rule, str(v)) for v in violations(problem, assignment)] == expected
 
 
 def test_violations_unordered_allows_any_block_order() -> None:
@@ -186,12 +188,13 @@ def test_violations_tied_followers_are_exempt_from_contiguity_but_not_from_the_g
     problem = PlacementProblem(nodes=nodes(5, 5, 5, 5), devices=devices(20, 20), tied_groups=((0, 3),))
     assert violations(problem, (0, 1, 1, 0)) == []
     # ... but not apart from its anchor.
-    assert violations(problem, (0, 1, 1, 1)) == ["tied group (0, 3) is split across devices"]
+    assert [(v.rule, str(v)) for v in violations(problem, (0, 1, 1, 1))] == [
+        (Rule.TIES, "tied group (0, 3) is split across devices")]
 
 
 def test_violations_reports_unmet_pins() -> None:
     problem = PlacementProblem(nodes=nodes(1, 1), devices=devices(5, 5), pins=((1, 0),))
-    assert violations(problem, (0, 1)) == ["node 'n1' is not on its pinned device"]
+    assert [(v.rule, str(v)) for v in violations(problem, (0, 1))] == [(Rule.PINS, "node 'n1' is not on its pinned device")]
 
 
 @pytest.mark.parametrize(

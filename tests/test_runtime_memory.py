@@ -18,6 +18,7 @@ from layerplan.solver import (
     InvalidSpecError,
     Node,
     PlacementProblem,
+    Rule,
     chain_hint,
     solve,
     solve_chain_dp,
@@ -95,7 +96,7 @@ def test_the_accounting_agrees_with_the_rules_by_hand(problem: PlacementProblem)
     ):
         held = by_hand(problem, assignment)
         flagged = {
-            line.split("'")[1] for line in violations(problem, assignment) if line.startswith("device ")
+            str(v).split("'")[1] for v in violations(problem, assignment) if v.rule is Rule.CAP
         }
         over = {d.name for d in problem.devices if held[d.name] > d.cap_bytes}
         assert flagged == over, (assignment, held)
@@ -125,7 +126,7 @@ def test_offloaded_nodes_keep_their_kv_cache_on_the_execution_device() -> None:
     cpu = Device(name="cpu", kind=DeviceKind.CPU, cap_bytes=20)
     tight = PlacementProblem(nodes=nodes, edges=edges, devices=(gpu("0", 45), cpu))
     assert by_hand(tight, (0, 1)) == {"0": 46, "cpu": 20}
-    assert any(line.startswith("device '0' holds 46") for line in violations(tight, (0, 1)))
+    assert any(str(v).startswith("device '0' holds 46") and v.rule is Rule.CAP for v in violations(tight, (0, 1)))
     with pytest.raises(InfeasiblePlanError):
         solve(tight, num_workers=WORKERS)
     roomy = PlacementProblem(nodes=nodes, edges=edges, devices=(gpu("0", 46), cpu))

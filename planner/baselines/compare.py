@@ -10,7 +10,7 @@ model's time per token (:mod:`layerplan.solver.cost`).
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,10 +20,10 @@ from torch import nn
 
 from layerplan.planner.output.adapter import Plan
 from layerplan.planner.graph import LayerGraph
-from layerplan.planner.api import evaluate_map, plan_graph, resolve_max_memory, trace
+from layerplan.planner.api import as_spec, evaluate_map, plan_graph, resolve_max_memory, trace
 from layerplan.planner.baselines.accelerate import accelerate_device_map
 from layerplan.planner.spec.strategies import Strategy
-from layerplan.planner.spec.sizes import parse_dtype, parse_max_memory
+from layerplan.planner.spec import PlanSpec, parse_dtype
 from layerplan.solver import InfeasiblePlanError, LayerplanError
 
 __all__ = ["Entry", "Comparison", "compare", "compare_strategy"]
@@ -67,33 +67,27 @@ class Comparison:
 def compare_strategy(
     graph: LayerGraph,
     meta_model: nn.Module,
+    spec: PlanSpec,
     *,
     strategy: Strategy | str,
-    max_memory: Mapping[int | str, int | str],
-    objective: str | None = None,
-    time_limit_s: float = 30.0,
-    **declared: Any,
 ) -> tuple[Entry, Entry]:
     """layerplan's and accelerate's entries for one strategy on an already traced model.
 
     Args:
         graph, meta_model: from :func:`layerplan.planner.api.trace` (traced once, reused for any caps).
+        spec: the devices (caps, hardware) both plans get and are measured on, and layerplan's
+            solve options (its objective; the strategy is replaced by ``strategy``).
         strategy: one of :class:`~layerplan.planner.spec.strategies.Strategy`.
-        max_memory: the caps both tools get.
-        objective, time_limit_s: layerplan's (see :func:`layerplan.planner.api.plan_graph`).
-        **declared: ``device_types``, ``hardware``, ``offload_folder``, ``reserve``
-            (see :func:`layerplan.planner.api.plan_graph`), used for both plans' measurement.
 
     Returns:
         ``(layerplan entry, accelerate entry)``; a tool that gives no plan has ``plan=None`` and
         its ``error``.
     """
     strategy = Strategy.parse(strategy)
-    shared = dict(max_memory=max_memory, **declared)
+    spec = spec.replace(solve=dataclasses.replace(spec.solve, strategy=strategy))
     began = time.perf_counter()
     try:
-        ours: Plan | None = plan_graph(graph, strategy=strategy, objective=objective,
-                                       time_limit_s=time_limit_s, **shared)
+        ours: Plan | None = plan_graph(graph, spec)
         error = None
     except InfeasiblePlanError as exc:
         ours, error = None, str(exc)
@@ -102,11 +96,11 @@ def compare_strategy(
     began = time.perf_counter()
     try:
         theirs = accelerate_device_map(
-            meta_model, max_memory=parse_max_memory(max_memory), strategy=strategy.value,
+            meta_model, max_memory=resolve_max_memory(spec.devices), strategy=strategy.value,
             dtype=parse_dtype(graph.dtype), no_split_module_classes=tuple(graph.no_split_module_classes),
         )
         planning_s = time.perf_counter() - began
-        measured: Plan | None = evaluate_map(graph, theirs, solver_name="accelerate", **shared)
+        measured: Plan | None = evaluate_map(graph, theirs, spec, solver_name="accelerate")
         error = None
     except LayerplanError as exc:
         planning_s, measured, error = time.perf_counter() - began, None, str(exc)
@@ -114,48 +108,29 @@ def compare_strategy(
                        planning_s=planning_s)
 
 
-def compare(
-    model: Any,
-    *,
-    max_memory: Mapping[int | str, int | str] | None = None,
-    strategies: Sequence[Strategy | str] = tuple(Strategy),
-    objective: str | None = None,
-    device_types: Mapping[int | str, str] | None = None,
-    hardware: Mapping[str, Any] | None = None,
-    offload_folder: str | os.PathLike | None = None,
-    reserve: Mapping[int | str, int | str] | int | str | None = None,
-    time_limit_s: float = 30.0,
-    **workload: Any,
-) -> Comparison:
-    """Plan ``model`` with layerplan and with accelerate for each strategy (see the module docstring).
+def compare(model: Any, *, strategies: Sequence[Strategy | str] = tuple(Strategy), **options: Any) -> Comparison:
+    """Plan a model with layerplan and with accelerate for each strategy (see the module docstring).
 
     Args:
-        model: catalog name, model directory, ``config.json`` path, Hub id (local cache) or
-            ``nn.Module`` (a graph JSON is not enough: accelerate needs the module tree).
-        max_memory, objective, device_types, hardware, offload_folder, reserve, time_limit_s:
-            see :func:`layerplan.planner.api.plan_graph` (the same caps go to accelerate).
+        model: a :class:`PlanSpec`, or a catalog name, model directory, config file, Hub id
+            (local cache) or ``nn.Module`` (a graph JSON is not enough: accelerate needs the
+            module tree), with ``**options`` as for :func:`layerplan.planner.api.plan`.
         strategies: which strategies to compare.
-        **workload: see :func:`layerplan.planner.api.trace`.
 
     Raises:
         InvalidSpecError, TraceError: bad input, or the model cannot be built on meta.
     """
     chosen = [Strategy.parse(s) for s in strategies]
+    spec = as_spec(model, **options)
     started = time.perf_counter()
-    graph, meta_model = trace(model, **workload)
+    graph, meta_model = trace(spec)
     trace_s = time.perf_counter() - started
-    caps = resolve_max_memory(max_memory, device_types=device_types, offload_folder=offload_folder)
-    shared = dict(max_memory=caps, device_types=device_types, hardware=hardware,
-                  offload_folder=offload_folder, reserve=reserve)
-    entries = [
-        entry
-        for strategy in chosen
-        for entry in compare_strategy(graph, meta_model, strategy=strategy, objective=objective,
-                                      time_limit_s=time_limit_s, **shared)
-    ]
+    caps = resolve_max_memory(spec.devices)
+    spec = spec.replace(devices=dataclasses.replace(spec.devices, max_memory=caps))  # detect once for both tools
+    entries = [entry for strategy in chosen for entry in compare_strategy(graph, meta_model, spec, strategy=strategy)]
     return Comparison(
         model=graph.model,
-        max_memory=parse_max_memory(caps),
+        max_memory=caps,
         workload=dict(graph.workload),
         trace_s=trace_s,
         entries=tuple(entries),

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 
-import torch
-
 __all__ = ["detect_device_names", "detect_max_memory"]
 
 
@@ -17,6 +15,8 @@ def detect_device_names() -> dict[int, str]:
     Not pure: it initialises CUDA when it is available. :func:`layerplan.planner.hardware.build_hardware`
     maps these names to presets (``preset_for_device_name``) for GPUs given no device type.
     """
+    import torch  # here: importing this package must not import torch
+
     if not torch.cuda.is_available():
         return {}
     return {index: torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())}

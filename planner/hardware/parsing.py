@@ -6,13 +6,12 @@ import math
 import re
 from collections.abc import Sequence
 
-import torch
 
 from layerplan.planner.hardware.presets import DISKS, FLOPS_DTYPES, HOST_LINKS, BandwidthPreset, _compact, lookup_accelerator
-from layerplan.planner.spec.sizes import parse_device, parse_dtype
+from layerplan.planner.spec.sizes import dtype_name, parse_device, parse_size
 from layerplan.solver.errors import InvalidSpecError
 
-__all__ = ["parse_bandwidth", "parse_device_types", "parse_flops", "parse_links"]
+__all__ = ["OVERRIDE_FIELDS", "parse_bandwidth", "parse_device_types", "parse_flops", "parse_links", "parse_override"]
 
 # --------------------------------------------------------------------------------------------------
 # Parsing
@@ -173,8 +172,32 @@ def parse_links(items: Sequence[str]) -> dict[tuple[int | str, int | str], float
     return out
 
 
-def _dtype_name(dtype: str | torch.dtype) -> str:
-    name = str(parse_dtype(dtype)).removeprefix("torch.")
+def _dtype_name(dtype: object) -> str:
+    name = dtype_name(dtype)
     if name not in FLOPS_DTYPES:
         raise InvalidSpecError(f"dtype={dtype!r} has no FLOP/s figures; expected one of {', '.join(FLOPS_DTYPES)}")
     return name
+
+
+OVERRIDE_FIELDS = ("flops_per_s", "mem_bytes_per_s", "memory_bytes", "read_bytes_per_s")
+
+
+def parse_override(key: int | str, name: str, value: float | str) -> float | int:
+    """One hardware override (``flops_per_s``, ``mem_bytes_per_s``, ``memory_bytes``, ``read_bytes_per_s``) as a number.
+
+    Raises:
+        InvalidSpecError: an unknown field or a bad value.
+    """
+    what = f"overrides[{key!r}][{name!r}]"
+    if name == "flops_per_s":
+        return parse_flops(value, what=what)
+    if name == "memory_bytes":
+        size = parse_size(value if not isinstance(value, float) else int(value), what=what)
+        if size <= 0:
+            raise InvalidSpecError(f"{what}={value!r} must be > 0")
+        return size
+    if name in ("mem_bytes_per_s", "read_bytes_per_s"):
+        return parse_bandwidth(value, what=what)
+    raise InvalidSpecError(
+        f"overrides[{key!r}] has unknown field {name!r}; expected one of {', '.join(OVERRIDE_FIELDS)}"
+    )

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-import torch
+from typing import TYPE_CHECKING
 
-from layerplan.planner.hardware.parsing import _bandwidth_preset, _dtype_name, parse_bandwidth, parse_flops
+from layerplan.planner.hardware.parsing import _bandwidth_preset, _dtype_name, parse_bandwidth, parse_override
 from layerplan.planner.hardware.presets import (
     _FALLBACK,
     _GIGA,
@@ -31,8 +31,11 @@ from layerplan.planner.hardware.presets import (
     lookup_accelerator,
     preset_for_device_name,
 )
-from layerplan.planner.spec.sizes import parse_device, parse_size
+from layerplan.planner.spec.sizes import parse_device
 from layerplan.solver.errors import InvalidSpecError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DeviceHardware", "HardwareSpec", "build_hardware"]
 
@@ -162,25 +165,6 @@ class HardwareSpec:
     def link(self, a_key: int | str, b_key: int | str) -> float:
         """Bandwidth between two devices, bytes per second per direction (``inf`` when equal)."""
         return self.link_bytes_per_s[self._position(a_key)][self._position(b_key)]
-
-
-_OVERRIDE_FIELDS = ("flops_per_s", "mem_bytes_per_s", "memory_bytes", "read_bytes_per_s")
-
-
-def _parse_override(key: int | str, name: str, value: float | str) -> float | int:
-    what = f"overrides[{key!r}][{name!r}]"
-    if name == "flops_per_s":
-        return parse_flops(value, what=what)
-    if name == "memory_bytes":
-        size = parse_size(value if not isinstance(value, float) else int(value), what=what)
-        if size <= 0:
-            raise InvalidSpecError(f"{what}={value!r} must be > 0")
-        return size
-    if name in ("mem_bytes_per_s", "read_bytes_per_s"):
-        return parse_bandwidth(value, what=what)
-    raise InvalidSpecError(
-        f"overrides[{key!r}] has unknown field {name!r}; expected one of {', '.join(_OVERRIDE_FIELDS)}"
-    )
 
 
 def _check_declared(key: int | str, declared: Sequence[int | str], *, what: str, fix: str) -> int | str:
@@ -486,7 +470,7 @@ def _apply_overrides(
         device = _check_declared(key, list(devices), what="overrides", fix="override only declared devices")
         if not isinstance(fields, Mapping):
             raise InvalidSpecError(f"overrides[{key!r}]={fields!r} is not a mapping of field -> value")
-        parsed = {name: _parse_override(key, name, value) for name, value in fields.items()}
+        parsed = {name: parse_override(key, name, value) for name, value in fields.items()}
         devices[device] = replace(devices[device], **parsed)
         if "read_bytes_per_s" in parsed:
             read_overridden.add(device)

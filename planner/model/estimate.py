@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
-from layerplan.planner.spec.workload import Phase, Workload
+from layerplan.planner.model.workload import Phase, Workload
 
 __all__ = ["AttentionShape", "attention_shape", "kv_bytes_per_token", "estimate_layer_bytes",
            "estimate_forward_flops"]

@@ -30,7 +30,7 @@ the declared workload, and
   Here counting adds one dictionary lookup per op, and one shape formula per matmul or attention op,
   to the memory tracker below (about 1% of a trace).
 
-Phases (see :class:`~layerplan.planner.spec.workload.Phase`): prefill = one forward over the prompt (``use_cache=
+Phases (see :class:`~layerplan.planner.model.workload.Phase`): prefill = one forward over the prompt (``use_cache=
 False``, logits for the last position only unless ``prefill_logits``); decode = one token after a
 cache filled with ``context - 1`` tokens. The decode step also records the bytes of every tensor each
 node receives (:func:`input_tensors` keys), so that :mod:`layerplan.planner.model.trace` can size its edges in decode.
@@ -52,7 +52,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, mm_flop, shape_wrapper
 from torch.utils.weak import WeakIdKeyDictionary
 
-from layerplan.planner.spec.workload import Phase, Workload
+from layerplan.planner.model.workload import Phase, Workload
 
 __all__ = ["NodeMemory", "decodes", "generates", "input_tensors", "measure_node_memory"]
 

@@ -1,12 +1,15 @@
 """Resolve what the user calls "the model" into a config and a meta-device model.
 
-Accepted forms, tried in this order: an ``nn.Module`` instance; an existing path (a directory holding
-``config.json``, or a ``config.json`` file); a catalog name (``layerplan models``); a Hub id, read
+Accepted forms, tried in this order: a :class:`LayerGraph`; an ``nn.Module`` instance (a
+``torch.compile`` wrapper is unwrapped); an existing path (a directory holding ``config.json``, or a
+JSON file of any name whose content says what it is: a transformers config has ``model_type``, a
+layerplan graph has ``nodes`` and ``edges``); a catalog name (``layerplan models``); a Hub id, read
 through ``AutoConfig`` from the local Hugging Face cache only (this tool never downloads).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +17,7 @@ from pathlib import Path
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
+from layerplan.planner.graph import LayerGraph
 from layerplan.planner.model import catalog
 from layerplan.planner.model.meta import build_meta_model
 from layerplan.solver import InvalidSpecError
@@ -27,15 +31,19 @@ class ModelSource:
 
     Attributes:
         name: display name (catalog name, path, Hub id or class name).
-        kind: ``"catalog"``, ``"path"``, ``"hub-cache"`` or ``"module"``.
-        config: its transformers config, or ``None`` for a plain ``nn.Module``.
+        kind: ``"catalog"``, ``"path"``, ``"hub-cache"``, ``"module"`` or ``"graph"``.
+        config: its transformers config, or ``None`` for a plain ``nn.Module`` or a graph.
         module: the user's module when one was given (never modified).
+        graph: an already traced graph (a graph JSON or a :class:`LayerGraph`): nothing to build.
+        path: the file or directory read, if any (an input the output must not overwrite).
     """
 
     name: str
     kind: str
     config: PretrainedConfig | None
     module: nn.Module | None = None
+    graph: LayerGraph | None = None
+    path: str | None = None
 
     def meta_model(self, *, attn_implementation: str | None = None) -> nn.Module:
         """A fresh model on the meta device (tied weights tied); the user's module is left alone.
@@ -62,14 +70,17 @@ class ModelSource:
         return build_meta_model(self.config, attn_implementation=attn_implementation)
 
 
-def resolve_source(model: str | os.PathLike | nn.Module) -> ModelSource:
+def resolve_source(model: str | os.PathLike | nn.Module | LayerGraph) -> ModelSource:
     """Resolve ``model`` (see the module docstring for the accepted forms).
 
     Raises:
         InvalidSpecError: nothing matches; the message lists the closest catalog names, or says the
             Hub id is not in the local cache and how to proceed offline.
     """
+    if isinstance(model, LayerGraph):
+        return ModelSource(name=model.model, kind="graph", config=None, graph=model)
     if isinstance(model, nn.Module):
+        model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule wraps the user's module
         config = getattr(model, "config", None)
         return ModelSource(
             name=type(model).__name__,
@@ -95,16 +106,44 @@ def resolve_source(model: str | os.PathLike | nn.Module) -> ModelSource:
 
 
 def _from_path(path: Path) -> ModelSource:
-    directory = path if path.is_dir() else path.parent
     if path.is_file() and path.name != "config.json":
-        raise InvalidSpecError(f"{str(path)!r} is a file but not a config.json; pass the model directory or its config.json")
+        return _sniff_file(path)
+    directory = path if path.is_dir() else path.parent
     if not (directory / "config.json").is_file():
         raise InvalidSpecError(f"{str(directory)!r} holds no config.json; pass a Hugging Face model directory")
+    return ModelSource(name=str(path), kind="path", config=_read_config(directory / "config.json"), path=str(path))
+
+
+def _read_config(file: Path) -> PretrainedConfig:
     try:
-        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        return AutoConfig.from_pretrained(str(file), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise InvalidSpecError(f"cannot read {str(directory / 'config.json')!r}: {exc}") from exc
-    return ModelSource(name=str(path), kind="path", config=config)
+        raise InvalidSpecError(f"cannot read {str(file)!r} as a transformers config: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _sniff_file(path: Path) -> ModelSource:
+    """A JSON file of any name: a transformers config (``model_type``) or a layerplan graph (``nodes``)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidSpecError(f"cannot read {str(path)!r}: {_first_line(exc)}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidSpecError(
+            f"{str(path)!r} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); pass a model directory, "
+            "a transformers config.json or a graph JSON from `layerplan trace`"
+        ) from None
+    if isinstance(data, dict) and "model_type" in data:
+        return ModelSource(name=str(path), kind="path", config=_read_config(path), path=str(path))
+    if isinstance(data, dict) and ("nodes" in data or "format_version" in data):
+        return ModelSource(name=str(path), kind="graph", config=None, graph=LayerGraph.from_dict(data), path=str(path))
+    raise InvalidSpecError(
+        f"{str(path)!r} is JSON but neither a transformers config (no 'model_type') nor a layerplan graph "
+        "(no 'nodes'); pass a model directory, its config.json, or a graph JSON from `layerplan trace`"
+    )
 
 
 def _from_hub_cache(repo_id: str) -> ModelSource:

@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_flatten
 from layerplan.planner.model.estimate import attention_shape, estimate_forward_flops, estimate_layer_bytes
 from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
 from layerplan.planner.model.measure import NodeMemory, decodes, input_tensors, measure_node_memory
-from layerplan.planner.spec.workload import Workload
+from layerplan.planner.model.workload import Workload
 
 __all__ = ["trace_model", "no_split_classes"]
 

@@ -16,7 +16,16 @@ from typing import Any
 from accelerate.utils.modeling import clean_device_map
 
 from layerplan.planner.graph import LayerGraph
-from layerplan.solver import InvalidSpecError, PlacementProblem, Solution, Timing, device_loads, format_bytes
+from layerplan.planner.spec import PlanSpec
+from layerplan.solver import (
+    InvalidSpecError,
+    PlacementProblem,
+    Solution,
+    Timing,
+    Violation,
+    device_loads,
+    format_bytes,
+)
 
 __all__ = ["DeviceUsage", "Cut", "Plan", "to_device_map", "build_plan"]
 
@@ -130,6 +139,8 @@ class Plan:
         hardware_notes: assumptions made about the hardware (default device types, disk speed).
         violations: placement rules a *given* device_map breaks besides caps (e.g. a GPU holding
             two separate blocks); always empty for a solved plan.
+        spec: the :class:`~layerplan.planner.spec.PlanSpec` the plan was made from (written by
+            :meth:`to_dict`, so a plan can be reproduced from its own JSON).
     """
 
     graph: LayerGraph
@@ -143,7 +154,8 @@ class Plan:
     trace_time_s: float = 0.0
     strategy: str | None = None
     hardware_notes: tuple[str, ...] = ()
-    violations: tuple[str, ...] = ()
+    violations: tuple[Violation, ...] = ()
+    spec: PlanSpec | None = None
 
     @property
     def status(self) -> str:
@@ -211,7 +223,7 @@ class Plan:
                 "bottleneck_s": self.timing.bottleneck_ns / 1e9,
             },
             "fits": self.fits,
-            "violations": list(self.violations),
+            "violations": [{"rule": v.rule.value, "message": v.message} for v in self.violations],
             "device_map": dict(self.device_map),
             "max_memory": {str(k): v for k, v in self.max_memory.items()},
             "offload_folder": self.offload_folder,
@@ -242,6 +254,7 @@ class Plan:
             "offloaded_bytes": self.offloaded_bytes,
             "timing_s": {"trace": round(self.trace_time_s, 4), "solve": round(self.solution.wall_time_s, 4)},
             "notes": list(self.graph.notes) + list(self.hardware_notes),
+            "spec": None if self.spec is None else self.spec.to_dict(),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -259,7 +272,8 @@ def build_plan(
     device_map: dict[str, int | str] | None = None,
     hardware_notes: tuple[str, ...] = (),
     check_disk: bool = True,
-    violations: tuple[str, ...] = (),
+    violations: tuple[Violation, ...] = (),
+    spec: PlanSpec | None = None,
 ) -> Plan:
     """Assemble a :class:`Plan` from a solved (or given) problem.
 
@@ -317,4 +331,5 @@ def build_plan(
         strategy=strategy,
         hardware_notes=tuple(hardware_notes),
         violations=tuple(violations),
+        spec=spec,
     )

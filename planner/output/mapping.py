@@ -15,57 +15,13 @@ everything. layerplan places each node whole, so a map is read per node:
 from __future__ import annotations
 
 import difflib
-import json
-import os
 from collections.abc import Mapping
-from typing import Any
 
 from layerplan.planner.graph import LayerGraph
-from layerplan.planner.spec.sizes import parse_device
+from layerplan.planner.spec.files import load_device_map, map_device
 from layerplan.solver import InvalidSpecError
 
 __all__ = ["load_device_map", "node_devices", "is_full", "uncovered"]
-
-
-def load_device_map(path: str | os.PathLike) -> dict[str, int | str]:
-    """Read a ``{module name: device}`` JSON object, devices normalised by :func:`layerplan.planner.spec.sizes.parse_device`.
-
-    Example file: ``{"model.embed_tokens": 0, "model.layers": "cuda:1", "lm_head": "cpu"}``.
-
-    Returns:
-        A new dict in file order; devices are ``int`` GPU ids or ``"cpu"``, ``"disk"``, ``"mps"``, ...
-
-    Raises:
-        InvalidSpecError: (one line) the file is missing or unreadable, is not JSON (line and column
-            given), is not a JSON object, repeats a key, or maps a key to something that is not a device.
-    """
-    name = os.fspath(path)
-    try:
-        with open(name, encoding="utf-8") as file:
-            text = file.read()
-    except FileNotFoundError:
-        raise InvalidSpecError(f"device_map file {name!r} does not exist; pass a JSON file such as "
-                               '{"model.layers": 0, "lm_head": "cpu"}') from None
-    except OSError as exc:
-        raise InvalidSpecError(f"device_map file {name!r} cannot be read ({exc.strerror or exc}); "
-                               "pass a readable JSON file") from None
-    except UnicodeDecodeError as exc:
-        raise InvalidSpecError(f"device_map file {name!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                               "save it as UTF-8 JSON") from None
-    try:
-        data = json.loads(text, object_pairs_hook=_pairs)
-    except json.JSONDecodeError as exc:
-        raise InvalidSpecError(
-            f"device_map file {name!r} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    if isinstance(data, _Duplicate):
-        raise InvalidSpecError(f"device_map file {name!r} gives key {data.key!r} twice; give each module once")
-    if not isinstance(data, dict):
-        raise InvalidSpecError(
-            f"device_map file {name!r} holds a JSON {_json_type(data)}, not an object; "
-            'write {"module name": device, ...}'
-        )
-    return {key: _device(value, key=key, where=f"device_map file {name!r}") for key, value in data.items()}
 
 
 def node_devices(graph: LayerGraph, device_map: Mapping[str, int | str]) -> dict[str, int | str]:
@@ -84,7 +40,7 @@ def node_devices(graph: LayerGraph, device_map: Mapping[str, int | str]) -> dict
             suggests close names); keys inside one node, or such keys and the key covering the node,
             put it on different devices.
     """
-    devices = {key: _device(value, key=key, where="device_map") for key, value in device_map.items()}
+    devices = {key: map_device(value, key=key, where="device_map") for key, value in device_map.items()}
     nodes = [node.name for node in graph.nodes]
     prefixes = _dotted_prefixes(nodes)
     inside: dict[str, dict[str, int | str]] = {}  # node -> {key inside it: device}
@@ -136,15 +92,6 @@ def is_full(graph: LayerGraph, device_map: Mapping[str, int | str]) -> bool:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _device(value: Any, *, key: str, where: str) -> int | str:
-    if not isinstance(key, str):
-        raise InvalidSpecError(f"{where} key {key!r} is not a module name; keys are strings such as 'model.layers.0'")
-    try:
-        return parse_device(value)
-    except InvalidSpecError as exc:
-        raise InvalidSpecError(f"{where}, key {key!r}: {exc}") from None
-
-
 def _dotted_prefixes(nodes: list[str]) -> set[str]:
     """Every key that covers whole nodes: the nodes themselves, their dotted prefixes, and ``""``."""
     prefixes = {""}
@@ -171,27 +118,3 @@ def _unknown_key_message(graph: LayerGraph, key: str, prefixes: set[str]) -> str
         f"nodes are e.g. {', '.join(repr(n.name) for n in graph.nodes[:3])}")
     return (f"device_map key {key!r} matches no module of {graph.model} (not a node, a prefix of nodes "
             f"or a module inside a node); {hint} (`layerplan trace` lists the nodes)")
-
-
-class _Duplicate:
-    """Marks a JSON object that repeats a key (``json`` silently keeps the last one); it propagates
-    to the top so that :func:`load_device_map` reports it wherever it was."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any] | _Duplicate:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if isinstance(value, _Duplicate):
-            return value
-        if key in seen:
-            return _Duplicate(key)
-        seen[key] = value
-    return seen
-
-
-def _json_type(data: Any) -> str:
-    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-            type(None): "null"}.get(type(data), type(data).__name__)

@@ -1,10 +1,13 @@
-"""What the user declares: sizes and devices, the workload, the strategy -- parsed and validated
-before any model is built."""
+"""What the user declares -- model, devices, workload, solve options, output -- as one typed
+:class:`PlanSpec`, parsed and validated before any model is built. Nothing here imports torch."""
 
+from layerplan.planner.spec.plan_spec import PlanSpec
+from layerplan.planner.spec.sections import DevicesSpec, ModelSpec, OutputSpec, Phase, SolveSpec, WorkloadSpec
 from layerplan.planner.spec.sizes import (
     DEFAULT_RESERVE_BYTES,
     DeviceCap,
     build_devices,
+    dtype_name,
     parse_device,
     parse_dtype,
     parse_max_memory,
@@ -12,15 +15,20 @@ from layerplan.planner.spec.sizes import (
     parse_size,
 )
 from layerplan.planner.spec.strategies import Strategy
-from layerplan.planner.spec.workload import Phase, Workload
 
 __all__ = [
     "DEFAULT_RESERVE_BYTES",
     "DeviceCap",
+    "DevicesSpec",
+    "ModelSpec",
+    "OutputSpec",
     "Phase",
+    "PlanSpec",
+    "SolveSpec",
     "Strategy",
-    "Workload",
+    "WorkloadSpec",
     "build_devices",
+    "dtype_name",
     "parse_device",
     "parse_dtype",
     "parse_max_memory",

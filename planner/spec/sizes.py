@@ -1,27 +1,36 @@
-"""Parse and validate what the user declares: sizes, devices with caps, dtype, pins.
+"""Parse and validate what the user declares: sizes, devices with caps, dtype names.
 
 Every size is an ``int`` of bytes once it leaves this module. Parsing follows accelerate's
-``convert_file_size_to_int`` ("24GiB" = 24·2³⁰, "24GB" = 24·10⁹, ints are bytes).
+``convert_file_size_to_int`` ("24GiB" = 24·2³⁰, "24GB" = 24·10⁹, "24Gb" = bits, ints are bytes),
+extended to TB/TiB. This module imports neither torch nor accelerate, so that a spec is validated
+in milliseconds, before the ~2 s import of torch (``tests/test_spec_sizes.py`` checks it against
+accelerate's own function).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
-from accelerate.utils import convert_file_size_to_int
+from typing import TYPE_CHECKING
 
 from layerplan.solver import Device, DeviceKind, InvalidSpecError
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "DEFAULT_RESERVE_BYTES",
+    "MAX_SIZE_BYTES",
     "parse_size",
     "parse_device",
     "parse_max_memory",
     "parse_reserve",
     "parse_dtype",
+    "dtype_name",
+    "DTYPE_NAMES",
     "DeviceCap",
     "build_devices",
 ]
@@ -32,32 +41,64 @@ __all__ = [
 #: lowering the first GPU's ``max_memory`` by hand instead.
 DEFAULT_RESERVE_BYTES = 2**30
 
+#: The largest size accepted anywhere (8 PiB): CP-SAT's constraints are int64 sums of sizes over
+#: all nodes and devices, so sizes are bounded well below 2**63.
+MAX_SIZE_BYTES = 2**53
+
+def _is_integer(value: object) -> bool:
+    """An int, or an integer scalar from numpy (``np.int64``) or similar, but never a bool."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return False
+    if isinstance(value, int):
+        return True
+    return hasattr(value, "__index__") and not isinstance(value, str)
+
+
+def _did_you_mean(value: str, choices) -> str:  # noqa: ANN001
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), or ``""``."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 _ACCELERATOR_NAME = re.compile(r"^(mps|(xpu|npu|mlu|musa|hpu|cuda):\d+)$")
 
 
-_TERA = re.compile(r"^(\d+(?:\.\d+)?)\s*(TIB|TB)$", re.IGNORECASE)
+_SIZE = re.compile(r"^(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[KMGT]I?B)$", re.IGNORECASE)
+_UNIT = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
-def _tera(text: str) -> int | None:
-    """``"2TiB"`` / ``"4TB"``: accelerate's ``convert_file_size_to_int`` stops at GiB/GB, and disk or
-    host caps are often given in tera-bytes; same rounding rule as accelerate (``int(float * unit)``)."""
-    match = _TERA.match(text)
+def _convert_file_size_to_int(text: str) -> int:
+    """accelerate's ``convert_file_size_to_int`` for a string, extended to TB/TiB (disk and host
+    caps are often given in tera-bytes). Same rounding (``int(float(number) * unit)``) and the
+    same bit rule ("5Gb", with a lower-case ``b``, is 5·10⁹ bits = 625·10⁶ bytes). Written here
+    because importing accelerate imports torch (about 2 s), and a spec is validated first.
+
+    Raises:
+        ValueError: not a number followed by KB/MB/GB/TB/KiB/MiB/GiB/TiB.
+    """
+    match = _SIZE.match(text)
     if match is None:
-        return None
-    unit = 2**40 if match.group(2).upper() == "TIB" else 10**12
-    return int(float(match.group(1)) * unit)
+        raise ValueError(text)
+    unit = match.group("unit")
+    prefix = unit[0].upper()
+    if unit.upper().endswith("IB"):
+        return int(float(match.group("number")) * (2 ** (10 * ("KMGT".index(prefix) + 1))))
+    size = int(float(match.group("number")) * _UNIT[prefix])
+    return size // 8 if unit.endswith("b") else size
 
 
 def parse_size(value: int | str, *, what: str = "size") -> int:
-    """Bytes from an int or a string such as ``"24GiB"``, ``"24GB"``, ``"512MB"``, ``"1000"``.
+    """Bytes from an int (numpy ints too) or a string such as ``"24GiB"``, ``"24GB"``, ``"512MB"``, ``"1000"``.
 
     Raises:
         InvalidSpecError: negative, malformed, or not a number of bytes.
     """
     if isinstance(value, bool):
         raise InvalidSpecError(f"{what}={value!r} is not a size; expected bytes or e.g. '24GiB'")
-    if isinstance(value, int):
-        size = value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if _is_integer(value):
+        size = int(value)
     elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
         size = int(value.strip())
     elif isinstance(value, str):
@@ -65,9 +106,7 @@ def parse_size(value: int | str, *, what: str = "size") -> int:
         if text.startswith("-"):
             raise InvalidSpecError(f"{what}={value!r} is negative; expected a size >= 0 such as '24GiB'")
         try:
-            size = _tera(text)
-            if size is None:
-                size = convert_file_size_to_int(text)
+            size = _convert_file_size_to_int(text)
         except ValueError:
             raise InvalidSpecError(
                 f"{what}={value!r} is not a size; expected bytes or a number with a unit "
@@ -77,18 +116,29 @@ def parse_size(value: int | str, *, what: str = "size") -> int:
         raise InvalidSpecError(f"{what}={value!r} is not a size; expected bytes or e.g. '24GiB'")
     if size < 0:
         raise InvalidSpecError(f"{what}={value!r} is negative; expected a size >= 0 such as '24GiB'")
+    if size > MAX_SIZE_BYTES:
+        raise InvalidSpecError(
+            f"{what}={value!r} is {size:.3g} bytes, more than the {MAX_SIZE_BYTES // 2**50} PiB layerplan accepts "
+            "(the solver's 64-bit integer sums must not overflow); give the device's real size"
+        )
     return size
 
 
-def parse_device(key: int | str) -> int | str:
+def parse_device(key: object) -> int | str:
     """Normalise a device key as accelerate names it: GPU ``int``, ``"cpu"``, ``"disk"``, ``"mps"``, ``"xpu:0"``.
+
+    Also accepted: numpy integers, ``"cuda:1"`` and ``torch.device`` objects (``torch.device("cuda", 1)``
+    is GPU 1, ``torch.device("cpu")`` is ``"cpu"``).
 
     Raises:
         InvalidSpecError: anything else.
     """
-    if isinstance(key, bool):
+    if isinstance(key, bool) or type(key).__name__ == "bool_":
         raise InvalidSpecError(f"device {key!r} is not a device")
-    if isinstance(key, int):
+    if type(key).__name__ == "device" and hasattr(key, "type"):  # a torch.device, without importing torch
+        key = str(key) if key.index is not None or key.type not in ("cuda",) else "cuda:0"  # type: ignore[attr-defined]
+    if _is_integer(key):
+        key = int(key)  # type: ignore[call-overload]
         if key < 0:
             raise InvalidSpecError(f"device {key!r} is negative; GPU ids are 0, 1, ...")
         return key
@@ -114,6 +164,11 @@ def parse_max_memory(max_memory: Mapping[int | str, int | str]) -> dict[int | st
     Raises:
         InvalidSpecError: empty, an unknown device key, a duplicate device or a bad size.
     """
+    if not isinstance(max_memory, Mapping):
+        raise InvalidSpecError(
+            f"max_memory={max_memory!r} is a {type(max_memory).__name__}; expected a mapping of device -> size, "
+            "e.g. {0: '40GiB', 'cpu': '200GiB'} (CLI: --max-memory 0=40GiB cpu=200GiB)"
+        )
     if not max_memory:
         raise InvalidSpecError("max_memory is empty; declare at least one device, e.g. {0: '40GiB', 'cpu': '200GiB'}")
     parsed: dict[int | str, int] = {}
@@ -131,13 +186,33 @@ def parse_max_memory(max_memory: Mapping[int | str, int | str]) -> dict[int | st
     return {d: parsed[d] for d in sorted(parsed, key=rank)}
 
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float8_e4m3fn": torch.float8_e4m3fn, "fp8": torch.float8_e4m3fn,
-    "int8": torch.int8,
+#: Accepted spellings -> the canonical dtype name (``str(torch.dtype)`` without ``torch.``).
+DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float8_e4m3fn": "float8_e4m3fn", "fp8": "float8_e4m3fn",
+    "int8": "int8",
 }
+
+
+def dtype_name(value: object, *, what: str = "dtype") -> str:
+    """The canonical name (``"bfloat16"``) of a dtype given by name (``"bf16"``, ``"torch.float16"``)
+    or as a ``torch.dtype``; torch is not imported.
+
+    Raises:
+        InvalidSpecError: unknown name.
+    """
+    key = str(value).strip().lower().removeprefix("torch.")
+    if not isinstance(value, str) and type(value).__name__ != "dtype" or key not in DTYPE_NAMES:
+        where = "" if what == "dtype" else f" ({what})"
+        canonical = sorted(set(DTYPE_NAMES.values()))
+        aliases = sorted(set(DTYPE_NAMES) - set(canonical))
+        raise InvalidSpecError(
+            f"unknown dtype {value!r}{where}; expected one of {', '.join(canonical)} (or {', '.join(aliases)})"
+            f"{_did_you_mean(key, DTYPE_NAMES)}"
+        )
+    return DTYPE_NAMES[key]
 
 
 def parse_dtype(value: str | torch.dtype) -> torch.dtype:
@@ -146,12 +221,11 @@ def parse_dtype(value: str | torch.dtype) -> torch.dtype:
     Raises:
         InvalidSpecError: unknown name.
     """
+    import torch  # here, not at the top: the rest of this module must not pay for importing torch
+
     if isinstance(value, torch.dtype):
         return value
-    key = str(value).strip().lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise InvalidSpecError(f"unknown dtype {value!r}; expected one of {', '.join(sorted(set(_DTYPES)))}")
-    return _DTYPES[key]
+    return getattr(torch, dtype_name(value))
 
 
 def parse_reserve(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 
+from layerplan.planner.spec.sizes import _did_you_mean
 from layerplan.solver import Goal, InvalidSpecError
 
 __all__ = ["Strategy"]
@@ -43,9 +44,10 @@ class Strategy(enum.Enum):
         try:
             return cls(str(value).strip().lower())
         except ValueError:
+            names = [s.value for s in cls]
             raise InvalidSpecError(
-                f"unknown strategy {value!r}; expected one of {', '.join(s.value for s in cls)} "
-                "(or give a device_map dict / --device-map FILE.json)"
+                f"unknown strategy {value!r}; expected one of {', '.join(names)} "
+                f"(or give a device_map dict / --device-map FILE.json){_did_you_mean(str(value), names)}"
             ) from None
 
     @property

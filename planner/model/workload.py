@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import torch
 
+from layerplan.planner.spec.sections import Phase
 from layerplan.solver import InvalidSpecError
 
 __all__ = ["Phase", "Workload", "DEFAULT_MAX_CONTEXT", "DEFAULT_MAX_NEW_TOKENS"]
@@ -15,19 +15,6 @@ __all__ = ["Phase", "Workload", "DEFAULT_MAX_CONTEXT", "DEFAULT_MAX_NEW_TOKENS"]
 DEFAULT_MAX_CONTEXT = 4096
 #: Default tokens generated after the prompt when only a context length is known.
 DEFAULT_MAX_NEW_TOKENS = 256
-
-
-class Phase(enum.Enum):
-    """Which part of ``generate()`` the memory must hold.
-
-    ``PREFILL``: one forward over the whole prompt; ``DECODE``: one token at a time against a KV
-    cache of the full context; ``GENERATE`` (default): both, so every device must hold the larger
-    of the two.
-    """
-
-    PREFILL = "prefill"
-    DECODE = "decode"
-    GENERATE = "generate"
 
 
 _ATTENTION = ("sdpa", "eager")
