@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from layerplan.solver._feasibility import check_capacity, structural_infeasibility
+from layerplan.solver._symmetry import canonical_assignment, group_runs, interchangeable_groups
 from layerplan.solver.cost import CostModel, edge_time_ns, node_time_ns, timing
 from layerplan.solver.hint import chain_hint
 from layerplan.solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError
@@ -158,8 +159,10 @@ def _solve(
         return _solution(problem, (), Status.OPTIMAL, goal=goal, cost=cost, bound=0, started=started)
     built = _build(problem, goal=goal, cost=cost)
 
-    # Hint.
+    # Hint, relabelled into the canonical order the model's symmetry constraints ask for.
     placement = chain_hint(problem) if use_hint else None
+    if placement is not None:
+        placement = canonical_assignment(problem, placement, cost=cost)
 
     # Solve: one phase per non-constant measure that the placement in hand does not already bring
     # to 0 (nothing beats 0).
@@ -188,7 +191,7 @@ def _solve(
 
         # Extract.
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            placement = _extract(built, solver)
+            placement = canonical_assignment(problem, _extract(built, solver), cost=cost)
             value = score(problem, placement, name, cost) if name != "feasibility" else 0
             proven = proven and status == cp_model.OPTIMAL
             if not is_last:
@@ -380,17 +383,30 @@ def _build(
 
         for d in accs[1:]:
             model.add(stored(accs[0]) <= stored(d))
-    # Interchangeable accelerators (same cap, reserve, speed and links, no pins) are used in listed
-    # order: this only removes mirror images of placements, never an objective value.
-    if not problem.ordered:
-        for group in _interchangeable(problem, cost):
-            position = {
-                d: sum(t * start[i, d] for t, i in enumerate(chain))
-                + len(chain) * (1 - sum(start[i, d] for i in chain))
-                for d in group
-            }
-            for a, b in zip(group, group[1:]):
-                model.add(position[a] <= position[b])
+    # Interchangeable accelerators (same cap, reserve, speed and links, no pins) hold their blocks
+    # in canonical order (:mod:`layerplan.solver._symmetry`): this only removes relabellings of
+    # placements, never an objective value. used[d] = 1 when a block starts on d.
+    for group in interchangeable_groups(problem, cost):
+        used = {d: sum(start[i, d] for i in chain) for d in group}
+        # The execution device trades places only while nothing is offloaded; then it is used
+        # whenever a later member is (an offloading placement uses it anyway).
+        conditional = bool(offs) and exec_device in group
+        members = [d for d in group if not (conditional and d == exec_device)]
+        if problem.ordered:
+            # Blocks already follow the device order: within each run of consecutive members the
+            # used ones come first.
+            for run in group_runs(problem, group):
+                for a, b in zip(run, run[1:]):
+                    model.add(used[a] >= used[b])
+            continue
+        position = {
+            d: sum(t * start[i, d] for t, i in enumerate(chain)) + len(chain) * (1 - used[d])
+            for d in members
+        }
+        for a, b in zip(members, members[1:]):
+            model.add(position[a] <= position[b])
+        if conditional and members:
+            model.add(used[exec_device] >= used[members[0]])
 
     # Objective measures (minimised by the caller, one phase each; None when constant).
     measures: dict[str, cp_model.LinearExprT | None] = {}
@@ -494,41 +510,6 @@ def _time_measures(
                 model.add(bottleneck >= sum(terms))
         out["bottleneck_ns"] = bottleneck
     return out
-
-
-def _interchangeable(problem: PlacementProblem, cost: CostModel | None) -> list[list[int]]:
-    """Groups (of 2 or more, in listed order) of accelerators that can trade places in any placement.
-
-    Two accelerators are interchangeable when they have the same cap and reserve, no pin names
-    them, neither is the execution device while something may be offloaded, neither is the first
-    accelerator under ``low_zero``, and (with a cost model) their speeds, the link between them and
-    their links to every other device are the same.
-    """
-    accs = problem.accelerators
-    excluded = {d for _, d in problem.pins}
-    if any(not d.is_accelerator for d in problem.devices):
-        excluded.add(problem.execution_device)
-    if problem.low_zero and accs:
-        excluded.add(accs[0])
-    by_signature: dict[tuple, list[int]] = {}
-    for d in accs:
-        if d not in excluded:
-            device = problem.devices[d]
-            signature = (device.cap_bytes, device.reserve_bytes, cost.speeds[d] if cost else None)
-            by_signature.setdefault(signature, []).append(d)
-    groups = []
-    for group in by_signature.values():
-        if cost is not None and len(group) > 1:
-            links = cost.link_bytes_per_s
-            rest = [x for x in range(len(problem.devices)) if x not in group]
-            ref = group[0]
-            group = [d for d in group if all(links[d][x] == links[ref][x] and links[x][d] == links[x][ref]
-                                             for x in rest)]
-            if len({links[a][b] for a in group for b in group if a != b}) > 1:
-                continue
-        if len(group) > 1:
-            groups.append(group)
-    return groups
 
 
 def _runtime_terms(

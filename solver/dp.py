@@ -44,6 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from layerplan.solver._feasibility import check_capacity, structural_infeasibility
+from layerplan.solver._symmetry import canonical_assignment
 from layerplan.solver.errors import InvalidSpecError
 from layerplan.solver.problem import PlacementProblem, evaluate, violations
 from layerplan.solver.solution import Solution, Status
@@ -83,7 +84,8 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
     Returns:
         An OPTIMAL :class:`Solution` (``solver="dp"``) minimising ``offload_cost`` first, then
         ``transfer_bytes``, both as :func:`layerplan.solver.problem.evaluate` computes them; ties are broken
-        deterministically.
+        deterministically, and interchangeable accelerators are used lowest index first
+        (:func:`layerplan.solver._symmetry.canonical_assignment`).
 
     Raises:
         InvalidSpecError: the problem is not a chain, is unordered, has tied groups or has
@@ -125,6 +127,8 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
         assignment = _with_execution_device_used(problem)
     if assignment is None:
         raise structural_infeasibility(problem)
+    # Interchangeable GPUs used lowest index first, as CP-SAT returns them (same objective).
+    assignment = canonical_assignment(problem, assignment)
     assert not violations(problem, assignment), violations(problem, assignment)
     objective = evaluate(problem, assignment)
     return Solution(

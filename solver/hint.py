@@ -8,6 +8,7 @@ import dataclasses
 import time
 from typing import NamedTuple
 
+from layerplan.solver._symmetry import canonical_assignment
 from layerplan.solver.accounting import device_loads
 from layerplan.solver.dp import QUICK_MAX_LABELS, OutOfTime, _chain_dp
 from layerplan.solver.problem import Device, Edge, Node, PlacementProblem, violations
@@ -71,9 +72,18 @@ def chain_hint(problem: PlacementProblem) -> tuple[int, ...] | None:
         problem: any placement problem (DAG edges, tied groups, pins, ``ordered`` either way).
 
     Returns:
-        A device index per node with ``violations(problem, hint) == []``, or None when neither the
-        relaxed DP nor the greedy fill finds one. Never raises for a valid problem.
+        A device index per node with ``violations(problem, hint) == []``, interchangeable
+        accelerators used lowest index first (:func:`layerplan.solver._symmetry.canonical_assignment`),
+        or None when neither the relaxed DP nor the greedy fill finds one. Never raises for a
+        valid problem.
     """
+    hint = _any_hint(problem)
+    # Interchangeable GPUs used lowest index first, the order the CP-SAT model asks for.
+    return None if hint is None else canonical_assignment(problem, hint)
+
+
+def _any_hint(problem: PlacementProblem) -> tuple[int, ...] | None:
+    """:func:`chain_hint` before relabelling."""
     if not problem.nodes:
         return ()
     if not problem.has_runtime_memory:

@@ -32,6 +32,8 @@ __all__ = [
     "chain_problems",
     "small_problems",
     "runtime_problems",
+    "identical_gpu_problems",
+    "blocks_needed",
     "brute_force",
     "assert_cpsat_matches_brute_force",
     "check_placement",
@@ -208,6 +210,53 @@ def runtime_problems(draw: st.DrawFn, *, max_nodes: int = 6, max_devices: int = 
         for d in base.devices
     )
     return dataclasses.replace(base, nodes=nodes, devices=devices)
+
+
+def blocks_needed(sizes: list[int], cap_bytes: int) -> int:
+    """Fewest contiguous blocks of at most ``cap_bytes`` that hold ``sizes`` in order (first fit,
+    which is optimal for this: a block closed earlier never lets a later one hold more)."""
+    blocks, load = 1, 0
+    for size in sizes:
+        if load + size > cap_bytes:
+            blocks, load = blocks + 1, 0
+        load += size
+    return blocks
+
+
+@st.composite
+def identical_gpu_problems(
+    draw: st.DrawFn, *, max_nodes: int = 5, max_gpus: int = 4, chain: bool = False
+) -> PlacementProblem:
+    """Problems on identical GPUs ("0", "1", ... with one cap), more of them than the model needs.
+
+    The cap is at least half the bytes, so at most 3 blocks are ever needed, and at least one GPU
+    more than the fewest blocks is declared (up to ``max_gpus``). Sometimes a cpu follows. Edges
+    as in :func:`small_problems` (``chain=True``: chain edges, ordered, no tied groups).
+    """
+    n = draw(st.integers(2, max_nodes))
+    sizes = draw(_sizes(num_nodes=n, max_size=12))
+    total = sum(sizes)
+    cap = draw(st.integers(max(max(sizes), -(-total // 2), 1), max(total, 1)))
+    needed = blocks_needed(sizes, cap)
+    num_gpus = draw(st.integers(needed + 1, max(needed + 1, max_gpus)))
+    edges = []
+    for producer in range(n - 1):
+        if chain:
+            consumers: tuple[int, ...] = (producer + 1,)
+        else:
+            consumers = tuple(draw(st.sets(st.integers(producer + 1, n - 1), min_size=1, max_size=2)))
+        edges.append(Edge(producer=producer, consumers=consumers, size_bytes=draw(st.integers(0, 9))))
+    tied: tuple[tuple[int, ...], ...] = ()
+    if not chain and draw(st.booleans()):
+        tied = (tuple(draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=2, unique=True))),)
+    cpu = draw(st.one_of(st.none(), st.integers(0, total)))
+    return PlacementProblem(
+        nodes=tuple(Node(name=f"n{i}", size_bytes=s) for i, s in enumerate(sizes)),
+        edges=tuple(edges),
+        devices=gpus(*[cap] * num_gpus, cpu=cpu),
+        tied_groups=tied,
+        ordered=True if chain else draw(st.booleans()),
+    )
 
 
 def brute_force(problem: PlacementProblem) -> tuple[int, int] | None:
