@@ -382,7 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see the module docstring)."""
     err = Console(stderr=True)
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help (0) or a usage error, already printed in one line (2)
+            return int(exc.code or 0)
         with quiet():
             return args.func(args, err)
     except KeyboardInterrupt:

@@ -263,7 +263,8 @@ class DevicesSpec(_Section):
             _set(self, "max_memory", parse_max_memory(self.max_memory))
         _set(self, "types", _types(self.types))
         if isinstance(self.reserve, Mapping):
-            _set(self, "reserve", {parse_device(k): parse_size(v, what=f"reserve[{k!r}]") for k, v in self.reserve.items()})
+            reserve = {parse_device(k): parse_size(v, what=f"reserve[{k!r}]") for k, v in self.reserve.items()}
+            _set(self, "reserve", reserve or None)  # an empty mapping keeps the defaults, as None does
         elif self.reserve is not None:
             _set(self, "reserve", parse_size(self.reserve, what="reserve"))
         _set(self, "interconnect", _choice(self.interconnect, INTERCONNECTS, what="[devices] interconnect"))
