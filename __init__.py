@@ -14,8 +14,7 @@ that knows PyTorch and Hugging Face: spec, model, hardware, output, baselines) a
 :mod:`layerplan.solver` (the pure integer problem; never imports torch).
 """
 
-import importlib
-from typing import Any
+from layerplan.planner._lazy import lazy_exports
 
 # Names resolved on first use (PEP 562), so that `import layerplan.solver` stays free of torch and
 # the CLI starts without importing transformers before it has validated its input.
@@ -41,13 +40,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'layerplan' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_PUBLIC})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _PUBLIC)

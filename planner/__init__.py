@@ -9,8 +9,7 @@ Public surface: :func:`plan` (trace + solve), :func:`trace`, :func:`plan_graph`,
 validating a spec does not import torch.
 """
 
-import importlib
-from typing import Any
+from layerplan.planner._lazy import lazy_exports
 
 _PUBLIC = {
     "InfeasiblePlanError": "layerplan.solver.errors",
@@ -34,13 +33,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'layerplan.planner' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_PUBLIC})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _PUBLIC)

@@ -52,17 +52,23 @@ class ModelSource:
             attn_implementation: ``"sdpa"`` / ``"eager"`` for a model built here (a user's module on
                 meta keeps its own).
 
+        A user's module is traced as is only when every weight is on meta and no accelerate hook
+        is attached (``cpu_offload`` / ``dispatch_model`` hooks would load weights into it during
+        the trace); otherwise a meta copy is built from its config.
+
         Raises:
-            InvalidSpecError: a plain ``nn.Module`` (no config) whose weights are not on meta.
+            InvalidSpecError: a plain ``nn.Module`` (no config) with weights in memory or hooks.
             TraceError: transformers cannot build the config.
         """
         if self.module is not None:
-            if all(t.device.type == "meta" for t in self.module.parameters()):
+            hooked = any(hasattr(m, "_hf_hook") for m in self.module.modules())
+            if not hooked and all(t.device.type == "meta" for t in self.module.parameters()):
                 return self.module
             if self.config is None:
+                what = "accelerate hooks" if hooked else "weights in memory"
                 raise InvalidSpecError(
-                    f"{self.name} has weights in memory and no transformers config; build it under "
-                    "`with torch.device('meta'):` and pass that, or pass a PreTrainedModel"
+                    f"{self.name} has {what} and no transformers config, so layerplan cannot trace a copy; "
+                    "build it under `with torch.device('meta'):` and pass that, or pass a PreTrainedModel"
                 )
             return build_meta_model(self.config, auto_class=type(self.module),
                                     attn_implementation=attn_implementation)
