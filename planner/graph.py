@@ -17,9 +17,10 @@ from layerplan.solver import Device, Edge, InvalidSpecError, Node, PlacementProb
 
 __all__ = ["GraphNode", "GraphEdge", "LayerGraph"]
 
-GRAPH_FORMAT_VERSION = 3
-#: Older formats :meth:`LayerGraph.from_dict` still reads. 2: no FLOPs, no decode-step edge sizes.
-_READABLE_FORMAT_VERSIONS = (2, GRAPH_FORMAT_VERSION)
+GRAPH_FORMAT_VERSION = 4
+#: Older formats :meth:`LayerGraph.from_dict` still reads. 2: no FLOPs, no decode-step edge sizes;
+#: 3: no ``empty_modules``.
+_READABLE_FORMAT_VERSIONS = (2, 3, GRAPH_FORMAT_VERSION)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -132,6 +133,10 @@ class LayerGraph:
             ``find_tied_parameters``).
         tied_groups: groups of node names that must share a device because of ``tied_parameters``.
         no_split_module_classes: the classes kept whole.
+        empty_modules: modules of the model outside every node that hold no parameter or buffer
+            (dropouts, activations: GPT-2's ``"transformer.drop"``), in registration order. They
+            are no nodes, but a ``device_map`` may name them (accelerate's ``infer_auto_device_map``
+            does): such a key places nothing (:mod:`layerplan.planner.output.mapping`).
         notes: how the graph was obtained where it deviates from a full meta trace.
     """
 
@@ -144,6 +149,7 @@ class LayerGraph:
     tied_parameters: tuple[tuple[str, ...], ...] = ()
     tied_groups: tuple[tuple[str, ...], ...] = ()
     no_split_module_classes: tuple[str, ...] = ()
+    empty_modules: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
@@ -238,7 +244,8 @@ class LayerGraph:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerGraph:
         """Inverse of :meth:`to_dict`; also reads format 2 (FLOPs 0, decode edge sizes derived from
-        the prefill shapes by :func:`decode_size_from_prefill`, and a note saying so).
+        the prefill shapes by :func:`decode_size_from_prefill`, and a note saying so) and format 3
+        (no ``empty_modules``, and a note saying so).
 
         Raises:
             InvalidSpecError: an unknown ``format_version``, or a missing, mistyped or inconsistent
@@ -263,11 +270,16 @@ class LayerGraph:
             notes += ("graph format 2 predates FLOP counting: prefill_flops and decode_flops are 0 and edge "
                       "decode_size_bytes are the prefill sizes with the prompt_len dimension set to 1; "
                       "trace the model again to measure them",)
+        if version in (2, 3):
+            notes += (f"graph format {version} does not list the modules without parameters or buffers: a "
+                      "device_map naming one (e.g. GPT-2's transformer.drop) is refused; trace the model "
+                      "again to accept such maps",)
         data["nodes"] = tuple(GraphNode(**n) for n in data["nodes"])
         data["edges"] = tuple(GraphEdge(**e) for e in edges)
         for key in ("tied_parameters", "tied_groups"):
             data[key] = tuple(tuple(g) for g in data.get(key, ()))
         data["no_split_module_classes"] = tuple(data.get("no_split_module_classes", ()))
+        data["empty_modules"] = tuple(data.get("empty_modules", ()))
         data["notes"] = notes
         return cls(**data)
 

@@ -53,7 +53,8 @@ def check_graph_dict(data: Any, *, extra_top: tuple[str, ...] = ()) -> None:
     integers >= 0); node names unique and the list non-empty; every edge's producer and consumers
     are nodes, consumers after their producer; the workload's batch and prompt length.
     """
-    optional = {"tied_parameters": list, "tied_groups": list, "no_split_module_classes": list, "notes": list,
+    optional = {"tied_parameters": list, "tied_groups": list, "no_split_module_classes": list,
+                "empty_modules": list, "notes": list,
                 **{k: object for k in extra_top}}
     _check_fields(data, "the top level", _TOP, optional)
     _check_fields(data["workload"], "workload", _WORKLOAD_REQUIRED,

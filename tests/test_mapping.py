@@ -13,12 +13,18 @@ import logging
 from types import MappingProxyType
 
 import pytest
+import torch
 from accelerate import infer_auto_device_map
 from accelerate.utils import check_device_map, compute_module_sizes
+from transformers import GPT2Config, GPT2LMHeadModel
 
 import planner
+from layerplan.planner.api import evaluate_map
+from layerplan.planner.baselines.accelerate import accelerate_device_map
+from layerplan.planner.baselines.compare import compare_strategy
 from layerplan.planner.graph import GraphNode, LayerGraph
 from layerplan.planner.output.mapping import is_full, load_device_map, node_devices, uncovered
+from layerplan.planner.spec import PlanSpec
 from layerplan.solver import InvalidSpecError
 
 # -- a hand-built graph -----------------------------------------------------------------------------
@@ -126,9 +132,9 @@ def _dispatch_device(tensor: str, device_map: dict) -> int | str:
 
 
 def _tensor_devices(graph: LayerGraph, meta, device_map: dict) -> dict[str, set]:
-    """Node -> the devices dispatch gives its parameters and buffers."""
+    """Node -> the devices dispatch gives its parameters and buffers (a tied one under each name)."""
     found: dict[str, set] = {node.name: set() for node in graph.nodes}
-    for name, _ in [*meta.named_parameters(), *meta.named_buffers()]:
+    for name, _ in [*meta.named_parameters(remove_duplicate=False), *meta.named_buffers(remove_duplicate=False)]:
         found[graph.node_of(name)].add(_dispatch_device(name, device_map))
     return found
 
@@ -184,6 +190,77 @@ def test_partial_map_on_the_traced_graph(traced):
         node_devices(graph, {"model.layers.3.mlp": 0, "model.layers.3.self_attn": 1})
     with pytest.raises(InvalidSpecError, match=r"'model.layer.3'.*did you mean 'model.layers.3'"):
         node_devices(graph, {"model.layer.3": 0})
+
+
+# -- modules without weights: GPT-2's transformer.drop -----------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_gpt2():
+    """A 4-layer GPT-2 built on meta from its config. ``transformer.drop`` (the Dropout after the
+    embeddings) holds no tensor, so it is no node; accelerate's maps name it all the same."""
+    config = GPT2Config(vocab_size=256, n_embd=64, n_layer=4, n_head=4, n_positions=64,
+                        bos_token_id=0, eos_token_id=0)
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config)
+    model.tie_weights()
+    return planner.trace(model.eval(), dtype="bfloat16", seq_len=16)
+
+
+def _gpt2_caps(graph: LayerGraph) -> dict[int | str, int]:
+    """Three GPUs of half the weights each: accelerate spreads the model over them."""
+    half = graph.total_bytes // 2
+    return {0: half, 1: half, 2: half, "cpu": 10 * graph.total_bytes}
+
+
+def test_modules_without_weights_are_listed(tiny_gpt2):
+    graph, meta = tiny_gpt2
+    # Oracle: accelerate's compute_module_sizes has no entry (0 bytes) for a module without tensors.
+    sizes = compute_module_sizes(meta)
+    outside = [name for name, _ in meta.named_modules() if name and graph.node_of(name) is None]
+    assert list(graph.empty_modules) == [name for name in outside if sizes.get(name, 0) == 0]
+    assert "transformer.drop" in graph.empty_modules
+    assert LayerGraph.from_json(graph.to_json()) == graph
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "auto"])
+def test_accelerates_gpt2_map_is_accepted_by_evaluate_and_compare(tiny_gpt2, strategy):
+    graph, meta = tiny_gpt2
+    caps = _gpt2_caps(graph)
+    device_map = accelerate_device_map(meta, max_memory=caps, strategy=strategy, dtype="bfloat16")
+    assert "transformer.drop" in device_map and len(set(device_map.values())) == 3
+    check_device_map(meta, device_map)  # accelerate accepts its own map
+    expected = _tensor_devices(graph, meta, device_map)
+    assert node_devices(graph, device_map) == {node: devices.pop() for node, devices in expected.items()}
+    plan = evaluate_map(graph, device_map, max_memory=caps, reserve=0)
+    assert plan.device_map == device_map
+    spec = PlanSpec.from_kwargs(graph, max_memory=caps, reserve=0)
+    ours, theirs = compare_strategy(graph, meta, spec, strategy=strategy)
+    assert theirs.error is None and theirs.plan is not None and theirs.plan.device_map == device_map
+    assert ours.error is None
+    # a graph read back from JSON accepts the map too
+    assert node_devices(LayerGraph.from_json(graph.to_json()), device_map) == node_devices(graph, device_map)
+
+
+def test_a_format_3_graph_does_not_know_them_and_says_so(tiny_gpt2):
+    graph, meta = tiny_gpt2
+    data = json.loads(graph.to_json())
+    del data["empty_modules"]
+    data["format_version"] = 3
+    old = LayerGraph.from_dict(data)
+    assert old.empty_modules == () and any("trace the model again to accept such maps" in n for n in old.notes)
+    with pytest.raises(InvalidSpecError, match=r"key 'transformer.drop' matches no module"):
+        node_devices(old, {"": 0, "transformer.drop": 0})
+
+
+@pytest.mark.parametrize("key", ["transformer.dropout", "transformer.drop.p", "drop"])
+def test_a_key_naming_no_module_is_still_an_error(tiny_gpt2, key):
+    graph, meta = tiny_gpt2
+    assert key not in dict(meta.named_modules())
+    device_map = {**accelerate_device_map(meta, max_memory=_gpt2_caps(graph), strategy="sequential",
+                                          dtype="bfloat16"), key: 0}
+    with pytest.raises(InvalidSpecError, match=rf"key '{key}' matches no module"):
+        node_devices(graph, device_map)
+    with pytest.raises(InvalidSpecError, match=rf"key '{key}' matches no module"):
+        evaluate_map(graph, device_map, max_memory=_gpt2_caps(graph), reserve=0)
 
 
 # -- JSON files -------------------------------------------------------------------------------------

@@ -93,6 +93,29 @@ def _find_nodes(model: nn.Module, no_split: tuple[str, ...]) -> list[_NodeSpec]:
     return nodes
 
 
+def _empty_modules(model: nn.Module, specs: list[_NodeSpec]) -> tuple[str, ...]:
+    """Names of the modules outside every node that hold no parameter or buffer (dropouts,
+    activations), under every name they are registered by: what accelerate's
+    ``infer_auto_device_map`` lists with size 0 although no node holds it."""
+    nodes = {s.name for s in specs}
+
+    def inside_a_node(name: str) -> bool:
+        while name:
+            if name in nodes:
+                return True
+            name = name.rpartition(".")[0]
+        return False
+
+    return tuple(
+        name
+        for name, module in model.named_modules(remove_duplicate=False)
+        if name
+        and next(module.parameters(), None) is None
+        and next(module.buffers(), None) is None
+        and not inside_a_node(name)
+    )
+
+
 @dataclass(slots=True)
 class _Received:
     """One tensor received from one producer: its prefill shape and dtype, and each consumer with
@@ -317,6 +340,7 @@ def trace_model(
         edges=tuple(edges),
         tied_parameters=tuple(tuple(g) for g in find_tied_parameters(model)),
         no_split_module_classes=no_split,
+        empty_modules=_empty_modules(model, specs),
         notes=tuple(notes),
     )
     return _with_tied_groups(graph)

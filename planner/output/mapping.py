@@ -5,6 +5,9 @@ the device of the longest key that equals its name or is a dotted prefix of it, 
 everything. layerplan places each node whole, so a map is read per node:
 
 * a key that equals a node, or is a dotted prefix of nodes (``"model.layers"``, ``""``), covers them;
+* a key naming a module without parameters or buffers outside every node (GPT-2's
+  ``"transformer.drop"``, :attr:`LayerGraph.empty_modules`) places nothing and is accepted:
+  accelerate's ``infer_auto_device_map`` lists such modules;
 * keys *inside* a node (``"model.layers.3.mlp"`` when ``model.layers.3`` is a node) give the node
   their device when they agree with each other and with the key covering the node, if any;
   otherwise the map splits a node layerplan keeps whole, which is an error. Such keys count as
@@ -36,16 +39,18 @@ def node_devices(graph: LayerGraph, device_map: Mapping[str, int | str]) -> dict
         order; nodes the map does not cover are absent.
 
     Raises:
-        InvalidSpecError: a value is not a device; a key matches no module of the graph (the message
-            suggests close names); keys inside one node, or such keys and the key covering the node,
-            put it on different devices.
+        InvalidSpecError: a value is not a device; a key matches no module of the graph, neither a
+            node, a prefix of nodes, a module inside a node nor a module without weights (the
+            message suggests close names); keys inside one node, or such keys and the key covering
+            the node, put it on different devices.
     """
     devices = {key: map_device(value, key=key, where="device_map") for key, value in device_map.items()}
     nodes = [node.name for node in graph.nodes]
     prefixes = _dotted_prefixes(nodes)
+    empty = set(graph.empty_modules)
     inside: dict[str, dict[str, int | str]] = {}  # node -> {key inside it: device}
     for key, device in devices.items():
-        if key in prefixes:
+        if key in prefixes or key in empty:  # covers whole nodes, or places nothing
             continue
         node = graph.node_of(key)
         if node is None:
@@ -116,5 +121,5 @@ def _unknown_key_message(graph: LayerGraph, key: str, prefixes: set[str]) -> str
     close = difflib.get_close_matches(key, sorted(prefixes - {""}), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(map(repr, close))}?" if close else (
         f"nodes are e.g. {', '.join(repr(n.name) for n in graph.nodes[:3])}")
-    return (f"device_map key {key!r} matches no module of {graph.model} (not a node, a prefix of nodes "
-            f"or a module inside a node); {hint} (`layerplan trace` lists the nodes)")
+    return (f"device_map key {key!r} matches no module of {graph.model} (not a node, a prefix of nodes, "
+            f"a module inside a node or a module without weights); {hint} (`layerplan trace` lists the nodes)")
