@@ -24,6 +24,7 @@ scores 0 on it (nothing can beat 0), e.g. when the chain hint offloads nothing.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -187,7 +188,7 @@ def _solve(
         # A phase before the last keeps time for the next unless no placement is known yet.
         limit = remaining if is_last or placement is None else remaining * _OFFLOAD_PHASE_SHARE
         solver = _solver(time_limit_s=max(limit, 0.01), num_workers=num_workers)
-        status = solver.solve(built.model)
+        status = _run(solver, built.model)
 
         # Extract.
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -264,7 +265,7 @@ def least_extra_memory(
         remaining = deadline - time.perf_counter()
         limit = remaining if index == len(phases) - 1 else remaining * _OFFLOAD_PHASE_SHARE
         solver = _solver(time_limit_s=max(limit, 0.01), num_workers=num_workers)
-        if solver.solve(built.model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        if _run(solver, built.model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             break
         best = {d: solver.value(v) for d, v in extra.items()}
         built.model.add(objective <= solver.value(objective))
@@ -600,6 +601,36 @@ def _solver(*, time_limit_s: float, num_workers: int) -> cp_model.CpSolver:
     if num_workers == 1:
         solver.parameters.linearization_level = 2
     return solver
+
+
+def _run(solver: cp_model.CpSolver, model: cp_model.CpModel) -> int:
+    """``solver.solve(model)``, interruptible: the search runs in a worker thread (CP-SAT releases
+    the GIL) while this thread waits, so Ctrl-C stops the search (``stop_search``) at once and
+    re-raises ``KeyboardInterrupt`` here instead of waiting out the time limit. CP-SAT's own SIGINT
+    handler is off, as it would turn Ctrl-C into a quiet early stop."""
+    solver.parameters.catch_sigint_signal = False
+    result: list[int] = []
+    done = threading.Event()
+
+    def search() -> None:
+        try:
+            result.append(solver.solve(model))
+        finally:
+            done.set()
+
+    # An Event, not Thread.join(timeout): a join interrupted by KeyboardInterrupt can mark a live
+    # thread as finished (CPython gh-90882), and the interpreter would then exit under CP-SAT's feet.
+    worker = threading.Thread(target=search, name="cp-sat", daemon=True)
+    worker.start()
+    try:
+        while not done.wait(0.05):
+            pass
+    except KeyboardInterrupt:
+        solver.stop_search()
+        done.wait()
+        raise
+    worker.join()
+    return result[0]
 
 
 def _proven_bound(solver: cp_model.CpSolver) -> int:
