@@ -260,7 +260,7 @@ class LayerGraph:
                 f"graph format_version={version!r} but this layerplan reads "
                 f"{', '.join(map(str, _READABLE_FORMAT_VERSIONS))}; trace the model again"
             )
-        check_graph_dict(data)
+        check_graph_dict(data, version=version)
         edges = [{**e, "consumers": tuple(e["consumers"]), "shape": tuple(e["shape"])} for e in data["edges"]]
         notes = tuple(data.get("notes", ()))
         if version == 2:

@@ -20,7 +20,7 @@ _WORKLOAD_REQUIRED = {"batch_size": int, "prompt_len": int}
 
 
 def _bad(where: str, message: str) -> InvalidSpecError:
-    return InvalidSpecError(f"graph JSON: {where} {message}; trace the model again with `layerplan trace`")
+    return InvalidSpecError(f"not a layerplan graph JSON: {where} {message}; trace the model again with `layerplan trace`")
 
 
 def _type_ok(value: Any, kind: type) -> bool:
@@ -46,16 +46,17 @@ def _check_fields(obj: Any, where: str, required: Mapping[str, type], optional: 
             raise _bad(where, f"field {key!r} = {value!r} is not {expected}")
 
 
-def check_graph_dict(data: Any, *, extra_top: tuple[str, ...] = ()) -> None:
+def check_graph_dict(data: Any, *, version: int) -> None:
     """Raise one :class:`InvalidSpecError` for the first problem in a graph's dict form.
 
     Checked: the top-level fields and their types; every node's and edge's fields (sizes are
     integers >= 0); node names unique and the list non-empty; every edge's producer and consumers
-    are nodes, consumers after their producer; the workload's batch and prompt length.
+    are nodes, consumers after their producer; the workload's batch and prompt length. Format 2
+    predates per-edge ``decode_size_bytes``; from format 3 on it is required.
     """
     optional = {"tied_parameters": list, "tied_groups": list, "no_split_module_classes": list,
-                "empty_modules": list, "notes": list,
-                **{k: object for k in extra_top}}
+                "empty_modules": list, "notes": list}
+    edge_required = {**_EDGE_REQUIRED, **({"decode_size_bytes": int} if version >= 3 else {})}
     _check_fields(data, "the top level", _TOP, optional)
     _check_fields(data["workload"], "workload", _WORKLOAD_REQUIRED,
                   {k: object for k in data["workload"] if k not in _WORKLOAD_REQUIRED})
@@ -68,7 +69,7 @@ def check_graph_dict(data: Any, *, extra_top: tuple[str, ...] = ()) -> None:
             raise _bad(f"node {i}", f"repeats the name {node['name']!r} (also node {position[node['name']]})")
         position[node["name"]] = i
     for i, edge in enumerate(data["edges"]):
-        _check_fields(edge, f"edge {i}", _EDGE_REQUIRED, _EDGE_OPTIONAL)
+        _check_fields(edge, f"edge {i}", edge_required, _EDGE_OPTIONAL)
         producer = edge["producer"]
         if producer not in position:
             raise _bad(f"edge {i}", f"has producer {producer!r}, which is no node")
