@@ -86,7 +86,9 @@ class GraphEdge:
         producer: node name.
         consumers: node names, each later in execution order.
         shape: the tensor's shape as the consumer receives it in prefill, e.g. ``(batch,
-            prompt_len, hidden)``.
+            prompt_len, hidden)``; between the decoder nodes of an encoder-decoder model ``(batch,
+            1, hidden)``, as ``generate()``'s decoder starts from its one ``decoder_start_token_id``
+            token, while the encoder output it reads keeps ``prompt_len`` tokens.
         dtype: torch dtype name, e.g. ``"bfloat16"``.
         size_bytes: ``prod(shape) * itemsize`` bytes per prefill forward pass.
         decode_size_bytes: bytes of the same input in one decode step, as measured by

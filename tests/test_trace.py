@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import torch
 from accelerate.utils import compute_module_sizes
-from transformers import AutoConfig, LlamaConfig
+from torch.utils._pytree import tree_flatten
+from transformers import AutoConfig, LlamaConfig, T5Config, T5ForConditionalGeneration
 
 import planner
 from layerplan.planner.graph import LayerGraph
@@ -53,6 +56,72 @@ def test_t5_encoder_output_feeds_every_decoder_block(tiny_t5_dir):
     assert order.index("encoder.block.1") < order.index("decoder.block.0")
     # shared, encoder/decoder embed_tokens and lm_head hold one tied tensor: one group
     assert set(graph.tied_groups[0]) == {"shared", "encoder.embed_tokens", "decoder.embed_tokens", "lm_head"}
+
+
+def _tensors(value) -> list[torch.Tensor]:  # noqa: ANN001
+    """Tensors in a module call's arguments or output, looking one level into transformers objects."""
+    found = []
+    for leaf in tree_flatten(value)[0]:
+        if isinstance(leaf, torch.Tensor):
+            found.append(leaf)
+        elif hasattr(leaf, "__dict__") and type(leaf).__module__.startswith("transformers"):
+            found += [v for v in vars(leaf).values() if isinstance(v, torch.Tensor)]
+    return found
+
+
+def _handed_over(model: torch.nn.Module, nodes: list[str], run) -> dict[str, list[list[tuple]]]:  # noqa: ANN001
+    """Per node and per call, ``(producer, shape, bytes)`` of each tensor it receives that is, as
+    it is, the output of another node (same storage and shape): a real eager run, hooks only."""
+    modules = dict(model.named_modules())
+    made: dict[tuple, str] = {}
+    calls: dict[str, list[list[tuple]]] = defaultdict(list)
+    handles = []
+    for name in nodes:
+        def pre(module, args, kwargs, name=name):  # noqa: ANN001, ANN202
+            got = [(made[t.data_ptr(), t.shape], tuple(t.shape), t.nbytes) for t in _tensors((args, kwargs))
+                   if made.get((t.data_ptr(), t.shape), name) != name]
+            calls[name].append(sorted(got))
+
+        def post(module, args, kwargs, output, name=name):  # noqa: ANN001, ANN202
+            made.update({(t.data_ptr(), t.shape): name for t in _tensors(output)})
+
+        handles += [modules[name].register_forward_pre_hook(pre, with_kwargs=True),
+                    modules[name].register_forward_hook(post, with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def test_t5_decoder_edges_match_what_generate_hands_the_decoder_blocks():
+    # Oracle: a real random-weight T5 on CPU runs generate(); hooks record, for each decoder block,
+    # the tensors it receives from other nodes in the prefill call (the encoder over the 10-token
+    # prompt, the decoder over its start token) and in the last decode step (4 decoder tokens).
+    # Before the fix the graph sized the decoder's hidden states and position biases with the prompt.
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=3, num_decoder_layers=3,
+                      num_heads=4, decoder_start_token_id=0)
+    model = T5ForConditionalGeneration(config).eval()
+    batch, prompt, new = 2, 10, 4
+    graph, _ = planner.trace(model, dtype="float32", batch_size=batch, prompt_len=prompt, max_new_tokens=new)
+    input_ids = torch.randint(1, config.vocab_size, (batch, prompt))
+    calls = _handed_over(model, [n.name for n in graph.nodes], lambda: model.generate(
+        input_ids, max_new_tokens=new, min_new_tokens=new, do_sample=False))
+    blocks = [f"decoder.block.{i}" for i in range(3)]
+    for block in blocks:
+        assert len(calls[block]) == new  # prefill, then new - 1 decode steps
+        edges = [e for e in graph.edges if block in e.consumers]
+        assert sorted((e.producer, e.shape, e.size_bytes) for e in edges) == calls[block][0]
+        assert sorted((e.producer, e.decode_size_bytes) for e in edges) == [(p, b) for p, _, b in calls[block][-1]]
+    # the hidden states between decoder blocks: batch x 1 token x d_model x fp32
+    hidden = next(e for e in graph.edges if e.producer == "decoder.block.0" and e.shape[-1] == 32)
+    assert hidden.size_bytes == 2 * 1 * 32 * 4
+    # the encoder output reaches every decoder block with all prompt tokens
+    enc_out = next(e for e in graph.edges if e.producer == "encoder.final_layer_norm")
+    assert set(blocks) <= set(enc_out.consumers) and enc_out.shape == (2, 10, 32)
 
 
 def test_tied_lm_head_is_grouped_with_the_embedding_and_counted_once(tiny_tied_llama_dir):
@@ -107,6 +176,35 @@ def test_failed_meta_forward_falls_back_and_says_so():
     # the two Linear leaves' FLOPs come from the config (2 x parameters x tokens); nothing else is said
     assert graph.notes[1:] == ("FLOPs of 2 nodes estimated from the config (planner/estimate.py): a, b",)
     assert graph.edges[0].size_bytes == 1 * 4 * 8 * 4  # batch x prompt_len x hidden x fp32
+
+
+def test_failed_meta_forward_sizes_decoder_edges_with_one_token():
+    class Broken(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = T5Config(vocab_size=64, d_model=8, d_kv=4, d_ff=16, num_layers=2,
+                                   num_decoder_layers=2, num_heads=2)
+            self.encoder = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(2)])
+            self.decoder = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(2)])
+
+        def can_generate(self) -> bool:
+            return True
+
+        def forward(self, **kwargs):  # noqa: ANN003
+            raise RuntimeError("no meta kernel for this op")
+
+    with torch.device("meta"):
+        module = Broken()
+    graph, _ = planner.trace(module, dtype="float32", batch_size=3, prompt_len=4, max_new_tokens=2,
+                             no_split_module_classes=("Linear",))
+    assert "meta forward failed" in graph.notes[0]
+    # registration order; the encoder's tensors hold the 4 prompt tokens (its last one is what the
+    # decoder reads), the decoder's the 1 decoder_start token: batch x tokens x hidden x fp32
+    assert [(e.producer, e.consumers, e.size_bytes) for e in graph.edges] == [
+        ("encoder.0", ("encoder.1",), 3 * 4 * 8 * 4),
+        ("encoder.1", ("decoder.0",), 3 * 4 * 8 * 4),
+        ("decoder.0", ("decoder.1",), 3 * 1 * 8 * 4),
+    ]
 
 
 def test_minilm_meta_build_matches_the_real_checkpoint(minilm_dir):

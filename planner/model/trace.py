@@ -6,7 +6,9 @@ meta tensors (no memory, no compute) with a forward pre-hook on each node. Edges
 pass: a ``TorchFunctionMode`` follows every tensor computed outside the nodes back to the node
 outputs it derives from, so the tensor a consumer receives (e.g. ``lm_head``'s sliced hidden states,
 or T5's ``position_bias`` shared by every block) is attributed to the node that produced it, with its
-real shape and dtype.
+real shape and dtype. The pass is ``generate()``'s prefill: an encoder-decoder model's encoder reads
+the prompt and its decoder the one ``decoder_start_token_id`` token, so edges between decoder nodes
+carry 1 token and the encoder output ``prompt_len``.
 
 FLOPs per node and the bytes each edge carries in one decode step come from
 :func:`layerplan.planner.model.measure.measure_node_memory`: the decode step records, per node, the bytes of every
@@ -179,11 +181,17 @@ class _FlowMode(TorchFunctionMode):
 
 
 def _example_inputs(model: nn.Module, workload: Workload) -> dict[str, object]:
-    ids = torch.zeros((workload.batch_size, workload.prompt_len), dtype=torch.long, device="meta")
-    inputs: dict[str, object] = {"input_ids": ids, "use_cache": False}
+    """The prefill forward's inputs. An encoder-decoder model reads the prompt in its encoder, while
+    its decoder starts from the one ``decoder_start_token_id`` token, as in ``generate()``
+    (transformers ``GenerationMixin._prepare_decoder_input_ids_for_generation``); so the tensors
+    between decoder nodes carry 1 token in prefill and the encoder output ``prompt_len``."""
+    def ids(length: int) -> torch.Tensor:
+        return torch.zeros((workload.batch_size, length), dtype=torch.long, device="meta")
+
+    inputs: dict[str, object] = {"input_ids": ids(workload.prompt_len), "use_cache": False}
     config = getattr(model, "config", None)
     if getattr(config, "is_encoder_decoder", False):
-        inputs["decoder_input_ids"] = ids
+        inputs["decoder_input_ids"] = ids(1)
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         inputs["logits_to_keep"] = 0 if workload.prefill_logits else 1
     return inputs
@@ -220,7 +228,8 @@ def trace_model(
     Returns:
         The graph. What could not be measured is estimated (:mod:`layerplan.planner.model.estimate`): nodes follow
         registration order, edges are ``batch * prompt_len * hidden_size * dtype bytes`` between
-        consecutive nodes, per-layer KV and working set come from the config, FLOPs of blocks and
+        consecutive nodes (1 token instead of ``prompt_len`` from the first decoder node of an
+        encoder-decoder model on), per-layer KV and working set come from the config, FLOPs of blocks and
         linear leaves are ``2 * parameters * tokens`` plus attention, and decode edge sizes are the
         prefill ones with ``prompt_len`` set to 1; ``notes`` names them.
     """
@@ -323,13 +332,14 @@ def trace_model(
         edges.sort(key=lambda e: (by_name[e.producer], [by_name[c] for c in e.consumers]))
     else:
         hidden = _hidden_size(model)
-        shape = (workload.batch_size, workload.prompt_len, hidden)
-        size_bytes = math.prod(shape) * dtype.itemsize
-        decode_bytes = size_bytes // workload.prompt_len if has_decode else 0  # (batch, 1, hidden)
-        for a, b in zip(graph_nodes, graph_nodes[1:]):
+        decode_bytes = workload.batch_size * hidden * dtype.itemsize if has_decode else 0  # (batch, 1, hidden)
+        # an encoder-decoder's decoder (from its first node on) runs on the 1 decoder_start token
+        decoder_from = _first_decoder_node(model, graph_nodes)
+        for pos, (a, b) in enumerate(zip(graph_nodes, graph_nodes[1:])):
+            shape = (workload.batch_size, 1 if pos >= decoder_from else workload.prompt_len, hidden)
             edges.append(GraphEdge(producer=a.name, consumers=(b.name,), shape=shape,
                                    dtype=str(dtype).removeprefix("torch."),
-                                   size_bytes=size_bytes, decode_size_bytes=decode_bytes))
+                                   size_bytes=math.prod(shape) * dtype.itemsize, decode_size_bytes=decode_bytes))
 
     graph = LayerGraph(
         model=name,
@@ -354,7 +364,8 @@ def _trace_and_measure(model, specs, module_to_node, workload: Workload, notes: 
     except Exception as exc:  # a model's forward can fail on meta in many ways; fall back
         tracker = None
         notes.append(f"meta forward failed in {str(workload.dtype).removeprefix('torch.')} ({_first_line(exc)}); "
-                     "nodes follow registration order and edges are batch x prompt_len x hidden_size")
+                     "nodes follow registration order and edges are batch x prompt_len x hidden_size "
+                     "(batch x 1 x hidden_size between decoder nodes of an encoder-decoder model)")
     if tracker is None:
         n = len(specs)
         zeros = (0,) * n
@@ -489,6 +500,14 @@ def _execution_order(num_nodes: int, executed: list[int]) -> list[int]:
             nxt = next((j for j in range(i + 1, num_nodes) if j in called), None)
             keys[i] = (rank[nxt] if nxt is not None else len(executed), 0, i)
     return sorted(range(num_nodes), key=keys.__getitem__)
+
+
+def _first_decoder_node(model: nn.Module, nodes: tuple[GraphNode, ...]) -> int:
+    """Position of the first node of an encoder-decoder model's decoder (named ``decoder.*``, as
+    :func:`_blocks` tells them), ``len(nodes)`` for any other model."""
+    if not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return len(nodes)
+    return next((pos for pos, n in enumerate(nodes) if "decoder" in n.name), len(nodes))
 
 
 def _hidden_size(model: nn.Module) -> int:
