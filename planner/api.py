@@ -44,6 +44,7 @@ from layerplan.solver import (
     InfeasiblePlanError,
     InvalidSpecError,
     LayerplanError,
+    Measure,
     PlacementProblem,
     Rule,
     Solution,
@@ -361,8 +362,7 @@ def evaluate_map(
     problem = graph.to_problem(devices=[d.to_solver() for d in devices], ordered=False)
     assignment = tuple(keys.index(placed[n.name]) for n in graph.nodes)
     cost = cost_model(graph, problem, hardware)
-    values = {m: score(problem, assignment, m, cost) for m in
-              ("offload_cost", "transfer_bytes", "max_utilisation", "time_ns", "bottleneck_ns")}
+    values = {m.value: score(problem, assignment, m, cost) for m in Measure}
     solution = Solution(
         assignment=assignment, status=Status.GIVEN, objective=evaluate(problem, assignment),
         bound=0, wall_time_s=0.0, solver=solver_name, goal=Goal.LATENCY.value, values=values,

@@ -6,7 +6,7 @@ from layerplan.solver.cpsat import least_extra_memory, solve
 from layerplan.solver.dp import solve_chain_dp
 from layerplan.solver.hint import chain_hint
 from layerplan.solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
-from layerplan.solver.goals import Goal, score
+from layerplan.solver.goals import Goal, Measure, score
 from layerplan.solver.problem import (
     Device,
     DeviceKind,
@@ -30,6 +30,7 @@ __all__ = [
     "DeviceKind",
     "Edge",
     "Goal",
+    "Measure",
     "InfeasiblePlanError",
     "InvalidSpecError",
     "LayerplanError",

@@ -36,7 +36,7 @@ from layerplan.solver._symmetry import canonical_assignment, group_runs, interch
 from layerplan.solver.cost import CostModel, edge_time_ns, node_time_ns, timing
 from layerplan.solver.hint import chain_hint
 from layerplan.solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError
-from layerplan.solver.goals import UTILISATION_SCALE, Goal, balance_devices, score
+from layerplan.solver.goals import UTILISATION_SCALE, Goal, Measure, balance_devices, score
 from layerplan.solver.problem import PlacementProblem, evaluate, format_bytes, violations
 from layerplan.solver.solution import Solution, Status
 
@@ -417,13 +417,13 @@ def _build(
         for o in offs
         if nodes[i].size_bytes * devices[o].offload_cost > 0
     ]
-    measures["offload_cost"] = sum(offload_terms) if offload_terms else None
+    measures[Measure.OFFLOAD_COST] = sum(offload_terms) if offload_terms else None
     transfer_terms = [problem.edges[e].size_bytes * var for (e, _), var in sent.items()]
-    measures["transfer_bytes"] = sum(transfer_terms) if transfer_terms else None
-    measures["max_utilisation"] = (
-        _utilisation(problem, model, loads) if "max_utilisation" in goal.measures else None
+    measures[Measure.TRANSFER_BYTES] = sum(transfer_terms) if transfer_terms else None
+    measures[Measure.MAX_UTILISATION] = (
+        _utilisation(problem, model, loads) if Measure.MAX_UTILISATION in goal.measures else None
     )
-    measures["time_ns"] = measures["bottleneck_ns"] = None
+    measures[Measure.TIME_NS] = measures[Measure.BOTTLENECK_NS] = None
     if cost is not None and goal.needs_cost:
         measures.update(_time_measures(problem, cost, model, on, runs_on, sent, goal))
     return _Model(model=model, on=on, start=start, level=level, sent=sent, measures=measures, extra=extra)
@@ -503,13 +503,13 @@ def _time_measures(
             model.add(moved >= t * (runs_on[edge.producer, s] + var - 1))
         stage[c].append(moved)
     total = [term for terms in stage.values() for term in terms]
-    out: dict[str, cp_model.LinearExprT | None] = {"time_ns": sum(total) if total else None, "bottleneck_ns": None}
-    if "bottleneck_ns" in goal.measures and total:
+    out: dict[Measure, cp_model.LinearExprT | None] = {Measure.TIME_NS: sum(total) if total else None, Measure.BOTTLENECK_NS: None}
+    if Measure.BOTTLENECK_NS in goal.measures and total:
         bottleneck = model.new_int_var(0, max(stage_max.values()), "bottleneck_ns")
         for c, terms in stage.items():
             if terms:
                 model.add(bottleneck >= sum(terms))
-        out["bottleneck_ns"] = bottleneck
+        out[Measure.BOTTLENECK_NS] = bottleneck
     return out
 
 
@@ -597,6 +597,8 @@ def _solver(*, time_limit_s: float, num_workers: int) -> cp_model.CpSolver:
     # the placement returned does not depend on thread timing (CP-SAT sat_parameters.proto:
     # "interleave_search ... the search is deterministic (independently of num_workers!)").
     solver.parameters.interleave_search = _INTERLEAVE
+    # Ctrl-C is ours (:func:`_run`): CP-SAT's handler would turn it into a quiet early stop.
+    solver.parameters.catch_sigint_signal = False
     # The LP of the caps and block constraints proves most structural infeasibility at the root.
     if num_workers == 1:
         solver.parameters.linearization_level = 2
@@ -606,9 +608,8 @@ def _solver(*, time_limit_s: float, num_workers: int) -> cp_model.CpSolver:
 def _run(solver: cp_model.CpSolver, model: cp_model.CpModel) -> int:
     """``solver.solve(model)``, interruptible: the search runs in a worker thread (CP-SAT releases
     the GIL) while this thread waits, so Ctrl-C stops the search (``stop_search``) at once and
-    re-raises ``KeyboardInterrupt`` here instead of waiting out the time limit. CP-SAT's own SIGINT
-    handler is off, as it would turn Ctrl-C into a quiet early stop."""
-    solver.parameters.catch_sigint_signal = False
+    re-raises ``KeyboardInterrupt`` here instead of waiting out the time limit (CP-SAT's own SIGINT
+    handler is off: :func:`_solver`)."""
     result: list[int] = []
     done = threading.Event()
 
@@ -656,9 +657,8 @@ def _solution(
     started: float,
 ) -> Solution:
     assert not violations(problem, assignment), violations(problem, assignment)
-    measures = dict.fromkeys(("offload_cost", "transfer_bytes", "max_utilisation", *goal.measures))
-    if cost is not None:
-        measures.update(time_ns=None, bottleneck_ns=None)
+    timed = (Measure.TIME_NS, Measure.BOTTLENECK_NS) if cost is not None else ()
+    measures = dict.fromkeys((Measure.OFFLOAD_COST, Measure.TRANSFER_BYTES, Measure.MAX_UTILISATION, *goal.measures, *timed))
     return Solution(
         assignment=assignment,
         status=status,
@@ -667,6 +667,6 @@ def _solution(
         wall_time_s=time.perf_counter() - started,
         solver="cp-sat",
         goal=goal.value,
-        values={name: score(problem, assignment, name, cost) for name in measures},
+        values={name.value: score(problem, assignment, name, cost) for name in measures},
         timing=timing(problem, cost, assignment) if cost is not None else None,
     )

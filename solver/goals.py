@@ -28,10 +28,25 @@ from layerplan.solver.cost import CostModel, timing
 from layerplan.solver.errors import InvalidSpecError
 from layerplan.solver.problem import PlacementProblem, evaluate
 
-__all__ = ["Goal", "UTILISATION_SCALE", "score", "max_utilisation"]
+__all__ = ["Goal", "Measure", "UTILISATION_SCALE", "score", "max_utilisation"]
 
 #: ``max_utilisation`` is measured in 1/10000 of a device's cap (0.01 %).
 UTILISATION_SCALE = 10_000
+
+
+class Measure(str, enum.Enum):
+    """One integer measure of a placement (see the module docstring). A ``str`` enum: a member
+    equals its name (``Measure.TIME_NS == "time_ns"``), so solution values keyed by measure read
+    back from JSON."""
+
+    OFFLOAD_COST = "offload_cost"
+    TRANSFER_BYTES = "transfer_bytes"
+    TIME_NS = "time_ns"
+    BOTTLENECK_NS = "bottleneck_ns"
+    MAX_UTILISATION = "max_utilisation"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Goal(enum.Enum):
@@ -63,12 +78,12 @@ class Goal(enum.Enum):
             raise InvalidSpecError(f"unknown objective {value!r}; expected one of {', '.join(names)}{hint}") from None
 
     @property
-    def measures(self) -> tuple[str, ...]:
+    def measures(self) -> tuple[Measure, ...]:
         """Measure names, minimised in this order."""
         return _MEASURES[self]
 
     @property
-    def headline(self) -> str:
+    def headline(self) -> Measure:
         """The measure the goal is named after (its bound and gap are reported)."""
         return _HEADLINE[self]
 
@@ -79,18 +94,18 @@ class Goal(enum.Enum):
 
 
 _MEASURES = {
-    Goal.LATENCY: ("time_ns", "max_utilisation"),
-    Goal.THROUGHPUT: ("bottleneck_ns", "time_ns"),
-    Goal.BALANCED: ("offload_cost", "max_utilisation", "transfer_bytes"),
-    Goal.TRANSFERS: ("offload_cost", "transfer_bytes"),
+    Goal.LATENCY: (Measure.TIME_NS, Measure.MAX_UTILISATION),
+    Goal.THROUGHPUT: (Measure.BOTTLENECK_NS, Measure.TIME_NS),
+    Goal.BALANCED: (Measure.OFFLOAD_COST, Measure.MAX_UTILISATION, Measure.TRANSFER_BYTES),
+    Goal.TRANSFERS: (Measure.OFFLOAD_COST, Measure.TRANSFER_BYTES),
 }
 _HEADLINE = {
-    Goal.LATENCY: "time_ns",
-    Goal.THROUGHPUT: "bottleneck_ns",
-    Goal.BALANCED: "max_utilisation",
-    Goal.TRANSFERS: "transfer_bytes",
+    Goal.LATENCY: Measure.TIME_NS,
+    Goal.THROUGHPUT: Measure.BOTTLENECK_NS,
+    Goal.BALANCED: Measure.MAX_UTILISATION,
+    Goal.TRANSFERS: Measure.TRANSFER_BYTES,
 }
-_TIMED = ("time_ns", "bottleneck_ns")
+_TIMED = (Measure.TIME_NS, Measure.BOTTLENECK_NS)
 
 
 def balance_devices(problem: PlacementProblem) -> tuple[int, ...]:
@@ -107,19 +122,23 @@ def max_utilisation(problem: PlacementProblem, assignment: Sequence[int]) -> int
     )
 
 
-def score(problem: PlacementProblem, assignment: Sequence[int], measure: str, cost: CostModel | None = None) -> int:
+def score(
+    problem: PlacementProblem, assignment: Sequence[int], measure: Measure | str, cost: CostModel | None = None
+) -> int:
     """The value of one measure (see the module docstring) for ``assignment``.
 
     Raises:
         InvalidSpecError: a timed measure without a cost model, or an unknown measure.
     """
-    if measure in ("offload_cost", "transfer_bytes"):
-        return getattr(evaluate(problem, assignment), measure)
-    if measure == "max_utilisation":
+    try:
+        measure = Measure(measure)
+    except ValueError:
+        raise InvalidSpecError(f"unknown measure {measure!r}; expected one of {', '.join(m.value for m in Measure)}") from None
+    if measure in (Measure.OFFLOAD_COST, Measure.TRANSFER_BYTES):
+        return getattr(evaluate(problem, assignment), measure.value)
+    if measure is Measure.MAX_UTILISATION:
         return max_utilisation(problem, assignment)
-    if measure in _TIMED:
-        if cost is None:
-            raise InvalidSpecError(f"measure {measure!r} needs a cost model (device speeds and node work)")
-        t = timing(problem, cost, assignment)
-        return t.total_ns if measure == "time_ns" else t.bottleneck_ns
-    raise InvalidSpecError(f"unknown measure {measure!r}")
+    if cost is None:  # the rest are timed
+        raise InvalidSpecError(f"measure {measure.value!r} needs a cost model (device speeds and node work)")
+    t = timing(problem, cost, assignment)
+    return t.total_ns if measure is Measure.TIME_NS else t.bottleneck_ns
