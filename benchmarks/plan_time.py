@@ -59,7 +59,7 @@ def main() -> None:
             entry = catalog.lookup(name)
             assert entry is not None, name
             t0 = time.perf_counter()
-            dtype = parse_dtype(entry.config.get("dtype") or entry.config.get("torch_dtype") or "bfloat16")
+            dtype = parse_dtype(entry.config.get("dtype") or "bfloat16")
             model = build_meta_model(entry.to_config()).to(dtype)
             build_s = time.perf_counter() - t0
             status.update(f"{name}: tracing")

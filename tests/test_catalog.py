@@ -9,10 +9,13 @@ model cards, papers), never a count taken from a model built here.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import warnings
 from functools import cache
 
 import pytest
 import torch
+import transformers.utils.logging as hf_logging
 from torch import nn
 
 from layerplan.planner.model.catalog import CATALOG, CatalogEntry, catalog_names, closest_names, lookup
@@ -157,6 +160,46 @@ def test_published_torch_dtype_becomes_transformers5_dtype(name, dtype):
     assert CATALOG[name].to_config().dtype == dtype
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_building_every_catalog_config_says_nothing_about_torch_dtype():
+    # transformers 5 logs "`torch_dtype` is deprecated! Use `dtype` instead!" through
+    # logger.warning_once (cached per process: cleared here) when a config is given or asked for
+    # torch_dtype; other deprecations would come as warnings. Both are captured.
+    assert not [name for name, entry in CATALOG.items() if "torch_dtype" in entry.config]
+    root = hf_logging.get_logger()  # the "transformers" logger, which does not propagate
+    records, level = _Records(), root.level
+    root.addHandler(records)
+    root.setLevel(logging.WARNING)  # conftest sets TRANSFORMERS_VERBOSITY=error
+    hf_logging.warning_once.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for name, entry in CATALOG.items():
+                config = entry.to_config()
+                config.to_dict()
+                config.to_json_string()
+                published = entry.config.get("dtype")  # None when the file gives none (GPT-2, T5)
+                assert config.dtype == (getattr(torch, published) if published else None), name
+        said = [m for m in records.messages if "torch_dtype" in m]
+        said += [str(w.message) for w in caught if "torch_dtype" in str(w.message)]
+        assert said == []
+        # the capture works: asking a config for torch_dtype is reported
+        hf_logging.warning_once.cache_clear()
+        CATALOG["gpt2"].to_config().torch_dtype  # noqa: B018
+        assert any("torch_dtype" in m for m in records.messages)
+    finally:
+        root.removeHandler(records)
+        root.setLevel(level)
+
+
 def test_to_config_returns_a_fresh_config_each_time():
     first = CATALOG["llama-3.1-405b"].to_config()
     first.rope_parameters["factor"] = 1.0
@@ -189,6 +232,8 @@ def test_to_config_rejects_a_field_transformers_does_not_read_back():
         ({"config": {"model_type": "llama"}}, "architectures"),
         ({"published_params": 0}, "published_params=0"),
         ({"params_rounding": 0}, "params_rounding=0"),
+        ({"config": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "torch_dtype": "bfloat16"}},
+         "torch_dtype='bfloat16'; write it as dtype"),
     ],
 )
 def test_invalid_entries_are_rejected(change, message):

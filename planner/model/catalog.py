@@ -9,6 +9,10 @@ head, T5's ``feed_forward_proj``) is pinned to the value transformers' default h
 model. Fields that only matter for remote code (``auto_map``), generation or training dropout are
 left out.
 
+The checkpoint dtype is kept under transformers 5's name ``dtype``: the files say ``torch_dtype``,
+which transformers 5 deprecates (it logs a warning whenever a config is given or asked for it), so
+no entry holds that key.
+
 Every entry also carries an official parameter count from a source independent of this project
 (the checkpoint's safetensors metadata, the model card or the paper; ``params_source`` says
 which), never a number counted on a model built by layerplan. ``tests/test_catalog.py`` builds
@@ -31,8 +35,7 @@ from layerplan.solver.errors import InvalidSpecError
 __all__ = ["CATALOG", "CatalogEntry", "catalog_names", "closest_names", "lookup"]
 
 # Config keys whose value must survive AutoConfig.for_model unchanged (read back under the same
-# name). transformers 5 maps some published names on purpose (``torch_dtype`` -> ``dtype``,
-# BLOOM's ``n_embed`` -> ``hidden_size``, Llama's ``rope_theta`` -> ``rope_parameters``, Qwen2's
+# name). transformers 5 maps some published names on purpose (BLOOM's ``n_embed`` -> ``hidden_size``, Llama's ``rope_theta`` -> ``rope_parameters``, Qwen2's
 # ``sliding_window`` -> None when ``use_sliding_window`` is false); those are not listed here.
 _SHAPE_KEYS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -89,6 +92,11 @@ class CatalogEntry:
             raise InvalidSpecError(f"catalog entry {self.name!r} has published_params={self.published_params!r} <= 0")
         if self.params_rounding < 1:
             raise InvalidSpecError(f"catalog entry {self.name!r} has params_rounding={self.params_rounding!r} < 1")
+        if "torch_dtype" in self.config:
+            raise InvalidSpecError(
+                f"catalog entry {self.name!r} has torch_dtype={self.config['torch_dtype']!r}; write it as "
+                "dtype, transformers 5's name (torch_dtype is deprecated and logs a warning)"
+            )
         # Freeze a private deep copy: callers get a read-only view and to_config() copies again.
         object.__setattr__(self, "config", MappingProxyType(copy.deepcopy(dict(self.config))))
 
@@ -100,8 +108,7 @@ class CatalogEntry:
     def to_config(self) -> PretrainedConfig:
         """A fresh transformers config built from the published fields.
 
-        ``torch_dtype`` (the name published configs use) is passed as ``dtype``, its transformers 5
-        name. ``architectures`` and every size and switch in ``_SHAPE_KEYS`` are read back from the
+        ``architectures`` and every size and switch in ``_SHAPE_KEYS`` are read back from the
         result, so a field that transformers dropped or renamed is an error here rather than a
         silently different model.
 
@@ -114,8 +121,6 @@ class CatalogEntry:
         """
         fields = copy.deepcopy(dict(self.config))
         model_type = fields.pop("model_type")
-        if "torch_dtype" in fields:
-            fields["dtype"] = fields.pop("torch_dtype")
         config = AutoConfig.for_model(model_type, **fields)
         for key in ("architectures", *_SHAPE_KEYS):
             if key in fields and getattr(config, key, None) != fields[key]:
@@ -142,7 +147,7 @@ _LLAMA2_COMMON: dict[str, Any] = {
     "rms_norm_eps": 1e-05,
     "rope_scaling": None,
     "tie_word_embeddings": False,
-    "torch_dtype": "float16",
+    "dtype": "float16",
     "vocab_size": 32000,
 }
 
@@ -160,7 +165,7 @@ _LLAMA3_COMMON: dict[str, Any] = {
     "rope_scaling": None,
     "rope_theta": 500000.0,
     "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
+    "dtype": "bfloat16",
     "vocab_size": 128256,
 }
 
@@ -174,7 +179,7 @@ _QWEN25_COMMON: dict[str, Any] = {
     "rope_theta": 1000000.0,
     "sliding_window": 131072,
     "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
+    "dtype": "bfloat16",
     "use_sliding_window": False,
     "vocab_size": 152064,
 }
@@ -314,7 +319,7 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
             "rope_theta": 10000.0,
             "sliding_window": 4096,
             "tie_word_embeddings": False,
-            "torch_dtype": "bfloat16",
+            "dtype": "bfloat16",
             "vocab_size": 32000,
         },
         published_params=7_241_732_096,
@@ -344,7 +349,7 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
             "router_aux_loss_coef": 0.02,
             "sliding_window": None,
             "tie_word_embeddings": False,
-            "torch_dtype": "bfloat16",
+            "dtype": "bfloat16",
             "vocab_size": 32000,
         },
         published_params=46_702_792_704,
@@ -382,7 +387,7 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
         hub_id="google/gemma-2-9b",
         config={**_GEMMA2_COMMON, "head_dim": 256, "hidden_size": 3584, "intermediate_size": 14336,
                 "num_attention_heads": 16, "num_hidden_layers": 42, "num_key_value_heads": 8,
-                "query_pre_attn_scalar": 256, "torch_dtype": "float32"},
+                "query_pre_attn_scalar": 256, "dtype": "float32"},
         published_params=9_241_705_984,
         params_source=(
             "Hub safetensors parameter count of google/gemma-2-9b (KerasHub preset gemma2_9b_en "
@@ -398,7 +403,7 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
         hub_id="google/gemma-2-27b",
         config={**_GEMMA2_COMMON, "head_dim": 128, "hidden_size": 4608, "intermediate_size": 36864,
                 "num_attention_heads": 32, "num_hidden_layers": 46, "num_key_value_heads": 16,
-                "query_pre_attn_scalar": 144, "torch_dtype": "bfloat16"},
+                "query_pre_attn_scalar": 144, "dtype": "bfloat16"},
         published_params=27_227_128_320,
         params_source=(
             "Hub safetensors parameter count of google/gemma-2-27b; Gemma 2 report: "
@@ -432,7 +437,7 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
             "rope_theta": 10000.0,
             "sliding_window": 2047,
             "tie_word_embeddings": False,
-            "torch_dtype": "bfloat16",
+            "dtype": "bfloat16",
             "vocab_size": 32064,
         },
         published_params=3_821_079_552,
@@ -485,7 +490,7 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
             "num_hidden_layers": 40,
             "pad_token_id": 1,
             "tie_word_embeddings": True,  # not in the file: OPTConfig's default; lm_head is embed_tokens
-            "torch_dtype": "float16",
+            "dtype": "float16",
             "vocab_size": 50272,
             "word_embed_proj_dim": 5120,
         },
@@ -518,7 +523,7 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
             "num_kv_heads": 8,
             "parallel_attn": True,
             "tie_word_embeddings": True,  # not in the file: FalconConfig's default
-            "torch_dtype": "bfloat16",
+            "dtype": "bfloat16",
             "vocab_size": 65024,
         },
         published_params=41_835_970_560,
@@ -588,7 +593,7 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
             "pretraining_tp": 4,
             "slow_but_exact": False,
             "tie_word_embeddings": True,  # not in the file: BloomConfig's default
-            "torch_dtype": "bfloat16",  # not in the file (removed in bigscience/bloom#35): the card's dtype
+            "dtype": "bfloat16",  # not in the file (removed in bigscience/bloom#35): the card's dtype
             "vocab_size": 250880,
         },
         published_params=176_247_271_424,
