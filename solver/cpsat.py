@@ -63,7 +63,7 @@ class _Model:
     start: dict[tuple[int, int], cp_model.IntVar]  # (node, accelerator) -> var
     level: dict[int, cp_model.IntVar]  # non-follower node -> var
     sent: dict[tuple[int, int], cp_model.IntVar]  # (edge index, compute device) -> var
-    measures: dict[str, cp_model.LinearExprT | None]  # measure name -> expression (None: constant)
+    measures: dict[Measure, cp_model.LinearExprT | None]  # measure -> expression (None: constant)
     extra: dict[int, cp_model.IntVar] | None = None  # device -> slack on its cap (least_extra_memory)
 
 
@@ -281,24 +281,43 @@ def _build(
 
     With ``slack``, every cap gets an ``extra[d] >= 0`` (see :func:`least_extra_memory`).
     """
-    # Data.
+    model = cp_model.CpModel()
+    v = _variables(problem, model, slack=slack)
+    loads = _add_caps(problem, model, v)
+    _add_placement_rules(problem, model, v)
+    _add_symmetry_breaking(problem, model, v, cost)
+    measures = _measures(problem, model, v, loads, goal=goal, cost=cost)
+    return _Model(model=model, on=v.on, start=v.start, level=v.level, sent=v.sent, measures=measures, extra=v.extra)
+
+
+@dataclass(frozen=True, slots=True)
+class _Vars:
+    """The decision variables of :func:`_build` and the index sets they range over."""
+
+    chain: list[int]  # non-follower nodes, in order: contiguity is over these
+    offs: list[int]  # cpu / disk devices
+    on: tuple[tuple[cp_model.IntVar, ...], ...]  # on[node][device]
+    start: dict[tuple[int, int], cp_model.IntVar]  # (node, accelerator): a block starts here
+    level: dict[int, cp_model.IntVar]  # non-follower node -> rank of its accelerator (ordered)
+    runs_on: dict[tuple[int, int], cp_model.LinearExprT]  # (node, computing device) -> 0/1
+    sent: dict[tuple[int, int], cp_model.IntVar]  # (edge, compute device): the tensor is received there
+    extra: dict[int, cp_model.IntVar] | None  # device -> slack on its cap
+
+
+def _variables(problem: PlacementProblem, model: cp_model.CpModel, *, slack: bool) -> _Vars:
+    """Variables, and the definition of ``sent`` (a tensor is sent to a compute device when a
+    consumer runs there and its producer does not)."""
     nodes, devices = problem.nodes, problem.devices
     n, k = len(nodes), len(devices)
     accs = problem.accelerators
     offs = [d for d in range(k) if not devices[d].is_accelerator]
-    exec_device = problem.execution_device
-    chain = [i for i in range(n) if not problem.is_follower(i)]  # contiguity is over these
-    model = cp_model.CpModel()
-
-    # Variables.
+    chain = [i for i in range(n) if not problem.is_follower(i)]
     on = tuple(
         tuple(model.new_bool_var(f"on[{nodes[i].name},{devices[d].name}]") for d in range(k))
         for i in range(n)
     )
     start = {
-        (i, d): model.new_bool_var(f"start[{nodes[i].name},{devices[d].name}]")
-        for d in accs
-        for i in chain
+        (i, d): model.new_bool_var(f"start[{nodes[i].name},{devices[d].name}]") for d in accs for i in chain
     }
     level = (
         {i: model.new_int_var(0, len(accs) - 1, f"level[{nodes[i].name}]") for i in chain}
@@ -307,7 +326,7 @@ def _build(
     )
     # Where a node computes: an accelerator runs what it holds; the execution device also runs
     # every offloaded node. With one compute device or none, no tensor is ever sent.
-    compute_devices = accs if len(accs) > 1 else ()
+    exec_device = problem.execution_device
     runs_on = {
         (i, c): on[i][c] + (sum(on[i][o] for o in offs if o != c) if c == exec_device else 0)
         for i in range(n)
@@ -317,33 +336,43 @@ def _build(
         (e, c): model.new_bool_var(f"sent[{nodes[edge.producer].name}:{e},{devices[c].name}]")
         for e, edge in enumerate(problem.edges)
         if edge.size_bytes > 0
-        for c in compute_devices
+        for c in (accs if len(accs) > 1 else ())
     }
     extra = (
         {d: model.new_int_var(0, problem.total_bytes + _runtime_ceiling(problem), f"extra[{devices[d].name}]")
          for d in range(k)}
         if slack else None
     )
-    # A tensor is sent to a compute device when a consumer runs there and its producer does not.
     for (e, c), var in sent.items():
         edge = problem.edges[e]
         for consumer in edge.consumers:
             model.add(var >= runs_on[consumer, c] - runs_on[edge.producer, c])
+    return _Vars(chain=chain, offs=offs, on=on, start=start, level=level, runs_on=runs_on, sent=sent, extra=extra)
 
-    # Constraints.
+
+def _add_caps(problem: PlacementProblem, model: cp_model.CpModel, v: _Vars) -> dict[int, cp_model.LinearExprT]:
+    """Each node on one device, and every device within its cap; returns each device's load."""
+    nodes, on = problem.nodes, v.on
     # Each node is placed on exactly one device.
-    for i in range(n):
+    for i in range(len(nodes)):
         model.add_exactly_one(on[i])
     # What a device holds never exceeds its cap (solver.accounting): its weights, and with runtime
     # memory, on a device that computes, also KV, working set, received tensors, streaming, reserve.
-    runtime = _runtime_terms(problem, model, on, runs_on, sent) if problem.has_runtime_memory else {}
+    runtime = _runtime_terms(problem, model, on, v.runs_on, v.sent) if problem.has_runtime_memory else {}
     loads: dict[int, cp_model.LinearExprT] = {}
-    for d, device in enumerate(devices):
-        held = [nodes[i].size_bytes * on[i][d] for i in range(n) if nodes[i].size_bytes > 0]
+    for d, device in enumerate(problem.devices):
+        held = [nodes[i].size_bytes * on[i][d] for i in range(len(nodes)) if nodes[i].size_bytes > 0]
         held += runtime.get(d, [])
         if held:
             loads[d] = sum(held)
-            model.add(loads[d] <= device.cap_bytes + (extra[d] if extra is not None else 0))
+            model.add(loads[d] <= device.cap_bytes + (v.extra[d] if v.extra is not None else 0))
+    return loads
+
+
+def _add_placement_rules(problem: PlacementProblem, model: cp_model.CpModel, v: _Vars) -> None:
+    """Ties, pins, one block per accelerator, device order, the execution-device rule, low_zero."""
+    nodes, on, chain, accs = problem.nodes, v.on, v.chain, problem.accelerators
+    n, k = len(nodes), len(problem.devices)
     # Tied-group followers sit on their anchor's device.
     for group in problem.tied_groups:
         for follower in group[1:]:
@@ -357,23 +386,24 @@ def _build(
     for d in accs:
         for t, i in enumerate(chain):
             previous = on[chain[t - 1]][d] if t > 0 else 0
-            model.add(start[i, d] >= on[i][d] - previous)
-            model.add(start[i, d] <= on[i][d])
-        model.add_at_most_one(start[i, d] for i in chain)
+            model.add(v.start[i, d] >= on[i][d] - previous)
+            model.add(v.start[i, d] <= on[i][d])
+        model.add_at_most_one(v.start[i, d] for i in chain)
     # With ordered=True the blocks follow the device order: the level never decreases and equals
     # the accelerator's rank on each of its nodes.
     for t, i in enumerate(chain):
-        if i not in level:
+        if i not in v.level:
             continue
         if t > 0:
-            model.add(level[i] >= level[chain[t - 1]])
+            model.add(v.level[i] >= v.level[chain[t - 1]])
         for rank, d in enumerate(accs):
-            model.add(level[i] == rank).only_enforce_if(on[i][d])
+            model.add(v.level[i] == rank).only_enforce_if(on[i][d])
     # When anything is offloaded, the execution device stores a node (accelerate's main_device is
     # the first accelerator in the device_map).
-    streamed = [(i, o) for i in range(n) for o in offs if o != exec_device]
+    exec_device = problem.execution_device
+    streamed = [(i, o) for i in range(n) for o in v.offs if o != exec_device]
     if streamed and exec_device in accs:
-        holds = model.new_bool_var(f"holds[{devices[exec_device].name}]")
+        holds = model.new_bool_var(f"holds[{problem.devices[exec_device].name}]")
         model.add(holds <= sum(on[i][exec_device] for i in range(n)))
         for i, o in streamed:
             model.add(holds >= on[i][o])
@@ -384,14 +414,18 @@ def _build(
 
         for d in accs[1:]:
             model.add(stored(accs[0]) <= stored(d))
-    # Interchangeable accelerators (same cap, reserve, speed and links, no pins) hold their blocks
-    # in canonical order (:mod:`layerplan.solver._symmetry`): this only removes relabellings of
-    # placements, never an objective value. used[d] = 1 when a block starts on d.
+
+
+def _add_symmetry_breaking(problem: PlacementProblem, model: cp_model.CpModel, v: _Vars, cost: CostModel | None) -> None:
+    """Interchangeable accelerators (same cap, reserve, speed and links, no pins) hold their blocks
+    in canonical order (:mod:`layerplan.solver._symmetry`): this only removes relabellings of
+    placements, never an objective value. ``used[d]`` = 1 when a block starts on ``d``."""
+    chain, exec_device = v.chain, problem.execution_device
     for group in interchangeable_groups(problem, cost):
-        used = {d: sum(start[i, d] for i in chain) for d in group}
+        used = {d: sum(v.start[i, d] for i in chain) for d in group}
         # The execution device trades places only while nothing is offloaded; then it is used
         # whenever a later member is (an offloading placement uses it anyway).
-        conditional = bool(offs) and exec_device in group
+        conditional = bool(v.offs) and exec_device in group
         members = [d for d in group if not (conditional and d == exec_device)]
         if problem.ordered:
             # Blocks already follow the device order: within each run of consecutive members the
@@ -401,7 +435,7 @@ def _build(
                     model.add(used[a] >= used[b])
             continue
         position = {
-            d: sum(t * start[i, d] for t, i in enumerate(chain)) + len(chain) * (1 - used[d])
+            d: sum(t * v.start[i, d] for t, i in enumerate(chain)) + len(chain) * (1 - used[d])
             for d in members
         }
         for a, b in zip(members, members[1:]):
@@ -409,24 +443,37 @@ def _build(
         if conditional and members:
             model.add(used[exec_device] >= used[members[0]])
 
-    # Objective measures (minimised by the caller, one phase each; None when constant).
-    measures: dict[str, cp_model.LinearExprT | None] = {}
+
+def _measures(
+    problem: PlacementProblem,
+    model: cp_model.CpModel,
+    v: _Vars,
+    loads: dict[int, cp_model.LinearExprT],
+    *,
+    goal: Goal,
+    cost: CostModel | None,
+) -> dict[Measure, cp_model.LinearExprT | None]:
+    """Objective measures (minimised by the caller, one phase each; None when constant)."""
+    nodes, devices = problem.nodes, problem.devices
     offload_terms = [
-        nodes[i].size_bytes * devices[o].offload_cost * on[i][o]
-        for i in range(n)
-        for o in offs
+        nodes[i].size_bytes * devices[o].offload_cost * v.on[i][o]
+        for i in range(len(nodes))
+        for o in v.offs
         if nodes[i].size_bytes * devices[o].offload_cost > 0
     ]
-    measures[Measure.OFFLOAD_COST] = sum(offload_terms) if offload_terms else None
-    transfer_terms = [problem.edges[e].size_bytes * var for (e, _), var in sent.items()]
-    measures[Measure.TRANSFER_BYTES] = sum(transfer_terms) if transfer_terms else None
-    measures[Measure.MAX_UTILISATION] = (
-        _utilisation(problem, model, loads) if Measure.MAX_UTILISATION in goal.measures else None
-    )
-    measures[Measure.TIME_NS] = measures[Measure.BOTTLENECK_NS] = None
+    transfer_terms = [problem.edges[e].size_bytes * var for (e, _), var in v.sent.items()]
+    measures: dict[Measure, cp_model.LinearExprT | None] = {
+        Measure.OFFLOAD_COST: sum(offload_terms) if offload_terms else None,
+        Measure.TRANSFER_BYTES: sum(transfer_terms) if transfer_terms else None,
+        Measure.MAX_UTILISATION: (
+            _utilisation(problem, model, loads) if Measure.MAX_UTILISATION in goal.measures else None
+        ),
+        Measure.TIME_NS: None,
+        Measure.BOTTLENECK_NS: None,
+    }
     if cost is not None and goal.needs_cost:
-        measures.update(_time_measures(problem, cost, model, on, runs_on, sent, goal))
-    return _Model(model=model, on=on, start=start, level=level, sent=sent, measures=measures, extra=extra)
+        measures.update(_time_measures(problem, cost, model, v.on, v.runs_on, v.sent, goal))
+    return measures
 
 
 def _runtime_ceiling(problem: PlacementProblem) -> int:
