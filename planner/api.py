@@ -79,7 +79,7 @@ def as_spec(model: Any, **options: Any) -> PlanSpec:
 
 # -- model and workload ------------------------------------------------------------------------------
 def _default_dtype(config) -> torch.dtype:  # noqa: ANN001
-    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    value = getattr(config, "dtype", None)  # transformers 5's name; reading torch_dtype would warn
     if isinstance(value, str | torch.dtype):
         try:
             return parse_dtype(value)

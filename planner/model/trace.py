@@ -236,11 +236,51 @@ def trace_model(
     dtype = workload.dtype
     no_split = no_split_classes(model, no_split_module_classes)
     specs = _find_nodes(model, no_split)
-    module_to_node = {id(s.module): i for i, s in enumerate(specs) if s.module is not None}
-    sizes = compute_module_sizes(model, dtype=dtype)
-    buffer_sizes = compute_module_sizes(model, dtype=dtype, buffers_only=True)
-
     notes: list[str] = []
+    measured = _measure(model, specs, workload, allow_cast=allow_cast, notes=notes)
+    traced = measured.tracker is not None
+    order = _execution_order(len(specs), measured.tracker.order if traced else [])
+    graph_nodes = _graph_nodes(model, specs, order, workload, measured, notes)
+    notes.extend(measured.memory.flop_notes)
+    has_decode = decodes(model, workload)
+    if has_decode and not measured.memory.decode_input_bytes:
+        notes.append("edge sizes in decode derived from the prefill shapes (the prompt_len dimension set to 1)")
+    if traced:
+        edges = _traced_edges(specs, order, graph_nodes, workload, measured, has_decode=has_decode)
+    else:
+        edges = _estimated_edges(model, graph_nodes, workload, has_decode=has_decode)
+    graph = LayerGraph(
+        model=name,
+        model_class=type(model).__name__,
+        dtype=str(dtype).removeprefix("torch."),
+        workload=workload.to_dict(),
+        nodes=graph_nodes,
+        edges=tuple(edges),
+        tied_parameters=tuple(tuple(g) for g in find_tied_parameters(model)),
+        no_split_module_classes=no_split,
+        empty_modules=_empty_modules(model, specs),
+        notes=tuple(notes),
+    )
+    return _with_tied_groups(graph)
+
+
+@dataclass(frozen=True, slots=True)
+class _Measured:
+    """One trace-and-measure pass: the recorder (None when the forward failed), the per-node
+    measurements, and the factors from the dtype measured in to the workload's (activations,
+    KV cache)."""
+
+    tracker: _FlowTracker | None  # the prefill trace (None: the forward failed)
+    memory: NodeMemory
+    scale: float
+    kv_scale: float
+
+
+def _measure(model: nn.Module, specs: list, workload: Workload, *, allow_cast: bool, notes: list[str]) -> _Measured:
+    """Trace and measure in ``workload.dtype``; when that fails and the model is ours, again in
+    bfloat16 (bytes then scaled back), with a note either way."""
+    dtype = workload.dtype
+    module_to_node = {id(s.module): i for i, s in enumerate(specs) if s.module is not None}
     measured_dtype = dtype
     tracker, memory = _trace_and_measure(model, specs, module_to_node, workload, notes)
     if (tracker is None or memory.notes) and allow_cast and dtype != torch.bfloat16:
@@ -253,13 +293,18 @@ def trace_model(
                          f"to {str(dtype).removeprefix('torch.')}")
         else:
             notes.append(first_error)
-    traced = tracker is not None
-    # bytes measured in ``measured_dtype``: activations scale to ``dtype``, the cache to ``kv_dtype``
-    scale = dtype.itemsize / measured_dtype.itemsize
-    kv_scale = workload.kv_dtype.itemsize / measured_dtype.itemsize
+    return _Measured(tracker=tracker, memory=memory, scale=dtype.itemsize / measured_dtype.itemsize,
+                     kv_scale=workload.kv_dtype.itemsize / measured_dtype.itemsize)
 
-    order = _execution_order(len(specs), tracker.order if traced else [])
-    position = {node: pos for pos, node in enumerate(order)}
+
+def _graph_nodes(
+    model: nn.Module, specs: list, order: list[int], workload: Workload, measured: _Measured, notes: list[str]
+) -> tuple[GraphNode, ...]:
+    """The nodes in execution order with weights, buffers and the measured (or estimated) KV
+    cache, working sets and FLOPs."""
+    memory = measured.memory
+    sizes = compute_module_sizes(model, dtype=workload.dtype)
+    buffer_sizes = compute_module_sizes(model, dtype=workload.dtype, buffers_only=True)
     estimated = _estimates(model, specs, workload) if memory.notes else {}
     estimated_flops = _estimate_flops(model, specs, workload) if memory.notes else {}
     if estimated or estimated_flops:
@@ -270,8 +315,7 @@ def trace_model(
             f"{' and '.join(what)} estimated from the config (planner/estimate.py): "
             f"{', '.join(specs[i].name for i in names[:3])}" + (", ..." if len(names) > 3 else "")
         )
-    notes.extend(memory.flop_notes)
-    executed = set(tracker.order) if traced else set()
+    executed = set(measured.tracker.order) if measured.tracker is not None else set()
 
     def node(i: int) -> GraphNode:
         kv, pre, dec = memory.kv_bytes[i], memory.prefill_work_bytes[i], memory.decode_work_bytes[i]
@@ -279,7 +323,7 @@ def trace_model(
             kv, pre = estimated[i]
             dec = 0
         else:
-            kv, pre, dec = int(kv * kv_scale), int(pre * scale), int(dec * scale)
+            kv, pre, dec = int(kv * measured.kv_scale), int(pre * measured.scale), int(dec * measured.scale)
         # FLOPs do not depend on the dtype measured in
         pre_flops, dec_flops = estimated_flops.get(i, (memory.prefill_flops[i], memory.decode_flops[i]))
         return GraphNode(
@@ -297,63 +341,62 @@ def trace_model(
             estimated=i in estimated or i in estimated_flops,
         )
 
-    graph_nodes = tuple(node(i) for i in order)
-    has_decode = decodes(model, workload)
-    decode_measured = bool(memory.decode_input_bytes)
-    if has_decode and not decode_measured:
-        notes.append("edge sizes in decode derived from the prefill shapes (the prompt_len dimension set to 1)")
+    return tuple(node(i) for i in order)
+
+
+def _traced_edges(
+    specs: list, order: list[int], graph_nodes: tuple[GraphNode, ...], workload: Workload, measured: _Measured,
+    *, has_decode: bool,
+) -> list[GraphEdge]:
+    """Every tensor the recorder saw leave a node for later nodes, sized in prefill and decode."""
+    memory, scale, tracker = measured.memory, measured.scale, measured.tracker
+    position = {node: pos for pos, node in enumerate(order)}
 
     def decode_size(received: _Received, consumers: list[tuple[int, str]], size_bytes: int) -> int:
         if not has_decode:
             return 0
-        if not decode_measured:
+        if not memory.decode_input_bytes:
             return decode_size_from_prefill(size_bytes, received.shape, prompt_len=workload.prompt_len)
         # what the consumers receive under the same argument in the decode step (0: not called)
         return int(max(memory.decode_input_bytes[c].get(key, 0) for c, key in consumers) * scale)
 
     edges: list[GraphEdge] = []
-    if traced:
-        for (_, producer), received in tracker.received.items():
-            consumers = [(c, key) for c, key in received.consumers if position[c] > position[producer]]
-            if not consumers:
-                continue
-            size_bytes = int(math.prod(received.shape) * received.dtype.itemsize * scale)
-            edges.append(
-                GraphEdge(
-                    producer=specs[producer].name,
-                    consumers=tuple(specs[c].name for c in sorted({c for c, _ in consumers}, key=position.get)),
-                    shape=received.shape,
-                    dtype=str(received.dtype).removeprefix("torch."),
-                    size_bytes=size_bytes,
-                    decode_size_bytes=decode_size(received, consumers, size_bytes),
-                )
+    for (_, producer), received in tracker.received.items():
+        consumers = [(c, key) for c, key in received.consumers if position[c] > position[producer]]
+        if not consumers:
+            continue
+        size_bytes = int(math.prod(received.shape) * received.dtype.itemsize * scale)
+        edges.append(
+            GraphEdge(
+                producer=specs[producer].name,
+                consumers=tuple(specs[c].name for c in sorted({c for c, _ in consumers}, key=position.get)),
+                shape=received.shape,
+                dtype=str(received.dtype).removeprefix("torch."),
+                size_bytes=size_bytes,
+                decode_size_bytes=decode_size(received, consumers, size_bytes),
             )
-        by_name = {n.name: pos for pos, n in enumerate(graph_nodes)}
-        edges.sort(key=lambda e: (by_name[e.producer], [by_name[c] for c in e.consumers]))
-    else:
-        hidden = _hidden_size(model)
-        decode_bytes = workload.batch_size * hidden * dtype.itemsize if has_decode else 0  # (batch, 1, hidden)
-        # an encoder-decoder's decoder (from its first node on) runs on the 1 decoder_start token
-        decoder_from = _first_decoder_node(model, graph_nodes)
-        for pos, (a, b) in enumerate(zip(graph_nodes, graph_nodes[1:])):
-            shape = (workload.batch_size, 1 if pos >= decoder_from else workload.prompt_len, hidden)
-            edges.append(GraphEdge(producer=a.name, consumers=(b.name,), shape=shape,
-                                   dtype=str(dtype).removeprefix("torch."),
-                                   size_bytes=math.prod(shape) * dtype.itemsize, decode_size_bytes=decode_bytes))
+        )
+    by_name = {n.name: pos for pos, n in enumerate(graph_nodes)}
+    edges.sort(key=lambda e: (by_name[e.producer], [by_name[c] for c in e.consumers]))
+    return edges
 
-    graph = LayerGraph(
-        model=name,
-        model_class=type(model).__name__,
-        dtype=str(dtype).removeprefix("torch."),
-        workload=workload.to_dict(),
-        nodes=graph_nodes,
-        edges=tuple(edges),
-        tied_parameters=tuple(tuple(g) for g in find_tied_parameters(model)),
-        no_split_module_classes=no_split,
-        empty_modules=_empty_modules(model, specs),
-        notes=tuple(notes),
-    )
-    return _with_tied_groups(graph)
+
+def _estimated_edges(
+    model: nn.Module, graph_nodes: tuple[GraphNode, ...], workload: Workload, *, has_decode: bool
+) -> list[GraphEdge]:
+    """Without a trace: one ``(batch, tokens, hidden)`` tensor between consecutive nodes."""
+    dtype = workload.dtype
+    hidden = _hidden_size(model)
+    decode_bytes = workload.batch_size * hidden * dtype.itemsize if has_decode else 0  # (batch, 1, hidden)
+    # an encoder-decoder's decoder (from its first node on) runs on the 1 decoder_start token
+    decoder_from = _first_decoder_node(model, graph_nodes)
+    edges = []
+    for pos, (a, b) in enumerate(zip(graph_nodes, graph_nodes[1:])):
+        shape = (workload.batch_size, 1 if pos >= decoder_from else workload.prompt_len, hidden)
+        edges.append(GraphEdge(producer=a.name, consumers=(b.name,), shape=shape,
+                               dtype=str(dtype).removeprefix("torch."),
+                               size_bytes=math.prod(shape) * dtype.itemsize, decode_size_bytes=decode_bytes))
+    return edges
 
 
 def _trace_and_measure(model, specs, module_to_node, workload: Workload, notes: list[str]):  # noqa: ANN001, ANN202
