@@ -14,28 +14,12 @@ that knows PyTorch and Hugging Face: spec, model, hardware, output, baselines) a
 :mod:`layerplan.solver` (the pure integer problem; never imports torch).
 """
 
+from layerplan.planner import _PUBLIC as _PLANNER_PUBLIC
 from layerplan.planner._lazy import lazy_exports
 
 # Names resolved on first use (PEP 562), so that `import layerplan.solver` stays free of torch and
 # the CLI starts without importing transformers before it has validated its input.
-_PUBLIC = {
-    "InfeasiblePlanError": "layerplan.solver.errors",
-    "InvalidSpecError": "layerplan.solver.errors",
-    "LayerplanError": "layerplan.solver.errors",
-    "TraceError": "layerplan.solver.errors",
-    "LayerGraph": "layerplan.planner.graph",
-    "Plan": "layerplan.planner.output.adapter",
-    "plan": "layerplan.planner.api",
-    "plan_graph": "layerplan.planner.api",
-    "trace": "layerplan.planner.api",
-    "evaluate_map": "layerplan.planner.api",
-    "OutputSpec": "layerplan.planner.spec",
-    "SolveSpec": "layerplan.planner.spec",
-    "WorkloadSpec": "layerplan.planner.spec",
-    "DevicesSpec": "layerplan.planner.spec",
-    "ModelSpec": "layerplan.planner.spec",
-    "PlanSpec": "layerplan.planner.spec",
-}
+_PUBLIC = dict(_PLANNER_PUBLIC)  # the same public names as layerplan.planner
 
 __all__ = sorted(_PUBLIC)
 

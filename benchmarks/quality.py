@@ -242,7 +242,7 @@ def _model_context(name: str) -> int | None:
 
 def _workload_label(graph: LayerGraph) -> str:
     """``"b8/2k"``: batch size / total context as traced (after capping at the model's context)."""
-    context = int(graph.workload["context_len"])
+    context = graph.workload.context_len
     return f"b{graph.batch_size}/{context // 1024}k" if context % 1024 == 0 else f"b{graph.batch_size}/{context}"
 
 

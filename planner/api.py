@@ -184,7 +184,7 @@ def load_graph(spec: PlanSpec) -> tuple[LayerGraph, nn.Module | None]:
             return _trace_source(source, spec.model, spec.workload)
     graph = source.graph
     declared = {**spec.workload.to_dict(), **({"dtype": spec.model.dtype} if spec.model.dtype else {})}
-    traced = {**dict(graph.workload), "dtype": graph.dtype, "seq_len": graph.workload.get("context_len")}
+    traced = {**graph.workload.to_dict(), "dtype": graph.dtype, "seq_len": graph.workload.context_len}
     for key, value in declared.items():
         if key in traced and traced[key] != value:
             raise InvalidSpecError(

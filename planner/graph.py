@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from layerplan.planner.graph_schema import check_graph_dict
+from layerplan.planner.spec.sections import Phase
 from layerplan.solver import Device, Edge, InvalidSpecError, Node, PlacementProblem
 
-__all__ = ["GraphNode", "GraphEdge", "LayerGraph"]
+__all__ = ["GraphNode", "GraphEdge", "LayerGraph", "TracedWorkload"]
 
 GRAPH_FORMAT_VERSION = 4
 #: Older formats :meth:`LayerGraph.from_dict` still reads. 2: no FLOPs, no decode-step edge sizes;
@@ -120,6 +121,54 @@ def decode_size_from_prefill(size_bytes: int, shape: Sequence[int], *, prompt_le
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TracedWorkload:
+    """The workload a graph was traced at, resolved (every length known), torch-free.
+
+    Attributes:
+        batch_size: sequences per forward pass.
+        prompt_len: prompt tokens (prefill length), tokens.
+        max_new_tokens: decode steps, tokens.
+        dtype: weight and activation dtype name (``"bfloat16"``).
+        kv_dtype: KV-cache dtype name; None: ``dtype``.
+        attn_implementation: ``"sdpa"`` or ``"eager"``.
+        phase: which part of ``generate()`` must fit.
+        prefill_logits: logits for every prompt position in prefill.
+    """
+
+    batch_size: int
+    prompt_len: int
+    max_new_tokens: int = 0
+    dtype: str = "float16"
+    kv_dtype: str | None = None
+    attn_implementation: str = "sdpa"
+    phase: Phase = Phase.GENERATE
+    prefill_logits: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kv_dtype is None:
+            object.__setattr__(self, "kv_dtype", self.dtype)
+        if not isinstance(self.phase, Phase):
+            object.__setattr__(self, "phase", Phase(self.phase))
+
+    @property
+    def context_len(self) -> int:
+        """Tokens the KV cache holds at the end: ``prompt_len + max_new_tokens``."""
+        return self.prompt_len + self.max_new_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with ``context_len`` spelled out."""
+        return {"batch_size": self.batch_size, "prompt_len": self.prompt_len, "max_new_tokens": self.max_new_tokens,
+                "context_len": self.context_len, "dtype": self.dtype, "kv_dtype": self.kv_dtype,
+                "attn_implementation": self.attn_implementation, "phase": self.phase.value,
+                "prefill_logits": self.prefill_logits}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TracedWorkload:
+        """Inverse of :meth:`to_dict` (``context_len`` is derived; unknown keys are ignored)."""
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__ if f in data})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LayerGraph:
     """A traced model, ready to be planned.
 
@@ -127,8 +176,8 @@ class LayerGraph:
         model: the model's name (catalog name, path or class).
         model_class: e.g. ``"LlamaForCausalLM"``.
         dtype: the dtype weights and activations were sized in, e.g. ``"bfloat16"``.
-        workload: the workload it was traced at (:meth:`layerplan.planner.model.workload.Workload.to_dict`); edges
-            are measured in prefill (``prompt_len`` tokens).
+        workload: the workload it was traced at (:class:`TracedWorkload`; a mapping of its fields
+            is converted); edges are measured in prefill (``prompt_len`` tokens).
         nodes: in execution order.
         edges: tensors between nodes.
         tied_parameters: groups of parameter names sharing one tensor (accelerate
@@ -145,7 +194,7 @@ class LayerGraph:
     model: str
     model_class: str
     dtype: str
-    workload: Mapping[str, Any]
+    workload: TracedWorkload
     nodes: tuple[GraphNode, ...]
     edges: tuple[GraphEdge, ...]
     tied_parameters: tuple[tuple[str, ...], ...] = ()
@@ -156,16 +205,18 @@ class LayerGraph:
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.workload, Mapping):
+            object.__setattr__(self, "workload", TracedWorkload.from_dict(self.workload))
         object.__setattr__(self, "_index", {n.name: i for i, n in enumerate(self.nodes)})
 
     # -- views ----------------------------------------------------------------------------------
     @property
     def batch_size(self) -> int:
-        return int(self.workload["batch_size"])
+        return self.workload.batch_size
 
     @property
     def prompt_len(self) -> int:
-        return int(self.workload["prompt_len"])
+        return self.workload.prompt_len
 
     @property
     def total_kv_bytes(self) -> int:
@@ -236,6 +287,7 @@ class LayerGraph:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("_index", None)
+        data["workload"] = self.workload.to_dict()
         data["format_version"] = GRAPH_FORMAT_VERSION
         return data
 

@@ -8,20 +8,8 @@ import sys
 
 import pytest
 
-from layerplan.planner.cli import main
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_clear_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert "Traceback" not in err
-    assert len(lines) == 1, err
-    return lines[0]
+from tests.cli_helpers import one_line as _one_clear_line
+from tests.cli_helpers import run
 
 
 BAD_INPUT = [

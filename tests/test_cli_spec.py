@@ -12,21 +12,8 @@ from pathlib import Path
 import pytest
 
 import layerplan
-from layerplan.planner.cli import main
 from layerplan.planner.spec import PlanSpec
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert "Traceback" not in err
-    assert len(lines) == 1, err
-    return lines[0]
+from tests.cli_helpers import one_line, run
 
 
 def spec_file(tmp_path: Path, model: str, extra: str = "") -> Path:

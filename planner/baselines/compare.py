@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from layerplan.planner.output.adapter import Plan
-from layerplan.planner.graph import LayerGraph
+from layerplan.planner.graph import LayerGraph, TracedWorkload
 from layerplan.planner.api import as_spec, evaluate_map, plan_graph, resolve_max_memory, trace
 from layerplan.planner.baselines.accelerate import accelerate_device_map
 from layerplan.planner.spec.strategies import Strategy
@@ -59,7 +59,7 @@ class Comparison:
 
     model: str
     max_memory: dict[int | str, int]
-    workload: Mapping[str, Any]
+    workload: TracedWorkload
     trace_s: float
     entries: tuple[Entry, ...]
 
@@ -131,7 +131,7 @@ def compare(model: Any, *, strategies: Sequence[Strategy | str] = tuple(Strategy
     return Comparison(
         model=graph.model,
         max_memory=caps,
-        workload=dict(graph.workload),
+        workload=graph.workload,
         trace_s=trace_s,
         entries=tuple(entries),
     )

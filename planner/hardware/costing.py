@@ -22,6 +22,7 @@ generate (an encoder) = one forward.
 from __future__ import annotations
 
 from layerplan.planner.graph import LayerGraph
+from layerplan.planner.spec.sections import Phase
 from layerplan.planner.hardware.resolve import HardwareSpec
 from layerplan.solver import CostModel, DeviceSpeed, NodeWork, PlacementProblem
 
@@ -63,14 +64,12 @@ def cost_model(graph: LayerGraph, problem: PlacementProblem, hardware: HardwareS
         )
         for n in graph.nodes
     )
-    w = graph.workload
-    new_tokens = int(w.get("max_new_tokens", 0) or 0)
-    phase = w.get("phase", "generate")
+    new_tokens, phase = graph.workload.max_new_tokens, graph.workload.phase
     if new_tokens == 0:
         prefill_steps, decode_steps = 1, 0
-    elif phase == "prefill":
+    elif phase is Phase.PREFILL:
         prefill_steps, decode_steps = 1, 0
-    elif phase == "decode":
+    elif phase is Phase.DECODE:
         prefill_steps, decode_steps = 0, new_tokens
     else:
         prefill_steps, decode_steps = 1, new_tokens

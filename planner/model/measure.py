@@ -320,7 +320,7 @@ def measure_node_memory(
 
     prefill, decode, kv = None, None, zeros
     try:
-        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
             # Swap in fake copies of the weights *before* tracking: otherwise each meta weight is
             # converted to a fake tensor at first use and counted as a working-set allocation.
             # They are fake *CPU* tensors so that SDPA dispatches to a fused kernel (as on a GPU)

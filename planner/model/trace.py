@@ -253,7 +253,7 @@ def trace_model(
         model=name,
         model_class=type(model).__name__,
         dtype=str(dtype).removeprefix("torch."),
-        workload=workload.to_dict(),
+        workload=workload.to_traced(),
         nodes=graph_nodes,
         edges=tuple(edges),
         tied_parameters=tuple(tuple(g) for g in find_tied_parameters(model)),

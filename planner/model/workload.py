@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from layerplan.planner.graph import TracedWorkload
 from layerplan.planner.spec.sections import Phase
 from layerplan.solver import InvalidSpecError
 
@@ -118,6 +119,10 @@ class Workload:
                 "lower --max-new-tokens or raise --seq-len"
             )
         return cls(prompt_len=prompt_len, max_new_tokens=max_new_tokens, **rest)
+
+    def to_traced(self) -> TracedWorkload:
+        """The torch-free form a :class:`~layerplan.planner.graph.LayerGraph` keeps."""
+        return TracedWorkload.from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, object]:
         return {

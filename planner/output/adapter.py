@@ -199,7 +199,7 @@ class Plan:
             "model": self.graph.model,
             "model_class": self.graph.model_class,
             "dtype": self.graph.dtype,
-            "workload": dict(self.graph.workload),
+            "workload": self.graph.workload.to_dict(),
             "status": self.status,
             "solver": self.solution.solver,
             "strategy": self.strategy,

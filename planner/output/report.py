@@ -22,12 +22,11 @@ def render_plan(plan: Plan, console: Console) -> None:
         f"{format_bytes(g.total_bytes)} of weights and buffers"
     )
     w = g.workload
-    if w:
-        console.print(
-            f"workload: batch {w['batch_size']}, prompt {w['prompt_len']} + {w['max_new_tokens']} new "
-            f"tokens (context {w['context_len']}), phase {w['phase']}, KV cache {w['kv_dtype']} "
-            f"({format_bytes(g.total_kv_bytes)} in all), attention {w['attn_implementation']}"
-        )
+    console.print(
+        f"workload: batch {w.batch_size}, prompt {w.prompt_len} + {w.max_new_tokens} new "
+        f"tokens (context {w.context_len}), phase {w.phase.value}, KV cache {w.kv_dtype} "
+        f"({format_bytes(g.total_kv_bytes)} in all), attention {w.attn_implementation}"
+    )
     placement = Table(title="Placement", title_justify="left")
     placement.add_column("device")
     placement.add_column("nodes held (runs in execution order)")
@@ -152,8 +151,8 @@ def render_comparison(comparison: Comparison, console: Console) -> None:
     estimated time per token and planning time, all under layerplan's accounting."""
     w = comparison.workload
     console.print(
-        f"[bold]{comparison.model}[/bold]: batch {w.get('batch_size')}, prompt {w.get('prompt_len')} + "
-        f"{w.get('max_new_tokens')} new tokens; caps "
+        f"[bold]{comparison.model}[/bold]: batch {w.batch_size}, prompt {w.prompt_len} + "
+        f"{w.max_new_tokens} new tokens; caps "
         + ", ".join(f"{k}={format_bytes(v)}" for k, v in comparison.max_memory.items())
         + f"; traced once in {comparison.trace_s:.2f} s"
     )
@@ -207,7 +206,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
     return {
         "model": comparison.model,
         "max_memory": {str(k): v for k, v in comparison.max_memory.items()},
-        "workload": dict(comparison.workload),
+        "workload": comparison.workload.to_dict(),
         "trace_s": comparison.trace_s,
         "entries": [
             {

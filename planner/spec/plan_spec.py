@@ -78,13 +78,14 @@ class PlanSpec:
         caps = self.devices.max_memory
         if caps is None:
             return
-        for what, mapping in (("pins", self.solve.pins), ("device_map", self.solve.device_map or {})):
-            for module, device in mapping.items():
-                if device not in caps:
-                    raise InvalidSpecError(
-                        f"[solve] {what} put {module!r} on device {device!r}, which is not in max_memory "
-                        f"({', '.join(map(str, caps))}); add it to max_memory or use a declared device"
-                    )
+        # A device_map may name undeclared devices: a full map is evaluated with their caps at 0
+        # (`layerplan evaluate`); a partial one is refused when it is read onto the graph.
+        for module, device in self.solve.pins.items():
+            if device not in caps:
+                raise InvalidSpecError(
+                    f"[solve] pins put {module!r} on device {device!r}, which is not in max_memory "
+                    f"({', '.join(map(str, caps))}); add it to max_memory or use a declared device"
+                )
 
     # -- from and to dicts / TOML --------------------------------------------------------------
     @classmethod
