@@ -41,6 +41,7 @@ import planner  # noqa: E402
 from layerplan.planner.model import catalog  # noqa: E402
 from layerplan.planner.api import plan_graph  # noqa: E402
 from layerplan.planner.graph import LayerGraph  # noqa: E402
+from layerplan.planner.spec import PlanSpec  # noqa: E402
 from layerplan.planner.spec.sizes import build_devices, parse_max_memory  # noqa: E402
 from layerplan.planner.model.trace import no_split_classes  # noqa: E402
 from layerplan.solver import InfeasiblePlanError, PlacementProblem, device_loads, format_bytes  # noqa: E402
@@ -115,8 +116,9 @@ def main() -> None:
                     theirs = accelerate_assignment(graph, auto, [d.name for d in problem.devices])
                     over_bare, over_reserve = overflow(bare, theirs), overflow(problem, theirs)
                     try:
-                        ours = plan_graph(graph, max_memory=caps, offload_folder=OFFLOAD_FOLDER,
-                                          time_limit_s=args.time_limit)
+                        spec = PlanSpec.from_kwargs(graph, max_memory=caps, offload_folder=OFFLOAD_FOLDER,
+                                                    time_limit_s=args.time_limit)
+                        ours = plan_graph(graph, spec)
                         over_ours = overflow(ours.problem, ours.solution.assignment)
                         ours_cell = format_bytes(over_ours) if over_ours else "fits"
                         offloaded = format_bytes(ours.offloaded_bytes)

@@ -32,6 +32,7 @@ from layerplan.planner.model.meta import build_meta_model  # noqa: E402
 from layerplan.planner.spec.sizes import parse_dtype, parse_max_memory  # noqa: E402
 from layerplan.planner.model.trace import no_split_classes, trace_model  # noqa: E402
 from layerplan.planner.model.workload import Workload  # noqa: E402
+from layerplan.planner.spec import PlanSpec  # noqa: E402
 from layerplan.solver import InfeasiblePlanError, format_bytes  # noqa: E402
 
 DEVICE_SETS = {
@@ -71,8 +72,9 @@ def main() -> None:
                 status.update(f"{name} on {devices}: solving")
                 t0 = time.perf_counter()
                 try:
-                    result = plan_graph(graph, max_memory=DEVICE_SETS[devices], offload_folder="/tmp/offload",
-                                        time_limit_s=args.time_limit)
+                    spec = PlanSpec.from_kwargs(graph, max_memory=DEVICE_SETS[devices], offload_folder="/tmp/offload",
+                                                time_limit_s=args.time_limit)
+                    result = plan_graph(graph, spec)
                     state = result.status
                 except InfeasiblePlanError:
                     state = "infeasible"
