@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -216,25 +215,21 @@ def test_chain_hint_keeps_everything_on_one_roomy_accelerator(problem: Placement
     assert evaluate(problem, hint).as_tuple() == (0, 0)
 
 
-# -- speed ---------------------------------------------------------------------------------------
+# -- large cases (their timings: benchmarks/dp_time.py) ----------------------------------------
 @pytest.mark.parametrize("with_offload_devices", [False, True])
 def test_dp_is_fast_when_nothing_needs_offloading(with_offload_devices: bool) -> None:
     # 300 nodes x 8 accelerators, each of which could hold the whole model.
     caps = [300 * GiB] * 8
     devices = gpus(*caps, cpu=64 * GiB, disk=1024 * GiB) if with_offload_devices else gpus(*caps)
     problem = chain_of(*[GiB] * 300, edge_bytes=2**20, devices=devices)
-    started = time.perf_counter()
     solution = solve_chain_dp(problem)
-    assert time.perf_counter() - started < 1.0
     assert solution.objective.as_tuple() == (0, 0)
 
 
 def test_dp_is_fast_on_a_tight_split_over_eight_gpus() -> None:
     # 300 x 1 GiB over 8 GPUs of 40 GiB: 7 cuts are needed (300 / 40 > 7), each 1 MiB.
     problem = chain_of(*[GiB] * 300, edge_bytes=2**20, devices=gpus(*[40 * GiB] * 8))
-    started = time.perf_counter()
     solution = solve_chain_dp(problem)
-    assert time.perf_counter() - started < 1.0
     assert solution.objective.as_tuple() == (0, 7 * 2**20)
 
 
@@ -246,9 +241,7 @@ def test_dp_on_a_70b_like_model_offloading_to_a_tight_cpu_and_disk() -> None:
     layer = int(1.7 * GiB)
     sizes = [GiB] + [layer] * 80 + [8192, GiB]
     problem = chain_of(*sizes, edge_bytes=2**27, devices=gpus(40 * GiB, 40 * GiB, cpu=30 * GiB, disk=1024 * GiB))
-    started = time.perf_counter()
     solution = solve_chain_dp(problem)
-    assert time.perf_counter() - started < 3.0
     check_placement(problem, solution.assignment)
     on_gpus = sum(s for s, d in zip(sizes, solution.assignment) if d in (0, 1))
     on_cpu = sum(s for s, d in zip(sizes, solution.assignment) if d == 2)
@@ -271,9 +264,7 @@ def test_chain_hint_is_fast_on_a_large_dag_with_a_tied_head() -> None:
         tied_groups=((0, n - 1),),
         ordered=False,
     )
-    started = time.perf_counter()
     hint = chain_hint(problem)
-    assert time.perf_counter() - started < 1.5
     assert hint is not None
     check_placement(problem, hint)
     assert hint[n - 1] == hint[0]
