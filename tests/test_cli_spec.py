@@ -212,3 +212,14 @@ def test_library_and_cli_raise_the_same_error_for_the_same_mistake(capsys):
 def test_unknown_keyword_suggests_the_closest(capsys):
     with pytest.raises(layerplan.InvalidSpecError, match="did you mean 'max_memory'"):
         layerplan.plan("gpt2", max_memroy={0: "1GiB"})
+
+
+def test_library_warnings_never_reach_the_terminal(tiny_llama_dir):
+    # -W always: every warning raised anywhere would be printed; planning must print none of them.
+    argv = [sys.executable, "-W", "always", "-m", "layerplan.planner.cli", "plan", tiny_llama_dir, "--seq-len", "8",
+            "--max-memory", "cpu=1GB", "--format", "json"]
+    result = subprocess.run(argv, capture_output=True, text=True, env={**__import__("os").environ,
+                                                                       "TRANSFORMERS_VERBOSITY": "info"})
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr and "warn" not in result.stderr.lower(), result.stderr
+    assert json.loads(result.stdout)["device_map"] == {"": "cpu"}
