@@ -22,6 +22,7 @@ from layerplan.planner.graph import LayerGraph
 from layerplan.planner.hardware import HardwareSpec, build_hardware, detect_device_names, detect_max_memory
 from layerplan.planner.hardware.costing import cost_model
 from layerplan.planner.hardware.presets import lookup_accelerator
+from layerplan.planner.model.cache import cache_dir, graph_key, load_cached, store
 from layerplan.planner.model.measure import generates
 from layerplan.planner.model.source import ModelSource, resolve_source
 from layerplan.planner.model.trace import trace_model
@@ -181,7 +182,7 @@ def load_graph(spec: PlanSpec) -> tuple[LayerGraph, nn.Module | None]:
     source = resolve_source(spec.model.source)
     if source.graph is None:
         with quiet():
-            return _trace_source(source, spec.model, spec.workload)
+            return _cached_or_traced(source, spec)
     graph = source.graph
     declared = {**spec.workload.to_dict(), **({"dtype": spec.model.dtype} if spec.model.dtype else {})}
     traced = {**graph.workload.to_dict(), "dtype": graph.dtype, "seq_len": graph.workload.context_len}
@@ -192,6 +193,26 @@ def load_graph(spec: PlanSpec) -> tuple[LayerGraph, nn.Module | None]:
                 "drop the option, or trace the model again at this workload (`layerplan trace`)"
             )
     return graph, None
+
+
+def _cached_or_traced(source: ModelSource, spec: PlanSpec) -> tuple[LayerGraph, nn.Module | None]:
+    """The graph cache's entry for this model and workload (meta model None), else a fresh trace,
+    stored for next time (:mod:`layerplan.planner.model.cache`)."""
+    cacheable = spec.model.cache and source.module is None and source.config is not None
+    if not cacheable:
+        return _trace_source(source, spec.model, spec.workload)
+    _check_context(source, spec.workload)
+    dtype = spec.model.dtype or str(_default_dtype(source.config)).removeprefix("torch.")
+    key = graph_key(source.config.to_dict(), dtype=dtype, workload=spec.workload.to_dict(),
+                    no_split=spec.model.no_split_module_classes)
+    folder = cache_dir(spec.model.cache_dir)
+    cached = load_cached(folder, key)
+    if cached is not None:
+        note = f"graph read from the cache ({folder / key}.json); pass --no-cache to trace again"
+        return dataclasses.replace(cached, model=source.name, notes=(*cached.notes, note)), None
+    graph, meta_model = _trace_source(source, spec.model, spec.workload)
+    store(folder, key, graph)
+    return graph, meta_model
 
 
 # -- devices -----------------------------------------------------------------------------------------
@@ -411,7 +432,9 @@ def plan(model: Any, **options: Any) -> Plan:
     for offloaded nodes (execution device) and its reserve (:mod:`layerplan.solver.accounting`).
 
     Returns:
-        A :class:`Plan` (carrying its spec) whose ``device_map`` accelerate's ``check_device_map`` accepts.
+        A :class:`Plan` (carrying its spec) whose ``device_map`` accelerate's ``check_device_map``
+        accepts (checked on the meta model when it was traced now; a graph from the cache or a
+        graph JSON has its node names from that same check-free model tree).
 
     Raises:
         InvalidSpecError: bad input (reported before any model is built where the spec alone shows it).

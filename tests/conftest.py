@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the test machine has no Hub access
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The graph cache of this test session only: never the user's ~/.cache, never an earlier run's.
+os.environ["LAYERPLAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="layerplan-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -142,6 +142,8 @@ class ModelSpec(_Section):
         dtype: weight and activation dtype (``"bfloat16"``, ``"fp16"``, ...); None: the
             checkpoint's published dtype, else float32.
         no_split_module_classes: classes kept whole besides the model's ``_no_split_modules``.
+        cache: read and write traced graphs in the graph cache (:mod:`layerplan.planner.model.cache`).
+        cache_dir: the cache folder; None: ``$LAYERPLAN_CACHE_DIR``, else ``~/.cache/layerplan/graphs``.
     """
 
     NAME: ClassVar[str] = "model"
@@ -149,6 +151,8 @@ class ModelSpec(_Section):
     source: Any
     dtype: str | None = None
     no_split_module_classes: tuple[str, ...] = ()
+    cache: bool = True
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.source, os.PathLike):
@@ -171,6 +175,10 @@ class ModelSpec(_Section):
                 f"[model] no_split_module_classes={self.no_split_module_classes!r}; expected a list of class names"
             )
         _set(self, "no_split_module_classes", tuple(dict.fromkeys(classes)))
+        if not isinstance(self.cache, bool):
+            raise InvalidSpecError(f"[model] cache={self.cache!r}; expected true or false")
+        if self.cache_dir is not None:
+            _set(self, "cache_dir", check_folder(self.cache_dir, what="[model] cache_dir"))
 
     def to_dict(self) -> dict[str, Any]:
         out = _Section.to_dict(self)

@@ -1,0 +1,83 @@
+"""The graph cache: a second plan of the same model and workload reads the traced graph from disk
+(no trace), and anything the graph depends on changes the key."""
+
+from __future__ import annotations
+
+import pytest
+
+import layerplan
+from layerplan.planner import api
+from layerplan.planner.model import cache
+
+OPTIONS = {"max_memory": {0: "400KB", 1: "400KB", "cpu": "10MB"}, "reserve": 0, "seq_len": 16}
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """Counts the real traces (each call of the trace step)."""
+    calls = []
+    real = api._trace_source
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_trace_source", counting)
+    return calls
+
+
+def test_the_second_plan_reads_the_graph_from_the_cache(tiny_llama_dir, tmp_path, traces):
+    first = layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
+    second = layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
+    assert traces == [1]  # traced once
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert second.device_map == first.device_map
+    assert second.graph.nodes == first.graph.nodes and second.graph.edges == first.graph.edges
+    assert any("from the cache" in note for note in second.graph.notes)
+
+
+def test_another_workload_or_dtype_is_another_entry(tiny_llama_dir, tmp_path, traces):
+    layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
+    layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **{**OPTIONS, "seq_len": 32})
+    layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), dtype="bfloat16", **OPTIONS)
+    assert traces == [1, 1, 1]
+    assert len(list(tmp_path.glob("*.json"))) == 3
+
+
+def test_new_library_versions_miss(tiny_llama_dir, tmp_path, traces, monkeypatch):
+    layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
+    monkeypatch.setattr(cache, "_versions", lambda: {"torch": "9.9"})
+    layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
+    assert traces == [1, 1]
+
+
+def test_no_cache_neither_reads_nor_writes(tiny_llama_dir, tmp_path, traces):
+    layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), cache=False, **OPTIONS)
+    layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), cache=False, **OPTIONS)
+    assert traces == [1, 1]
+    assert not list(tmp_path.glob("*"))
+
+
+def test_a_corrupt_entry_is_traced_again_and_replaced(tiny_llama_dir, tmp_path, traces):
+    layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
+    (entry,) = tmp_path.glob("*.json")
+    entry.write_text('{"nodes": [')
+    again = layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
+    assert traces == [1, 1]
+    assert not any("from the cache" in note for note in again.graph.notes)
+    assert layerplan.LayerGraph.from_json(entry.read_text()).nodes == again.graph.nodes
+
+
+def test_cli_cache_flags(tiny_llama_dir, tmp_path, capsys):
+    import json
+
+    from tests.cli_helpers import run
+
+    argv = ["plan", tiny_llama_dir, "--seq-len", "16", "--max-memory", "cpu=1GB", "--format", "json",
+            "--cache-dir", str(tmp_path)]
+    notes = []
+    for extra in ([], [], ["--no-cache"]):
+        code, out, _ = run([*argv, *extra], capsys)
+        assert code == 0
+        notes.append(any("from the cache" in n for n in json.loads(out)["notes"]))
+    assert notes == [False, True, False]
