@@ -139,8 +139,8 @@ def _trace_source(source: ModelSource, model: ModelSpec, workload: WorkloadSpec)
     owned = source.module is None or meta_model is not source.module
     if owned and dtype.is_floating_point:
         meta_model = meta_model.to(dtype)
-    graph = trace_model(meta_model, name=source.name, workload=resolved,
-                        no_split_module_classes=model.no_split_module_classes, allow_cast=owned)
+    graph = trace_model(meta_model, name=source.name, workload=resolved, allow_cast=owned,
+                        no_split_module_classes=model.no_split_module_classes, time_limit_s=model.trace_time_limit_s)
     return graph, meta_model
 
 
@@ -210,8 +210,10 @@ def _cached_or_traced(source: ModelSource, spec: PlanSpec) -> tuple[LayerGraph, 
     if cached is not None:
         note = f"graph read from the cache ({folder / key}.json); pass --no-cache to trace again"
         return dataclasses.replace(cached, model=source.name, notes=(*cached.notes, note)), None
+    started = time.perf_counter()
     graph, meta_model = _trace_source(source, spec.model, spec.workload)
-    store(folder, key, graph)
+    if time.perf_counter() - started < spec.model.trace_time_limit_s:  # a trace cut short is not kept
+        store(folder, key, graph)
     return graph, meta_model
 
 

@@ -102,6 +102,8 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                                    "default: the checkpoint's published dtype")
     p.add_argument("--no-split", action="extend", nargs="+", metavar="CLASS",
                    help="extra module class to keep whole (repeatable), besides the model's _no_split_modules")
+    p.add_argument("--trace-time-limit", type=float, metavar="S",
+                   help="seconds the meta forwards may take (default 120); past it the rest is estimated from the config")
     p.add_argument("--no-cache", dest="cache", action="store_const", const=False,
                    help="trace the model again instead of reading the graph cache (and do not write it)")
     p.add_argument("--cache-dir", metavar="DIR",
@@ -240,7 +242,7 @@ def _flag_tables(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     get = lambda name: getattr(args, name, None)  # noqa: E731
     tables: dict[str, dict[str, Any]] = {
         "model": {"source": get("model"), "dtype": get("dtype"), "no_split_module_classes": get("no_split"),
-                  "cache": get("cache"), "cache_dir": get("cache_dir")},
+                  "trace_time_limit_s": get("trace_time_limit"), "cache": get("cache"), "cache_dir": get("cache_dir")},
         "workload": {k: get(k) for k in ("batch_size", "seq_len", "prompt_len", "max_new_tokens", "kv_dtype",
                                          "attn_implementation", "phase", "prefill_logits")},
         "devices": {

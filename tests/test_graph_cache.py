@@ -81,3 +81,14 @@ def test_cli_cache_flags(tiny_llama_dir, tmp_path, capsys):
         assert code == 0
         notes.append(any("from the cache" in n for n in json.loads(out)["notes"]))
     assert notes == [False, True, False]
+
+
+def test_a_trace_past_its_time_limit_falls_back_to_the_estimate_and_is_not_cached(tiny_llama_dir, tmp_path):
+    # A limit no forward can meet: every op after the first checks it (planner/model/budget.py).
+    plan = layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), trace_time_limit_s=1e-9, **OPTIONS)
+    assert any("time limit" in note for note in plan.graph.notes), plan.graph.notes
+    assert any(n.estimated for n in plan.graph.nodes)
+    assert plan.device_map  # still a plan, from the config estimate
+    assert not list(tmp_path.glob("*.json"))
+    full = layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
+    assert not any(n.estimated for n in full.graph.nodes)

@@ -52,6 +52,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, mm_flop, shape_wrapper
 from torch.utils.weak import WeakIdKeyDictionary
 
+from layerplan.planner.model import budget
 from layerplan.planner.model.workload import Phase, Workload
 
 __all__ = ["NodeMemory", "decodes", "generates", "input_tensors", "measure_node_memory"]
@@ -204,6 +205,7 @@ class _NodeMeter(TorchDispatchMode):
         self.live -= nbytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        budget.check()
         out = func(*args, **(kwargs or {}))
         inputs = {id(t.untyped_storage()) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for leaf in tree_flatten(out)[0]:

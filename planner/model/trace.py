@@ -34,6 +34,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from layerplan.planner.model import budget
 from layerplan.planner.model.estimate import attention_shape, estimate_forward_flops, estimate_layer_bytes
 from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
 from layerplan.planner.model.measure import NodeMemory, decodes, input_tensors, measure_node_memory
@@ -171,6 +172,7 @@ class _FlowMode(TorchFunctionMode):
         self.tracker = tracker
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        budget.check()
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if self.tracker.depth == 0:
@@ -208,6 +210,7 @@ def trace_model(
     workload: Workload,
     no_split_module_classes: tuple[str, ...] = (),
     allow_cast: bool = False,
+    time_limit_s: float | None = budget.DEFAULT_TRACE_TIME_LIMIT_S,
 ) -> LayerGraph:
     """Trace ``model`` (on the meta device, in ``workload.dtype``) into a :class:`LayerGraph`.
 
@@ -224,6 +227,8 @@ def trace_model(
         allow_cast: the model is ours: when its forward fails in ``workload.dtype`` it may be cast to
             bfloat16 and measured again (e.g. grouped matmuls that refuse float32 on meta), bytes then
             scaled back to ``workload.dtype``.
+        time_limit_s: seconds the forwards may take in all (:mod:`layerplan.planner.model.budget`);
+            past it, what is not measured yet is estimated from the config, with a note. None: no limit.
 
     Returns:
         The graph. What could not be measured is estimated (:mod:`layerplan.planner.model.estimate`): nodes follow
@@ -237,7 +242,8 @@ def trace_model(
     no_split = no_split_classes(model, no_split_module_classes)
     specs = _find_nodes(model, no_split)
     notes: list[str] = []
-    measured = _measure(model, specs, workload, allow_cast=allow_cast, notes=notes)
+    with budget.time_budget(time_limit_s):
+        measured = _measure(model, specs, workload, allow_cast=allow_cast, notes=notes)
     traced = measured.tracker is not None
     order = _execution_order(len(specs), measured.tracker.order if traced else [])
     graph_nodes = _graph_nodes(model, specs, order, workload, measured, notes)
@@ -283,7 +289,7 @@ def _measure(model: nn.Module, specs: list, workload: Workload, *, allow_cast: b
     module_to_node = {id(s.module): i for i, s in enumerate(specs) if s.module is not None}
     measured_dtype = dtype
     tracker, memory = _trace_and_measure(model, specs, module_to_node, workload, notes)
-    if (tracker is None or memory.notes) and allow_cast and dtype != torch.bfloat16:
+    if (tracker is None or memory.notes) and allow_cast and dtype != torch.bfloat16 and not budget.expired():
         first_error = notes.pop() if notes else ""
         retry = dataclasses.replace(workload, dtype=torch.bfloat16, kv_dtype=torch.bfloat16)
         tracker, memory = _trace_and_measure(model.to(torch.bfloat16), specs, module_to_node, retry, notes)

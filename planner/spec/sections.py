@@ -81,6 +81,13 @@ def _count(value: object, *, what: str, low: int) -> int | None:
     return int(value)  # type: ignore[call-overload]
 
 
+def _seconds(value: object, *, what: str) -> float:
+    """A finite number of seconds > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise InvalidSpecError(f"{what}={value!r}; expected a number of seconds > 0")
+    return float(value)
+
+
 def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
@@ -142,6 +149,8 @@ class ModelSpec(_Section):
         dtype: weight and activation dtype (``"bfloat16"``, ``"fp16"``, ...); None: the
             checkpoint's published dtype, else float32.
         no_split_module_classes: classes kept whole besides the model's ``_no_split_modules``.
+        trace_time_limit_s: seconds the meta/FakeTensor forwards may take (> 0); past it the rest
+            is estimated from the config, with a note (:mod:`layerplan.planner.model.budget`).
         cache: read and write traced graphs in the graph cache (:mod:`layerplan.planner.model.cache`).
         cache_dir: the cache folder; None: ``$LAYERPLAN_CACHE_DIR``, else ``~/.cache/layerplan/graphs``.
     """
@@ -151,6 +160,7 @@ class ModelSpec(_Section):
     source: Any
     dtype: str | None = None
     no_split_module_classes: tuple[str, ...] = ()
+    trace_time_limit_s: float = 120.0
     cache: bool = True
     cache_dir: str | None = None
 
@@ -175,6 +185,7 @@ class ModelSpec(_Section):
                 f"[model] no_split_module_classes={self.no_split_module_classes!r}; expected a list of class names"
             )
         _set(self, "no_split_module_classes", tuple(dict.fromkeys(classes)))
+        _set(self, "trace_time_limit_s", _seconds(self.trace_time_limit_s, what="[model] trace_time_limit_s"))
         if not isinstance(self.cache, bool):
             raise InvalidSpecError(f"[model] cache={self.cache!r}; expected true or false")
         if self.cache_dir is not None:
@@ -422,10 +433,7 @@ class SolveSpec(_Section):
                         f"{module!r} is pinned to {device!r} but the device_map puts it on "
                         f"{self.device_map[module]!r}; give it once"
                     )
-        limit = self.time_limit_s
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < float("inf"):
-            raise InvalidSpecError(f"[solve] time_limit_s={limit!r}; expected a number of seconds > 0")
-        _set(self, "time_limit_s", float(limit))
+        _set(self, "time_limit_s", _seconds(self.time_limit_s, what="[solve] time_limit_s"))
 
     @property
     def goal(self) -> Goal:
