@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
 from layerplan.planner.model import catalog
 from layerplan.planner.output.adapter import Plan
-from layerplan.planner.baselines.compare import Comparison
 from layerplan.solver import format_bytes
 from layerplan.solver.goals import UTILISATION_SCALE
+
+if TYPE_CHECKING:  # importing it would import transformers' modeling code (about 5 s) for every report
+    from layerplan.planner.baselines.compare import Comparison
 
 __all__ = ["render_plan", "render_models", "render_comparison", "comparison_to_dict", "render_devices"]
 
