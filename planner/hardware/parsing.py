@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 from layerplan.planner.hardware.presets import DISKS, FLOPS_DTYPES, HOST_LINKS, BandwidthPreset, _compact, lookup_accelerator
@@ -127,28 +127,48 @@ def _split_assignment(item: str, *, what: str, example: str) -> tuple[str, str]:
     return left, right
 
 
-def parse_device_types(items: Sequence[str]) -> dict[int | str, str]:
-    """``["0=h100-sxm", "1,2=a100-80gb"]`` -> ``{0: "h100-sxm", 1: "a100-80gb", 2: "a100-80gb"}``.
+def _assignments(items: Sequence[str] | Mapping, *, what: str, example: str) -> list[tuple[object, object]]:
+    """``(key, value)`` pairs from ``["K=V", ...]`` (the CLI's form) or a mapping (a spec's or Python's)."""
+    if isinstance(items, Mapping):
+        return list(items.items())
+    if isinstance(items, str) or not isinstance(items, Sequence):
+        raise InvalidSpecError(f"{what}s={items!r}; expected a mapping or a list such as [{example!r}]")
+    return [_split_assignment(item, what=what, example=example) for item in items]
 
-    Names are checked and returned in canonical form (see :func:`lookup_accelerator`).
+
+def parse_device_types(items: Sequence[str] | Mapping[object, str]) -> dict[int | str, str]:
+    """``["0=h100-sxm", "1,2=a100-80gb"]`` or ``{0: "h100-sxm", "1,2": "a100-80gb"}`` ->
+    ``{0: "h100-sxm", 1: "a100-80gb", 2: "a100-80gb"}``.
+
+    Names are checked and returned in canonical form (see :func:`lookup_accelerator`); a key may
+    list several accelerators separated by commas.
 
     Raises:
-        InvalidSpecError: malformed item, unknown device or type, a device given twice.
+        InvalidSpecError: malformed item, unknown device or type, a type for cpu/disk, a device
+            given two different types.
     """
     out: dict[int | str, str] = {}
-    for item in items:
-        left, right = _split_assignment(item, what="device type", example="0=h100-sxm")
-        preset = lookup_accelerator(right, what=f"device type in {item!r}")
-        for part in left.split(","):
-            key = parse_device(part.strip())
-            if key in out:
-                raise InvalidSpecError(f"device {part.strip()!r} has two device types; give each device once")
-            out[key] = preset.name
+    for keys, name in _assignments(items, what="device type", example="0=h100-sxm"):
+        if not isinstance(name, str):
+            raise InvalidSpecError(f"device type {name!r} for {keys!r} is not a preset name such as 'a100-80gb'")
+        parts = keys.split(",") if isinstance(keys, str) else [keys]
+        devices = [parse_device(p.strip() if isinstance(p, str) else p) for p in parts]
+        labels = ", ".join(f"GPU {d}" if isinstance(d, int) else repr(d) for d in devices)
+        preset = lookup_accelerator(name, what=f"device type for {labels}").name
+        for key in devices:
+            if key in ("cpu", "disk"):
+                raise InvalidSpecError(f"device type {name!r} given for {key!r}; device types apply to accelerators only")
+            if out.get(key, preset) != preset:
+                raise InvalidSpecError(f"device {key!r} has two device types, {out[key]!r} and {preset!r}; give one")
+            out[key] = preset
     return out
 
 
-def parse_links(items: Sequence[str]) -> dict[tuple[int | str, int | str], float | str]:
-    """``["0-1=nvlink", "0-2=25GB/s", "1-cpu=pcie4"]`` -> ``{(0, 1): "nvlink", (0, 2): 25e9, (1, "cpu"): 31.5e9}``.
+def parse_links(
+    items: Sequence[str] | Mapping[object, float | str],
+) -> dict[tuple[int | str, int | str], float | str]:
+    """``["0-1=nvlink", "0-2=25GB/s", "1-cpu=pcie4"]`` or ``{"0-1": "nvlink", (0, 2): "25GB/s"}`` ->
+    ``{(0, 1): "nvlink", (0, 2): 25e9, (1, "cpu"): 31.5e9}``.
 
     A value is ``"nvlink"`` or ``"pcie"`` (resolved by :func:`build_hardware` from the two devices'
     presets) or a bandwidth (:func:`parse_bandwidth`).
@@ -157,18 +177,17 @@ def parse_links(items: Sequence[str]) -> dict[tuple[int | str, int | str], float
         InvalidSpecError: malformed item, unknown device, a device linked to itself, a pair given twice.
     """
     out: dict[tuple[int | str, int | str], float | str] = {}
-    for item in items:
-        left, right = _split_assignment(item, what="link", example="0-1=nvlink")
-        ends = left.split("-")
+    for pair, rate in _assignments(items, what="link", example="0-1=nvlink"):
+        ends = pair.split("-") if isinstance(pair, str) else list(pair) if isinstance(pair, tuple) else []
         if len(ends) != 2:
-            raise InvalidSpecError(f"link {item!r} does not name two devices; expected e.g. '0-1=nvlink'")
-        a, b = (parse_device(end.strip()) for end in ends)
+            raise InvalidSpecError(f"link {pair!r} does not name two devices; expected e.g. '0-1=nvlink'")
+        a, b = (parse_device(end.strip() if isinstance(end, str) else end) for end in ends)
         if a == b:
-            raise InvalidSpecError(f"link {item!r} joins device {a!r} to itself; name two different devices")
+            raise InvalidSpecError(f"link {pair!r} joins device {a!r} to itself; name two different devices")
         if (a, b) in out or (b, a) in out:
-            raise InvalidSpecError(f"link {left!r} is given twice; give each pair once")
-        kind = right.lower()
-        out[(a, b)] = kind if kind in ("nvlink", "pcie") else parse_bandwidth(right, what=f"link {left}")
+            raise InvalidSpecError(f"link {a}-{b} is given twice; give each pair once")
+        kind = rate.strip().lower() if isinstance(rate, str) else None
+        out[(a, b)] = kind if kind in ("nvlink", "pcie") else parse_bandwidth(rate, what=f"link {pair}")  # type: ignore[arg-type]
     return out
 
 

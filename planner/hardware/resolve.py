@@ -13,7 +13,13 @@ from types import MappingProxyType
 
 from typing import TYPE_CHECKING
 
-from layerplan.planner.hardware.parsing import _bandwidth_preset, _dtype_name, parse_bandwidth, parse_override
+from layerplan.planner.hardware.parsing import (
+    _bandwidth_preset,
+    _dtype_name,
+    parse_bandwidth,
+    parse_device_types,
+    parse_override,
+)
 from layerplan.planner.hardware.presets import (
     _FALLBACK,
     _GIGA,
@@ -28,7 +34,6 @@ from layerplan.planner.hardware.presets import (
     NVLINK_LATENCY_S,
     PCIE_LATENCY_S,
     AcceleratorPreset,
-    lookup_accelerator,
     preset_for_device_name,
 )
 from layerplan.planner.spec.sizes import parse_device
@@ -186,15 +191,9 @@ def _resolve_types(
 ) -> tuple[dict[int | str, AcceleratorPreset], frozenset[int | str]]:
     """Preset per accelerator, and the accelerators that got :data:`DEFAULT_ACCELERATOR`."""
     given: dict[int | str, AcceleratorPreset] = {}
-    for key, name in (device_types or {}).items():
-        device = _check_declared(key, declared, what=f"device type {name!r}", fix="declare it or drop its device type")
-        if device in ("cpu", "disk"):
-            raise InvalidSpecError(
-                f"device type {name!r} given for {device!r}; device types apply to accelerators only"
-            )
-        if device in given:
-            raise InvalidSpecError(f"{_label(device)} has two device types; give each device once")
-        given[device] = lookup_accelerator(name, what=f"device type for {_label(device)}")
+    for device, name in parse_device_types(device_types or {}).items():
+        _check_declared(device, declared, what=f"device type {name!r}", fix="declare it or drop its device type")
+        given[device] = ACCELERATORS[name]
     default = ACCELERATORS[DEFAULT_ACCELERATOR]
     out: dict[int | str, AcceleratorPreset] = {}
     undeclared: list[int | str] = []

@@ -16,8 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from layerplan.planner.hardware.parsing import OVERRIDE_FIELDS, parse_bandwidth, parse_override
-from layerplan.planner.hardware.presets import lookup_accelerator
+from layerplan.planner.hardware.parsing import (
+    OVERRIDE_FIELDS,
+    parse_bandwidth,
+    parse_device_types,
+    parse_links,
+    parse_override,
+)
 from layerplan.planner.spec.files import load_device_map
 from layerplan.planner.spec.paths import check_folder
 from layerplan.planner.spec.sizes import (
@@ -198,41 +203,6 @@ class ModelSpec(_Section):
         return out
 
 
-def _types(value: object) -> dict[int | str, str]:
-    """``{"0,1": "a100-40gb", 2: "h100"}`` -> ``{0: "a100-40gb", 1: "a100-40gb", 2: "h100-sxm"}``."""
-    out: dict[int | str, str] = {}
-    for keys, name in _mapping(value, what="[devices] types", example="{'0,1': 'a100-40gb'}").items():
-        if not isinstance(name, str):
-            raise InvalidSpecError(f"[devices] types[{keys!r}]={name!r}; expected a preset name such as 'a100-80gb'")
-        preset = lookup_accelerator(name, what=f"device type for {keys!r}").name
-        parts = keys.split(",") if isinstance(keys, str) else [keys]
-        for part in parts:
-            device = parse_device(part.strip() if isinstance(part, str) else part)
-            if device in ("cpu", "disk"):
-                raise InvalidSpecError(f"device type {name!r} given for {device!r}; device types apply to accelerators only")
-            if out.get(device, preset) != preset:
-                raise InvalidSpecError(f"device {device!r} has two device types, {out[device]!r} and {preset!r}; give one")
-            out[device] = preset
-    return out
-
-
-def _links(value: object) -> dict[tuple[int | str, int | str], float | str]:
-    """``{"0-1": "nvlink", "0-2": "25GB/s"}`` or ``{(0, 1): ...}`` -> pair -> ``"nvlink"``/``"pcie"``/bytes per s."""
-    out: dict[tuple[int | str, int | str], float | str] = {}
-    for pair, rate in _mapping(value, what="[devices] links", example="{'0-1': 'nvlink'}").items():
-        ends = pair.split("-") if isinstance(pair, str) else list(pair) if isinstance(pair, tuple) else []
-        if len(ends) != 2:
-            raise InvalidSpecError(f"[devices] links key {pair!r} is not a pair of devices; write e.g. '0-1'")
-        a, b = (parse_device(e.strip() if isinstance(e, str) else e) for e in ends)
-        if a == b:
-            raise InvalidSpecError(f"[devices] links key {pair!r} links a device to itself; name two devices")
-        if (a, b) in out or (b, a) in out:
-            raise InvalidSpecError(f"[devices] link {a}-{b} is given twice; give each pair once")
-        kind = rate.strip().lower() if isinstance(rate, str) else None
-        out[(a, b)] = kind if kind in ("nvlink", "pcie") else parse_bandwidth(rate, what=f"[devices] links[{pair!r}]")
-    return out
-
-
 def _rate_name(value: object, *, what: str) -> str | float | None:
     """A host link / disk read as given (a preset name or a rate), checked by :func:`parse_bandwidth`."""
     if value is None:
@@ -280,14 +250,14 @@ class DevicesSpec(_Section):
     def __post_init__(self) -> None:
         if self.max_memory is not None:
             _set(self, "max_memory", parse_max_memory(self.max_memory))
-        _set(self, "types", _types(self.types))
+        _set(self, "types", parse_device_types(_mapping(self.types, what="[devices] types", example="{'0,1': 'a100-40gb'}")))
         if isinstance(self.reserve, Mapping):
             reserve = {parse_device(k): parse_size(v, what=f"reserve[{k!r}]") for k, v in self.reserve.items()}
             _set(self, "reserve", reserve or None)  # an empty mapping keeps the defaults, as None does
         elif self.reserve is not None:
             _set(self, "reserve", parse_size(self.reserve, what="reserve"))
         _set(self, "interconnect", _choice(self.interconnect, INTERCONNECTS, what="[devices] interconnect"))
-        _set(self, "links", _links(self.links))
+        _set(self, "links", parse_links(_mapping(self.links, what="[devices] links", example="{'0-1': 'nvlink'}")))
         _set(self, "host_link", _rate_name(self.host_link, what="[devices] host_link"))
         _set(self, "disk_read", _rate_name(self.disk_read, what="[devices] disk_read"))
         overrides = _mapping(self.overrides, what="[devices] overrides", example="{0: {'flops_per_s': '989TFLOPS'}}")
