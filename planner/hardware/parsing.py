@@ -7,7 +7,14 @@ import re
 from collections.abc import Mapping, Sequence
 
 
-from layerplan.planner.hardware.presets import DISKS, FLOPS_DTYPES, HOST_LINKS, BandwidthPreset, _compact, lookup_accelerator
+from layerplan.planner.hardware.presets import (
+    DISKS,
+    FLOPS_DTYPES,
+    HOST_LINKS,
+    BandwidthPreset,
+    _compact,
+    lookup_accelerator,
+)
 from layerplan.planner.spec.sizes import dtype_name, parse_device, parse_size
 from layerplan.solver.errors import InvalidSpecError
 
@@ -157,7 +164,9 @@ def parse_device_types(items: Sequence[str] | Mapping[object, str]) -> dict[int 
         preset = lookup_accelerator(name, what=f"device type for {labels}").name
         for key in devices:
             if key in ("cpu", "disk"):
-                raise InvalidSpecError(f"device type {name!r} given for {key!r}; device types apply to accelerators only")
+                raise InvalidSpecError(
+                    f"device type {name!r} given for {key!r}; device types apply to accelerators only"
+                )
             if out.get(key, preset) != preset:
                 raise InvalidSpecError(f"device {key!r} has two device types, {out[key]!r} and {preset!r}; give one")
             out[key] = preset

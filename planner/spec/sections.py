@@ -174,7 +174,9 @@ class ModelSpec(_Section):
             _set(self, "source", os.fspath(self.source))
         if isinstance(self.source, str):
             if not self.source.strip():
-                raise InvalidSpecError("[model] source is empty; give a catalog name, a model directory or a config.json")
+                raise InvalidSpecError(
+                    "[model] source is empty; give a catalog name, a model directory or a config.json"
+                )
         elif self.source is None or isinstance(self.source, (int, float, bool, Mapping, list, tuple)):
             raise InvalidSpecError(
                 f"[model] source={self.source!r}; expected a catalog name, a model directory, a config.json "
@@ -201,6 +203,15 @@ class ModelSpec(_Section):
         if not isinstance(self.source, str):
             out["source"] = f"<{type(self.source).__name__}>"  # a Python object: not reproducible from text
         return out
+
+
+def _overrides(value: object) -> dict[int | str, dict[str, float | int]]:
+    """``{device: {field: value}}`` with every value parsed (:func:`parse_override`)."""
+    out: dict[int | str, dict[str, float | int]] = {}
+    for key, table in _mapping(value, what="[devices] overrides", example="{0: {'flops_per_s': '989TFLOPS'}}").items():
+        fields_ = _mapping(table, what=f"overrides[{key!r}]", example=f"{{{OVERRIDE_FIELDS[0]!r}: ...}}")
+        out[parse_device(key)] = {name: parse_override(key, name, v) for name, v in fields_.items()}
+    return out
 
 
 def _rate_name(value: object, *, what: str) -> str | float | None:
@@ -250,7 +261,8 @@ class DevicesSpec(_Section):
     def __post_init__(self) -> None:
         if self.max_memory is not None:
             _set(self, "max_memory", parse_max_memory(self.max_memory))
-        _set(self, "types", parse_device_types(_mapping(self.types, what="[devices] types", example="{'0,1': 'a100-40gb'}")))
+        types = _mapping(self.types, what="[devices] types", example="{'0,1': 'a100-40gb'}")
+        _set(self, "types", parse_device_types(types))
         if isinstance(self.reserve, Mapping):
             reserve = {parse_device(k): parse_size(v, what=f"reserve[{k!r}]") for k, v in self.reserve.items()}
             _set(self, "reserve", reserve or None)  # an empty mapping keeps the defaults, as None does
@@ -260,12 +272,7 @@ class DevicesSpec(_Section):
         _set(self, "links", parse_links(_mapping(self.links, what="[devices] links", example="{'0-1': 'nvlink'}")))
         _set(self, "host_link", _rate_name(self.host_link, what="[devices] host_link"))
         _set(self, "disk_read", _rate_name(self.disk_read, what="[devices] disk_read"))
-        overrides = _mapping(self.overrides, what="[devices] overrides", example="{0: {'flops_per_s': '989TFLOPS'}}")
-        _set(self, "overrides", {
-            parse_device(key): {name: parse_override(key, name, value) for name, value in
-                                _mapping(table, what=f"overrides[{key!r}]", example=f"{{{OVERRIDE_FIELDS[0]!r}: ...}}").items()}
-            for key, table in overrides.items()
-        })
+        _set(self, "overrides", _overrides(self.overrides))
         if self.offload_folder is not None:
             _set(self, "offload_folder", check_folder(self.offload_folder, what="offload_folder"))
         self._check_declared()
@@ -338,7 +345,8 @@ class WorkloadSpec(_Section):
             )
         if self.seq_len is not None and self.prompt_len is not None and self.prompt_len >= self.seq_len:
             raise InvalidSpecError(
-                f"prompt_len={self.prompt_len} leaves no room in seq_len={self.seq_len}; raise seq_len or lower prompt_len"
+                f"prompt_len={self.prompt_len} leaves no room in seq_len={self.seq_len}; "
+                "raise seq_len or lower prompt_len"
             )
         if self.kv_dtype is not None:
             _set(self, "kv_dtype", dtype_name(self.kv_dtype, what="[workload] kv_dtype"))
