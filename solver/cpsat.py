@@ -29,24 +29,26 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ortools.sat.python import cp_model
-
+from layerplan.solver import block_dp
 from layerplan.solver._feasibility import check_capacity, structural_infeasibility
 from layerplan.solver._symmetry import canonical_assignment, group_runs, interchangeable_groups
 from layerplan.solver.cost import CostModel, edge_time_ns, node_time_ns, timing
-from layerplan.solver.hint import chain_hint
 from layerplan.solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError
 from layerplan.solver.goals import UTILISATION_SCALE, Goal, Measure, balance_devices, score
+from layerplan.solver.hint import chain_hint
 from layerplan.solver.problem import PlacementProblem, evaluate, format_bytes, violations
 from layerplan.solver.solution import Solution, Status
+from ortools.sat.python import cp_model
 
-__all__ = ["solve", "least_extra_memory"]
+__all__ = ["least_extra_memory", "solve"]
 
 #: CP-SAT's random seed. Fixed, so one worker gives the same placement on every run; several
 #: workers race, and may return another placement of the same (proven) objective.
 _RANDOM_SEED = 20240527
 #: Share of the remaining time the offload phase may use when a transfer phase follows.
 _OFFLOAD_PHASE_SHARE = 0.5
+#: Share of the time limit the block DP may use before CP-SAT takes over.
+_DP_SHARE = 0.5
 #: Most seconds spent looking for the least extra memory once a problem is known infeasible.
 _EXPLAIN_TIME_S = 10.0
 #: CP-SAT's deterministic interleaved search (see :func:`_solver`); about 2-6x slower than the
@@ -76,8 +78,10 @@ def solve(
     num_workers: int = 8,
     use_hint: bool = True,
     explain: bool = True,
+    method: str = "auto",
 ) -> Solution:
-    """Optimal placement of ``problem`` by CP-SAT for ``goal`` (:mod:`layerplan.solver.goals`).
+    """Optimal placement of ``problem`` for ``goal`` (:mod:`layerplan.solver.goals`): by the exact
+    block DP (:mod:`layerplan.solver.block_dp`) where it applies, else by CP-SAT.
 
     Args:
         problem: the placement problem (any edges, tied groups, pins, ``ordered`` and
@@ -93,17 +97,22 @@ def solve(
         use_hint: start the search from :func:`layerplan.solver.hint.chain_hint`'s placement.
         explain: on infeasibility, also solve for the least extra memory per device that would
             make the problem fit (:func:`least_extra_memory`) and say it in the error.
+        method: ``"auto"`` (the block DP when :func:`layerplan.solver.block_dp.applies`, CP-SAT
+            when it does not or gives up: too many trade-offs, half the time limit spent, or no
+            valid placement, which CP-SAT then proves and explains), ``"dp"`` (the block DP or an
+            error) or ``"cp-sat"``.
 
     Returns:
-        A :class:`Solution` with ``solver="cp-sat"``. ``status`` is OPTIMAL when every phase was
+        A :class:`Solution` with ``solver="dp"`` (always OPTIMAL) or ``"cp-sat"``. ``status`` is OPTIMAL when every phase was
         proven optimal; FEASIBLE when a phase hit the time limit, with ``bound`` = CP-SAT's proven
         lower bound on the goal's headline measure (given the earlier measures). When CP-SAT finds
         nothing in time but the hint or an earlier phase gave a placement, that placement comes
         back as FEASIBLE.
 
     Raises:
-        InvalidSpecError: ``time_limit_s <= 0``, ``num_workers < 1``, an unknown goal, or a goal
-            that needs a cost model without one (or one that does not match the problem).
+        InvalidSpecError: ``time_limit_s <= 0``, ``num_workers < 1``, an unknown goal or method,
+            a goal that needs a cost model without one (or one that does not match the problem),
+            or ``method="dp"`` for a problem the block DP does not apply to.
         InfeasiblePlanError: no placement exists; from the pre-checks (a node or tied group larger
             than every cap it may use, the model larger than all caps together, too many bytes
             pinned to one device) or proven by CP-SAT (contiguity, order, pins). ``extra_bytes``
@@ -121,10 +130,16 @@ def solve(
             f"objective {goal.value!r} needs a cost model (device speeds, links, node FLOPs); "
             "pass cost=... or use objective 'transfers' or 'balanced'"
         )
+    if method not in ("auto", "dp", "cp-sat"):
+        raise InvalidSpecError(f"method={method!r}; expected 'auto', 'dp' or 'cp-sat'")
     if cost is not None:
         cost.check(problem)
     started = time.perf_counter()
     deadline = started + time_limit_s
+    if method != "cp-sat":
+        found = _solve_by_dp(problem, goal, cost, started=started, deadline=deadline, required=method == "dp")
+        if found is not None:
+            return found
     try:
         return _solve(problem, goal, cost, deadline=deadline, started=started, num_workers=num_workers,
                       use_hint=use_hint)
@@ -142,6 +157,36 @@ def solve(
             node=exc.node,
             extra_bytes={problem.devices[d].name: b for d, b in sorted(extra.items())},
         ) from None
+
+
+def _solve_by_dp(
+    problem: PlacementProblem, goal: Goal, cost: CostModel | None, *, started: float, deadline: float,
+    required: bool,
+) -> Solution | None:
+    """The block DP's optimum, or None when it does not apply or gives up (see :func:`solve`)."""
+    reason = block_dp.applies(problem, cost)
+    if reason is not None:
+        if required:
+            raise InvalidSpecError(f"method='dp' does not apply to this problem ({reason}); use method='auto'")
+        return None
+    try:
+        check_capacity(problem)
+    except InfeasiblePlanError:
+        return None  # :func:`_solve` raises it again, with the least extra memory when asked
+    try:
+        found = block_dp.solve_blocks(problem, goal, cost, deadline=started + (deadline - started) * _DP_SHARE)
+    except (block_dp.OutOfTime, block_dp.OutOfLabels):
+        if required:
+            raise
+        return None
+    if found is None:
+        if required:
+            raise structural_infeasibility(problem)
+        return None
+    placement = canonical_assignment(problem, found[0], cost=cost)
+    headline = score(problem, placement, goal.headline, cost)
+    return _solution(problem, placement, Status.OPTIMAL, goal=goal, cost=cost, bound=headline, started=started,
+                     solver="dp")
 
 
 def _solve(
@@ -702,6 +747,7 @@ def _solution(
     cost: CostModel | None,
     bound: int,
     started: float,
+    solver: str = "cp-sat",
 ) -> Solution:
     assert not violations(problem, assignment), violations(problem, assignment)
     timed = (Measure.TIME_NS, Measure.BOTTLENECK_NS) if cost is not None else ()
@@ -712,7 +758,7 @@ def _solution(
         objective=evaluate(problem, assignment),
         bound=bound,
         wall_time_s=time.perf_counter() - started,
-        solver="cp-sat",
+        solver=solver,
         goal=goal.value,
         values={name.value: score(problem, assignment, name, cost) for name in measures},
         timing=timing(problem, cost, assignment) if cost is not None else None,

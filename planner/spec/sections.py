@@ -93,6 +93,12 @@ def _seconds(value: object, *, what: str) -> float:
     return float(value)
 
 
+def _short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so an error about a big object stays one line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-1]} ({type(value).__name__})"
+
+
 def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
@@ -110,7 +116,7 @@ class _Section:
         return tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]):  # noqa: ANN206
+    def from_dict(cls, data: Mapping[str, Any]):
         """The section from its TOML table. Raises InvalidSpecError naming an unknown key."""
         data = _mapping(data, what=f"[{cls.NAME}]", example="{...}")
         for key in data:
@@ -179,8 +185,8 @@ class ModelSpec(_Section):
                 )
         elif self.source is None or isinstance(self.source, (int, float, bool, Mapping, list, tuple)):
             raise InvalidSpecError(
-                f"[model] source={self.source!r}; expected a catalog name, a model directory, a config.json "
-                "path, a Hub id or a graph JSON (from Python also an nn.Module or a LayerGraph)"
+                f"[model] source={_short_repr(self.source)}; expected a catalog name, a model directory, a "
+                "config.json path, a Hub id or a graph JSON (from Python also an nn.Module or a LayerGraph)"
             )
         if self.dtype is not None:
             _set(self, "dtype", dtype_name(self.dtype, what="[model] dtype"))

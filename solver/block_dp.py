@@ -1,0 +1,551 @@
+"""Exact dynamic program for ordered block placements, runtime memory and every goal included.
+
+The fast path of :func:`layerplan.solver.solve`. It applies (:func:`applies`) to problems with
+``ordered=True``, at least one accelerator, no tied groups and no ``low_zero``, and, when a cost
+model is given, links whose speed into each device does not depend on the sending device. Any
+edges (chain, skip, broadcast: rotary tables, T5's position bias, encoder outputs), pins and
+offload devices are allowed, and memory is charged exactly as :mod:`layerplan.solver.accounting`
+charges it. Where it does not apply, or runs out of labels or time, CP-SAT solves the problem.
+
+A valid placement is a sequence of accelerator *blocks* in device order with offloaded nodes
+before, between and after them. The DP walks the nodes in execution order; at position ``i``
+(nodes ``0..i-1`` placed) its states are
+
+* ``block[m]``: node ``i-1`` is on the ``m``-th accelerator, whose block may go on;
+* ``off[j]``: node ``i-1`` is offloaded, the last block so far was on accelerator ``j-1``.
+
+Node ``i`` extends the block, is offloaded to a cpu/disk device, or starts a block on a later
+accelerator. Each state keeps a Pareto set of *labels*: vectors of integer accumulators (layout
+below) that only ever grow, and whose growth and final measures are non-decreasing in each of them,
+so a label no smaller than another in every entry can be dropped without losing the optimum:
+
+* the measures so far: offload cost, transfer bytes, time (ns), the largest stage time and the
+  largest utilisation of the closed blocks on other accelerators;
+* the execution device ``X`` (the first accelerator): it computes both its own block and every
+  offloaded node, so its load is shared along the whole chain: additive bytes (its weights, the KV
+  cache and received tensors of every node computing there, its reserve once it computes), the
+  largest working set, the largest streamed node, its stage time; whether it computes yet, holds a
+  block, and whether anything is offloaded (then ``X`` must hold a block); one bit per non-chain
+  edge "``X`` does not have this tensor yet" (its producer computes elsewhere and no consumer on
+  ``X`` has received it): a tensor is received once per device;
+* the bytes used on each offload device;
+* the open block on another accelerator: its additive bytes, largest working set, stage time, and
+  its first node ``s``: a non-chain edge reaches a block once, at its first consumer in the block,
+  and only if its producer (and any earlier consumer) lies before ``s``.
+
+Labels are normalised before comparison (a device with room for every node still to come needs no
+exact fill, a bit of a tensor nobody reads any more is moot, ``s`` only matters through the
+producers it lies after), a quick pass that keeps a few labels per state gives an incumbent, and
+the exact pass drops labels whose lower bound on the goal's first measure exceeds it (branch and
+bound, as in :mod:`layerplan.solver.dp`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from layerplan.solver._symmetry import interchangeable_groups
+from layerplan.solver.cost import CostModel, edge_time_ns, node_time_ns
+from layerplan.solver.goals import UTILISATION_SCALE, Goal, Measure
+from layerplan.solver.problem import PlacementProblem
+
+__all__ = ["OutOfLabels", "OutOfTime", "applies", "solve_blocks"]
+
+#: Labels kept per state by the quick pass.
+QUICK_MAX_LABELS = 6
+#: Labels one state may hold in the exact pass before the DP gives up (CP-SAT then solves).
+MAX_LABELS = 4000
+
+# Label layout: measures, the execution device, the open block, then offload fills and edge bits.
+OFF, TR, TIME, MSTAGE, MUTIL = range(5)  # offload cost, transfer, time, closed blocks' max stage / util
+XADD, XWORK, XSTREAM, XSTAGE, XIDLE, NOXB, OFFANY = range(5, 12)  # execution device
+BADD, BWORK, BSTAGE, BSTART = range(12, 16)  # open block on another accelerator
+USED = 16  # then one entry per offload device, then one bit per non-chain edge
+
+
+class OutOfTime(Exception):
+    """The DP ran past its deadline."""
+
+
+class OutOfLabels(Exception):
+    """A state needed more than :data:`MAX_LABELS` labels."""
+
+
+@dataclass(slots=True)
+class _Label:
+    vec: tuple[int, ...]
+    parent: _Label | None
+    device: int
+
+
+def applies(problem: PlacementProblem, cost: CostModel | None) -> str | None:
+    """Why :func:`solve_blocks` cannot solve ``problem`` (a short phrase), or None when it can."""
+    if not problem.ordered and not _others_interchangeable(problem, cost):
+        return "accelerator blocks in free order on GPUs that differ (or are pinned)"
+    if problem.low_zero:
+        return "low_zero"
+    if problem.tied_groups:
+        return "tied parameters"
+    if not problem.accelerators:
+        return "no accelerator"
+    if cost is not None:
+        computing = problem.computing_devices
+        for c in computing:
+            if len({cost.link_bytes_per_s[s][c] for s in computing if s != c}) > 1:
+                return f"links into {problem.devices[c].name!r} differ by sender"
+    return None
+
+
+def _others_interchangeable(problem: PlacementProblem, cost: CostModel | None) -> bool:
+    """Whether the accelerators after the execution device are interchangeable (same cap,
+    reserve, speed and links, none pinned: :func:`layerplan.solver._symmetry.interchangeable_groups`):
+    then blocks in free order are, up to relabelling them, blocks on them in listed order with the
+    execution device's block anywhere."""
+    others = problem.accelerators[1:]
+    return len(others) <= 1 or any(set(others) <= set(g) for g in interchangeable_groups(problem, cost))
+
+
+@dataclass(frozen=True, slots=True)
+class _Data:
+    """The problem's numbers as the DP reads them (see :func:`_data`)."""
+
+    n: int
+    others: tuple[int, ...]  # the accelerators after the execution device, in listed order
+    free: bool  # blocks in free order (the others are interchangeable)
+    offs: tuple[int, ...]
+    x: int
+    runtime: bool
+    w: list[int]
+    kv: list[int]
+    work: list[int]
+    caps: list[int]
+    reserve: list[int]
+    t_on: list[list[int]]  # [node][device] weighted ns stored there (compute + streaming)
+    cut: list[int]  # bytes of the chain edges into node i
+    cut_t: list[list[int]]  # [node][device] their weighted ns into that compute device
+    consumes: list[list[tuple[int, int, int, list[int]]]]  # [node] (bit, prev, bytes, ns per device)
+    produces: list[list[int]]  # [node] bits of the non-chain edges it produces
+    last_use: list[int]  # [bit] last consumer
+    thresholds: list[list[int]]  # [position] sorted producers/consumers a block start is compared with
+    remaining: list[int]  # [position] weight bytes of nodes i..n-1
+    min_time_after: list[int]  # [position] sum of each later node's fastest compute time
+    room_after: list[int]  # [m] caps of others[m:]
+    by_offload_cost: list[int]  # offload slots, cheapest per byte first
+    min_stream_ns_per_byte: float  # weighted streaming ns per offloaded byte, fastest offload device
+    pins: dict[int, int]
+    offload_cost: list[int]
+
+
+def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
+    nodes, devices, edges = problem.nodes, problem.devices, problem.edges
+    n, k = len(nodes), len(devices)
+    p, q = (cost.prefill_steps, cost.decode_steps) if cost is not None else (0, 0)
+    t_on = [[0] * k for _ in range(n)]
+    if cost is not None:
+        for i in range(n):
+            for d in range(k):
+                cp, cd, sp, sd = node_time_ns(problem, cost, i, d)
+                t_on[i][d] = p * (cp + sp) + q * (cd + sd)
+    computing = problem.computing_devices
+
+    def edge_ns(e: int) -> list[int]:
+        out = [0] * k
+        if cost is not None:
+            for c in computing:
+                src = next((s for s in computing if s != c), None)
+                if src is not None:
+                    tp, td = edge_time_ns(problem, cost, e, src, c)
+                    out[c] = p * tp + q * td
+        return out
+
+    cut, cut_t = [0] * (n + 1), [[0] * k for _ in range(n + 1)]
+    consumes: list[list] = [[] for _ in range(n)]
+    produces: list[list[int]] = [[] for _ in range(n)]
+    last_use: list[int] = []
+    uses: list[list[int]] = []  # per bit: producer then consumers
+    for e, edge in enumerate(edges):
+        ns = edge_ns(e)
+        if edge.consumers == (edge.producer + 1,):
+            c = edge.consumers[0]
+            cut[c] += edge.size_bytes
+            cut_t[c] = [a + b for a, b in zip(cut_t[c], ns)]
+            continue
+        bit = len(last_use)
+        produces[edge.producer].append(bit)
+        prev = edge.producer
+        for c in edge.consumers:
+            consumes[c].append((bit, prev, edge.size_bytes, ns))
+            prev = c
+        last_use.append(edge.consumers[-1])
+        uses.append([edge.producer, *edge.consumers])
+    thresholds = []
+    for i in range(n + 1):
+        found = set()
+        for chain in uses:
+            at = bisect.bisect_left(chain, i, lo=1)  # first consumer >= i
+            if at < len(chain) and chain[at - 1] < i:
+                found.add(chain[at - 1])
+        thresholds.append(sorted(found))
+    remaining = [0] * (n + 1)
+    best = [0] * (n + 1)
+    allowed = _allowed(problem)
+    x = problem.execution_device
+    for i in range(n - 1, -1, -1):
+        remaining[i] = remaining[i + 1] + nodes[i].size_bytes
+        best[i] = best[i + 1] + min(t_on[i][d if devices[d].is_accelerator else x] for d in allowed[i])
+    others = problem.accelerators[1:]
+    room_after = [0] * (len(others) + 1)
+    for m in range(len(others) - 1, -1, -1):
+        room_after[m] = room_after[m + 1] + devices[others[m]].cap_bytes
+    offs = tuple(d for d in range(k) if not devices[d].is_accelerator)
+    rates = [(p + q) * 1e9 / cost.speeds[o].read_bytes_per_s for o in offs
+             if cost is not None and cost.speeds[o].read_bytes_per_s > 0]
+    return _Data(
+        n=n, others=others, free=not problem.ordered, offs=offs,
+        room_after=room_after, by_offload_cost=sorted(range(len(offs)), key=lambda s: devices[offs[s]].offload_cost),
+        min_stream_ns_per_byte=min(rates, default=0.0),
+        x=problem.execution_device, runtime=problem.has_runtime_memory,
+        w=[x.size_bytes for x in nodes], kv=[x.kv_bytes for x in nodes], work=[x.work_bytes for x in nodes],
+        caps=[d.cap_bytes for d in devices], reserve=[d.reserve_bytes for d in devices],
+        t_on=t_on, cut=cut, cut_t=cut_t, consumes=consumes, produces=produces, last_use=last_use,
+        thresholds=thresholds, remaining=remaining, min_time_after=best, pins=dict(problem.pins),
+        offload_cost=[d.offload_cost for d in devices],
+    )
+
+
+def _allowed(problem: PlacementProblem) -> list[tuple[int, ...]]:
+    pins = dict(problem.pins)
+    everywhere = tuple(range(len(problem.devices)))
+    return [(pins[i],) if i in pins else everywhere for i in range(len(problem.nodes))]
+
+
+# -- transitions -----------------------------------------------------------------------------------
+def _on_x(data: _Data, i: int, v: list[int], stored: int, chain_charge: bool) -> bool:
+    """Node ``i`` computes on the execution device, stored on ``stored`` (``x`` or an offload
+    device); updates ``v`` in place. False when the execution device overflows."""
+    x = data.x
+    runtime = data.runtime
+    if stored != x:
+        v[OFF] += data.w[i] * data.offload_cost[stored]
+        v[OFFANY] = 1
+        if runtime:
+            v[XSTREAM] = max(v[XSTREAM], data.w[i])
+    else:
+        v[XADD] += data.w[i]
+        v[NOXB] = 0
+    if runtime:
+        v[XADD] += data.kv[i]
+        v[XWORK] = max(v[XWORK], data.work[i])
+        if v[XIDLE]:
+            v[XADD] += data.reserve[x]
+    v[XIDLE] = 0
+    t = data.t_on[i][stored]
+    if chain_charge and data.cut[i]:
+        v[TR] += data.cut[i]
+        t += data.cut_t[i][x]
+        if runtime:
+            v[XADD] += data.cut[i]
+    for bit, _prev, size, ns in data.consumes[i]:
+        if v[USED + len(data.offs) + bit]:
+            v[USED + len(data.offs) + bit] = 0
+            v[TR] += size
+            t += ns[x]
+            if runtime:
+                v[XADD] += size
+    for bit in data.produces[i]:
+        v[USED + len(data.offs) + bit] = 0
+    v[TIME] += t
+    v[XSTAGE] += t
+    return v[XADD] + v[XWORK] + v[XSTREAM] <= data.caps[x]
+
+
+def _on_block(data: _Data, i: int, v: list[int], device: int, start: bool) -> bool:
+    """Node ``i`` joins (``start``: opens) the block on accelerator ``device`` (not the execution
+    device); updates ``v`` in place. False when the block overflows."""
+    runtime = data.runtime
+    if start:
+        v[BADD], v[BWORK], v[BSTAGE], v[BSTART] = 0, 0, 0, i
+    v[BADD] += data.w[i]
+    t = data.t_on[i][device]
+    if start and data.cut[i]:
+        v[TR] += data.cut[i]
+        t += data.cut_t[i][device]
+        if runtime:
+            v[BADD] += data.cut[i]
+    for _bit, prev, size, ns in data.consumes[i]:
+        if prev < v[BSTART]:
+            v[TR] += size
+            t += ns[device]
+            if runtime:
+                v[BADD] += size
+    if runtime:
+        v[BADD] += data.kv[i]
+        v[BWORK] = max(v[BWORK], data.work[i])
+    v[TIME] += t
+    v[BSTAGE] += t
+    return v[BADD] + v[BWORK] + (data.reserve[device] if runtime else 0) <= data.caps[device]
+
+
+def _close(data: _Data, v: list[int], device: int) -> None:
+    """Fold the open block on ``device`` (not the execution device) into the measures."""
+    load = v[BADD] + v[BWORK] + (data.reserve[device] if data.runtime else 0)
+    if data.caps[device]:
+        v[MUTIL] = max(v[MUTIL], -(-UTILISATION_SCALE * load // data.caps[device]))
+    v[MSTAGE] = max(v[MSTAGE], v[BSTAGE])
+    v[BADD] = v[BWORK] = v[BSTAGE] = v[BSTART] = 0
+
+
+def _x_util(data: _Data, v: Sequence[int]) -> int:
+    cap = data.caps[data.x]
+    return -(-UTILISATION_SCALE * (v[XADD] + v[XWORK] + v[XSTREAM]) // cap) if cap else 0
+
+
+def _measures(data: _Data, v: Sequence[int], open_device: int | None) -> dict[Measure, int]:
+    """Lower bounds of every measure from a label (the values, once every node is placed)."""
+    util = max(v[MUTIL], _x_util(data, v))
+    if open_device is not None and data.caps[open_device]:
+        load = v[BADD] + v[BWORK] + (data.reserve[open_device] if data.runtime else 0)
+        util = max(util, -(-UTILISATION_SCALE * load // data.caps[open_device]))
+    return {
+        Measure.OFFLOAD_COST: v[OFF],
+        Measure.TRANSFER_BYTES: v[TR],
+        Measure.TIME_NS: v[TIME],
+        Measure.BOTTLENECK_NS: max(v[MSTAGE], v[XSTAGE], v[BSTAGE]),
+        Measure.MAX_UTILISATION: util,
+    }
+
+
+# -- the DP ----------------------------------------------------------------------------------------
+#: A state: (index in ``_Data.others`` of the last block on another accelerator, -1 for none;
+#: the execution device's block: 0 none yet, 1 open, 2 closed; "x", "o" or None: what node
+#: ``i - 1`` is on: the execution device's block, the other accelerator's block, offloaded).
+_State = tuple[int, int, str | None]
+
+
+def solve_blocks(
+    problem: PlacementProblem,
+    goal: Goal,
+    cost: CostModel | None,
+    *,
+    deadline: float | None = None,
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The optimal placement of ``problem`` for ``goal``, exactly (see the module docstring).
+
+    Args:
+        problem: a problem :func:`applies` accepts.
+        goal: the lexicographic measures to minimise.
+        cost: the cost model (needed by timed goals; when None, times count 0).
+        deadline: ``time.perf_counter()`` value past which :class:`OutOfTime` is raised.
+
+    Returns:
+        ``(assignment, measure values in goal order)``, or None when no placement is valid.
+
+    Raises:
+        OutOfTime: past ``deadline``.
+        OutOfLabels: a state needed more than :data:`MAX_LABELS` labels (the problem has too many
+            trade-offs for this method; CP-SAT handles it).
+    """
+    data = _data(problem, cost)
+    quick = _run(data, goal, max_labels=QUICK_MAX_LABELS, deadline=deadline, bound=None)
+    bound = None if quick is None else quick[1][0]
+    return _run(data, goal, max_labels=None, deadline=deadline, bound=bound)
+
+
+def _run(data: _Data, goal: Goal, *, max_labels: int | None, deadline: float | None, bound: int | None):
+    """One pass of the DP (``max_labels``: truncated, for an incumbent; None: exact)."""
+    start = [0] * (USED + len(data.offs) + len(data.last_use))
+    start[XIDLE] = start[NOXB] = 1
+    for b in range(len(data.last_use)):
+        start[USED + len(data.offs) + b] = 1
+    states: dict[_State, list[_Label]] = {(-1, 0, None): [_Label(tuple(start), None, -1)]}
+    for i in range(data.n + 1):
+        if deadline is not None and time.perf_counter() > deadline:
+            raise OutOfTime
+        states = {state: kept for state, labels in states.items()
+                  if (kept := _settle(data, goal, labels, i, state, max_labels, bound))}
+        if i < data.n:
+            states = _advance(data, i, states)
+    best = None
+    for state, labels in states.items():
+        for label in labels:
+            v = list(label.vec)
+            if state[2] == "o":
+                _close(data, v, data.others[state[0]])
+            if v[OFFANY] and v[NOXB]:  # offloaded nodes would run elsewhere (problem.py: execution device)
+                continue
+            values = _measures(data, v, None)
+            key = tuple(values[m] for m in goal.measures)
+            if best is None or key < best[0]:
+                best = (key, label)
+    if best is None:
+        return None
+    assignment = [0] * data.n
+    label = best[1]
+    for i in range(data.n - 1, -1, -1):
+        assignment[i] = label.device
+        label = label.parent
+    return tuple(assignment), best[0]
+
+
+def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_State, list[_Label]]:
+    """The candidate labels at position ``i + 1``: node ``i`` placed every way it may be."""
+    x, others = data.x, data.others
+    pin = data.pins.get(i)
+    out: dict[_State, list[_Label]] = {}
+
+    def put(state: _State, vec: list[int], parent: _Label, device: int) -> None:
+        out.setdefault(state, []).append(_Label(tuple(vec), parent, device))
+
+    for (last, xs, on), labels in states.items():
+        closed = labels
+        if on == "o":  # what follows another block, or an offload, sees that block closed
+            closed = []
+            for label in labels:
+                v = list(label.vec)
+                _close(data, v, others[last])
+                closed.append(_Label(tuple(v), label.parent, label.device))
+        after = (last, 2 if xs == 1 else xs, None)
+        charge = on == "o"  # node i-1 computes on another accelerator than the execution device
+        # Extend the open block.
+        if on == "x" and pin in (None, x):
+            for label in labels:
+                v = list(label.vec)
+                if _on_x(data, i, v, x, False):
+                    put((last, 1, "x"), v, label, x)
+        if on == "o" and pin in (None, others[last]):
+            for label in labels:
+                v = list(label.vec)
+                if _on_block(data, i, v, others[last], False):
+                    put((last, xs, "o"), v, label, others[last])
+        # Offload.
+        for slot, o in enumerate(data.offs):
+            if pin not in (None, o):
+                continue
+            for label in closed:
+                if label.vec[USED + slot] + data.w[i] > data.caps[o]:
+                    continue
+                v = list(label.vec)
+                v[USED + slot] += data.w[i]
+                if _on_x(data, i, v, o, charge):
+                    put(after, v, label, o)
+        # Start the execution device's block: first of all (ordered) or anywhere (free order).
+        if xs == 0 and (data.free or last == -1) and pin in (None, x):
+            for label in closed:
+                v = list(label.vec)
+                if _on_x(data, i, v, x, charge):
+                    put((last, 1, "x"), v, label, x)
+        # Start a block on another accelerator: any later one (ordered) or the next (free order).
+        for m in range(last + 1, last + 2 if data.free else len(others)):
+            if m >= len(others) or pin not in (None, others[m]):
+                continue
+            for label in closed:
+                v = list(label.vec)
+                if _on_block(data, i, v, others[m], True):
+                    put((m, after[1], "o"), v, label, others[m])
+    return out
+
+
+def _settle(
+    data: _Data, goal: Goal, labels: list[_Label], i: int, state: _State, max_labels: int | None,
+    bound: int | None,
+) -> list[_Label]:
+    """A state's labels at position ``i``: normalised, deduplicated, bounded, Pareto-filtered and
+    (quick pass) truncated."""
+    first = goal.measures[0]
+    open_device = data.others[state[0]] if state[2] == "o" else None
+    unique: dict[tuple[int, ...], _Label] = {}
+    for label in labels:
+        unique.setdefault(_normal(data, label.vec, i), label)
+    keyed = []
+    for vec, label in unique.items():
+        values = _measures(data, vec, open_device)
+        if not _completion_bound(data, vec, i, state, values):
+            continue
+        if bound is not None and values[first] > bound:
+            continue
+        keyed.append((tuple(values[m] for m in goal.measures), vec, label))
+    keyed.sort(key=lambda entry: (entry[0], entry[1]))
+    kept = _front([entry[1] for entry in keyed])
+    out = [_Label(keyed[r][1], keyed[r][2].parent, keyed[r][2].device) for r in kept]
+    if max_labels is not None:
+        return out[:max_labels]
+    if len(out) > MAX_LABELS:
+        raise OutOfLabels
+    return out
+
+
+def _completion_bound(data: _Data, v: Sequence[int], i: int, state: _State, values: dict[Measure, int]) -> bool:
+    """Raise ``values`` (in place) to lower bounds on the measures of any completion of the label,
+    or return False when no completion fits.
+
+    The weight bytes still to place beyond what the accelerators can still take must be offloaded
+    (fractional knapsack: the cheapest offload room first for the offload cost, the fastest for
+    the streaming time, which runs on the execution device); every node still to place costs at
+    least its fastest compute time.
+    """
+    last, xs, on = state
+    room = data.room_after[last + 1]  # the other accelerators not used yet
+    if xs == 1 or (xs == 0 and (data.free or last == -1)):
+        room += max(0, data.caps[data.x] - (v[XADD] + v[XWORK] + v[XSTREAM]))
+    if on == "o":
+        room += max(0, data.caps[data.others[last]] - (v[BADD] + v[BWORK]))
+    overflow = data.remaining[i] - room
+    values[Measure.TIME_NS] += data.min_time_after[i]
+    if overflow <= 0:
+        return True
+    free = [data.caps[o] - v[USED + s] for s, o in enumerate(data.offs)]
+    if sum(free) < overflow:
+        return False
+    left = overflow
+    for s in data.by_offload_cost:
+        take = min(left, free[s])
+        values[Measure.OFFLOAD_COST] += take * data.offload_cost[data.offs[s]]
+        left -= take
+    stream = int(overflow * data.min_stream_ns_per_byte)
+    values[Measure.TIME_NS] += stream
+    values[Measure.BOTTLENECK_NS] = max(values[Measure.BOTTLENECK_NS], v[XSTAGE] + stream)
+    return True
+
+
+def _normal(data: _Data, vec: tuple[int, ...], i: int) -> tuple[int, ...]:
+    """``vec`` with the entries that no longer matter at position ``i`` set to a canonical value:
+    an offload device with room for every node still to come needs no exact fill, the bit of a
+    tensor no later node reads is moot, and a block's first node only matters through the
+    producers and consumers it comes after (``_Data.thresholds``)."""
+    v = list(vec)
+    left = data.remaining[i]
+    for s, o in enumerate(data.offs):
+        v[USED + s] = max(v[USED + s], data.caps[o] - left)
+    base = USED + len(data.offs)
+    for bit, last in enumerate(data.last_use):
+        if last < i:
+            v[base + bit] = 0
+    if v[BSTART]:
+        marks = data.thresholds[i]
+        at = bisect.bisect_left(marks, v[BSTART])  # marks[at - 1] < BSTART <= marks[at]
+        v[BSTART] = marks[at - 1] + 1 if at else 0
+    return tuple(v)
+
+
+def _front(vecs: list[tuple[int, ...]]) -> list[int]:
+    """Indices of the vectors no earlier vector is <= in every entry (``vecs`` sorted so that a
+    dominating vector comes first, and without duplicates)."""
+    if len(vecs) <= 1:
+        return list(range(len(vecs)))
+    first = vecs[0]
+    varying = [s for s in range(len(first)) if any(v[s] != first[s] for v in vecs)]
+    rows = np.array([[v[s] for s in varying] for v in vecs], dtype=object)
+    if max(abs(int(x)) for x in rows.flat) < 2**62:
+        rows = rows.astype(np.int64)
+    kept: list[int] = []
+    held = np.empty_like(rows)
+    for r, row in enumerate(rows):
+        if kept and (held[: len(kept)] <= row).all(axis=1).any():
+            continue
+        held[len(kept)] = row
+        kept.append(r)
+    return kept

@@ -1,0 +1,159 @@
+"""The exact block DP (:mod:`layerplan.solver.block_dp`): every goal, runtime memory, any edges.
+
+Oracle: brute force over every assignment, scored by the second cost model written in
+``test_goals.py`` from the formulas (not by calling the solver's), and checked by :func:`violations`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from layerplan.solver import (
+    CostModel,
+    Device,
+    DeviceKind,
+    Edge,
+    Goal,
+    InfeasiblePlanError,
+    InvalidSpecError,
+    Node,
+    PlacementProblem,
+    Status,
+    block_dp,
+    solve,
+    violations,
+)
+from strategies import runtime_problems, small_problems
+from test_goals import brute_force_goal, cost_models, hand_measures
+
+
+def _dp_shaped(problem: PlacementProblem) -> PlacementProblem:
+    """The problem as the block DP takes it: no tied groups, no low_zero (ordered or not)."""
+    return dataclasses.replace(problem, tied_groups=(), low_zero=False)
+
+
+def _uniform_links(cost: CostModel, value: float) -> CostModel:
+    k = len(cost.link_bytes_per_s)
+    links = [[value if a != b else float("inf") for b in range(k)] for a in range(k)]
+    return dataclasses.replace(cost, link_bytes_per_s=links)
+
+
+@st.composite
+def offload_problems(draw: st.DrawFn) -> PlacementProblem:
+    """1-2 GPUs too small for the model, a cpu (and sometimes a disk) with room: problems where
+    offloading, the execution device's shared load and the streaming buffer decide."""
+    base = _dp_shaped(draw(runtime_problems(max_nodes=6)))
+    total = base.total_bytes + base.total_kv_bytes
+    gpus = [Device(name=str(g), kind=DeviceKind.ACCELERATOR, cap_bytes=draw(st.integers(total // 2, total + 25)),
+                   reserve_bytes=draw(st.integers(0, 3))) for g in range(draw(st.integers(1, 2)))]
+    tiers = [Device(name="cpu", kind=DeviceKind.CPU, cap_bytes=draw(st.integers(total // 2, 2 * total + 5)))]
+    if draw(st.booleans()):
+        tiers.append(Device(name="disk", kind=DeviceKind.DISK, cap_bytes=draw(st.integers(0, 2 * total + 5))))
+    pins = tuple((i, d) for i, d in base.pins if d < len(gpus))
+    return dataclasses.replace(base, devices=(*gpus, *tiers), pins=pins)
+
+
+@st.composite
+def dp_problems(draw: st.DrawFn):
+    """Small DAG problems (several consumers per edge, pins, cpu/disk tiers), with and without
+    runtime memory, often offloading, with a cost model whose links are one speed."""
+    base = draw(st.one_of(small_problems(max_nodes=6), runtime_problems(max_nodes=6), offload_problems()))
+    problem = _dp_shaped(base)
+    cost = draw(cost_models(problem))
+    return problem, _uniform_links(cost, draw(st.sampled_from([1e8, 1e9])))
+
+
+def _check_against_brute_force(problem: PlacementProblem, cost: CostModel, goal: Goal) -> None:
+    best = brute_force_goal(problem, cost, goal)
+    event("infeasible" if best is None else "feasible")
+    reason = block_dp.applies(problem, cost)
+    if reason is not None:
+        event(f"not for the DP: {reason.split(' ')[0]}")
+        assert not problem.accelerators or not problem.ordered
+        return
+    event("ordered" if problem.ordered else "free order")
+    if best is None:
+        with pytest.raises(InfeasiblePlanError):
+            solve(problem, goal=goal, cost=cost, method="dp", explain=False)
+        return
+    solution = solve(problem, goal=goal, cost=cost, method="dp")
+    event("offloads" if any(not problem.devices[d].is_accelerator for d in solution.assignment) else "on GPUs")
+    assert (solution.solver, solution.status) == ("dp", Status.OPTIMAL)
+    assert violations(problem, solution.assignment) == []
+    assert hand_measures(problem, cost, solution.assignment, goal) == best
+    assert solution.bound == solution.headline_value
+
+
+@pytest.mark.parametrize("goal", list(Goal))
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=dp_problems())
+def test_block_dp_matches_brute_force_for_every_goal(goal: Goal, data) -> None:
+    problem, cost = data
+    _check_against_brute_force(problem, cost, goal)
+
+
+@st.composite
+def dp_offload_problems(draw: st.DrawFn):
+    problem = draw(offload_problems())
+    return problem, _uniform_links(draw(cost_models(problem)), 1e9)
+
+
+@pytest.mark.parametrize("goal", list(Goal))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=dp_offload_problems())
+def test_block_dp_matches_brute_force_when_gpus_are_short(goal: Goal, data) -> None:
+    problem, cost = data
+    _check_against_brute_force(problem, cost, goal)
+
+
+def _llama_like(layers: int, *, kv: int, work: int, cpu: int, gpu: int, gpus: int = 2) -> PlacementProblem:
+    """embed, rotary (a broadcast edge to every layer), layers, norm, head: the traced Llama shape."""
+    names = ["embed", "rotary", *[f"layer{i}" for i in range(layers)], "norm", "head"]
+    sizes = [40, 1, *[100] * layers, 1, 40]
+    nodes = tuple(Node(name=name, size_bytes=s, kv_bytes=kv if name.startswith("layer") else 0, work_bytes=work)
+                  for name, s in zip(names, sizes))
+    first, last = 2, 2 + layers - 1
+    edges = [Edge(producer=0, consumers=(first,), size_bytes=8),
+             Edge(producer=1, consumers=tuple(range(first, last + 1)), size_bytes=3)]
+    edges += [Edge(producer=i, consumers=(i + 1,), size_bytes=8) for i in range(first, last + 2)]
+    devices = tuple(Device(name=str(g), kind=DeviceKind.ACCELERATOR, cap_bytes=gpu, reserve_bytes=5)
+                    for g in range(gpus)) + (Device(name="cpu", kind=DeviceKind.CPU, cap_bytes=cpu),)
+    return PlacementProblem(nodes=nodes, edges=tuple(edges), devices=devices)
+
+
+@pytest.mark.parametrize("goal", [Goal.TRANSFERS, Goal.BALANCED])
+@pytest.mark.parametrize("gpu", [700, 1300, 2400])
+def test_block_dp_and_cpsat_agree_on_a_llama_shaped_graph(goal: Goal, gpu: int) -> None:
+    """Twenty layers on two GPUs, tight enough to offload at 700 and 1300 bytes: the DP's optimum
+    equals CP-SAT's proven one, measure by measure (a second exact method as the oracle)."""
+    problem = _llama_like(20, kv=4, work=30, cpu=4000, gpu=gpu)
+    dp = solve(problem, goal=goal, method="dp")
+    cpsat = solve(problem, goal=goal, method="cp-sat", num_workers=2)
+    assert cpsat.status is Status.OPTIMAL
+    assert [dp.values[m] for m in goal.measures] == [cpsat.values[m] for m in goal.measures]
+    assert violations(problem, dp.assignment) == []
+
+
+def test_auto_uses_the_dp_where_it_applies_and_cpsat_elsewhere() -> None:
+    problem = _llama_like(6, kv=4, work=30, cpu=4000, gpu=500, gpus=3)
+    assert solve(problem).solver == "dp"
+    assert solve(dataclasses.replace(problem, ordered=False)).solver == "dp"  # identical GPUs
+    bigger = dataclasses.replace(problem.devices[2], cap_bytes=900)
+    mixed = dataclasses.replace(problem, ordered=False, devices=(*problem.devices[:2], bigger, problem.devices[3]))
+    assert solve(mixed, num_workers=2).solver == "cp-sat"
+    assert solve(dataclasses.replace(mixed, ordered=True)).solver == "dp"
+    assert solve(problem, method="cp-sat", num_workers=2).solver == "cp-sat"
+    with pytest.raises(InvalidSpecError, match="free order"):
+        solve(mixed, method="dp")
+    with pytest.raises(InvalidSpecError, match="method="):
+        solve(problem, method="fast")
+
+
+def test_an_infeasible_problem_is_still_explained_by_cpsat() -> None:
+    problem = _llama_like(6, kv=4, work=30, cpu=0, gpu=300)
+    with pytest.raises(InfeasiblePlanError) as caught:
+        solve(problem, num_workers=2)
+    assert caught.value.extra_bytes  # CP-SAT's least extra memory, as before the DP existed
