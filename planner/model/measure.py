@@ -242,11 +242,10 @@ class _NodeMeter(TorchDispatchMode):
         self.peak = max(outer_peak, self.peak)
 
 
-def _make_cache(model: nn.Module, recorder: _Recorder):  # noqa: ANN202
-    """The cache ``generate()`` would make, with its ``update`` recorded."""
+def _make_cache(config, recorder: _Recorder):  # noqa: ANN001, ANN202
+    """The cache ``generate()`` would make for ``config``, with its ``update`` recorded."""
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-    config = model.config
     if getattr(config, "is_encoder_decoder", False):
         self_cache, cross_cache = DynamicCache(config=config), DynamicCache(config=config)
         recorder.wrap(self_cache, "self")
@@ -261,6 +260,8 @@ def measure_node_memory(
     model: nn.Module,
     modules: Sequence[nn.Module | None],
     workload: Workload,
+    *,
+    cache_config: object | None = None,
 ) -> NodeMemory:
     """Measure KV cache, working set, FLOPs and decode-step inputs per node module (see the module
     docstring).
@@ -269,6 +270,9 @@ def measure_node_memory(
         model: a model on the meta device, in ``workload.dtype``; left unmodified.
         modules: the node modules in node order (``None`` for root-parameter nodes: 0 bytes, 0 FLOPs).
         workload: batch, lengths, phase.
+        cache_config: the config to build the decode step's cache from (default ``model.config``):
+            a model that runs only some of its layers (:mod:`layerplan.planner.model.replicate`)
+            still indexes the cache by its layers' own ``layer_idx``, so needs the full model's.
 
     Returns:
         :class:`NodeMemory`; a phase that cannot run on meta yields zeros and a note.
@@ -342,7 +346,8 @@ def measure_node_memory(
             prefill = tracked("prefill", lambda: call(**_prefill_inputs(ids, workload, encdec), use_cache=False,
                                                       **causal_kwargs))
             if generates(model):  # encoders (BERT) keep no KV cache and have no decode phase
-                kv, decode = _decode(call, tracked, ids, workload, encdec, recorder, n, causal_kwargs, model)
+                cache = _make_cache(model.config if cache_config is None else cache_config, recorder)
+                kv, decode = _decode(call, tracked, ids, workload, encdec, recorder, n, causal_kwargs, cache)
     except Exception as exc:  # meta kernels are missing for some ops; report, never crash
         notes.append(f"memory measurement failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]})")
     finally:
@@ -369,9 +374,8 @@ def _prefill_inputs(ids: Callable[[int], torch.Tensor], workload: Workload, encd
     return inputs
 
 
-def _decode(call, tracked, ids, workload: Workload, encdec: bool, recorder: _Recorder, n: int, causal_kwargs, model):  # noqa: ANN001, ANN202
-    """Fill a cache to ``context - 1`` tokens, then measure one decode step: ``(kv_bytes, meter)``."""
-    cache = _make_cache(model, recorder)
+def _decode(call, tracked, ids, workload: Workload, encdec: bool, recorder: _Recorder, n: int, causal_kwargs, cache):  # noqa: ANN001, ANN202
+    """Fill ``cache`` to ``context - 1`` tokens, then measure one decode step: ``(kv_bytes, meter)``."""
     kv_tokens = workload.prompt_len if workload.phase is Phase.PREFILL else workload.context_len
     if encdec:
         # the encoder reads the prompt once (cross-attention cache = prompt_len tokens); the decoder's

@@ -17,6 +17,11 @@ size is what its consumers receive under the key they received it by in prefill.
 not derived: hidden states shrink to one token, T5's encoder output keeps ``prompt_len`` tokens (the
 decoder is handed it every step), edges into encoder blocks carry 0 (they do not run in decode).
 Without a decode step (encoder-only models, ``phase="prefill"``) every edge carries 0 in decode.
+
+Layers of the same signature are traced once (:mod:`layerplan.planner.model.replicate`): the
+forwards run a model reduced to one representative of each, whose measurements are then given to
+every layer it stands for; the graph is the one the full trace gives (it is traced whole whenever
+that cannot be made sure of).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from layerplan.planner.model import budget
 from layerplan.planner.model.estimate import attention_shape, estimate_forward_flops, estimate_layer_bytes
 from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
 from layerplan.planner.model.measure import NodeMemory, decodes, input_tensors, measure_node_memory
+from layerplan.planner.model.replicate import NodeMap, NotReplicable, plan_replication, reduced_model
 from layerplan.planner.model.workload import Workload
 
 __all__ = ["trace_model", "no_split_classes"]
@@ -211,6 +217,7 @@ def trace_model(
     no_split_module_classes: tuple[str, ...] = (),
     allow_cast: bool = False,
     time_limit_s: float | None = budget.DEFAULT_TRACE_TIME_LIMIT_S,
+    replicate: bool = True,
 ) -> LayerGraph:
     """Trace ``model`` (on the meta device, in ``workload.dtype``) into a :class:`LayerGraph`.
 
@@ -229,6 +236,9 @@ def trace_model(
             scaled back to ``workload.dtype``.
         time_limit_s: seconds the forwards may take in all (:mod:`layerplan.planner.model.budget`);
             past it, what is not measured yet is estimated from the config, with a note. None: no limit.
+        replicate: trace one layer per distinct layer signature and replicate its measurements
+            (:mod:`layerplan.planner.model.replicate`; the same graph, in a fraction of the time);
+            whenever that cannot be done exactly, and with False, the whole model is traced.
 
     Returns:
         The graph. What could not be measured is estimated (:mod:`layerplan.planner.model.estimate`): nodes follow
@@ -243,7 +253,9 @@ def trace_model(
     specs = _find_nodes(model, no_split)
     notes: list[str] = []
     with budget.time_budget(time_limit_s):
-        measured = _measure(model, specs, workload, allow_cast=allow_cast, notes=notes)
+        measured = _measure_replicated(model, specs, no_split, workload) if replicate else None
+        if measured is None:
+            measured = _measure(model, specs, workload, allow_cast=allow_cast, notes=notes)
     traced = measured.tracker is not None
     order = _execution_order(len(specs), measured.tracker.order if traced else [])
     graph_nodes = _graph_nodes(model, specs, order, workload, measured, notes)
@@ -301,6 +313,61 @@ def _measure(model: nn.Module, specs: list, workload: Workload, *, allow_cast: b
             notes.append(first_error)
     return _Measured(tracker=tracker, memory=memory, scale=dtype.itemsize / measured_dtype.itemsize,
                      kv_scale=workload.kv_dtype.itemsize / measured_dtype.itemsize)
+
+
+def _measure_replicated(
+    model: nn.Module, specs: list[_NodeSpec], no_split: tuple[str, ...], workload: Workload
+) -> _Measured | None:
+    """Trace and measure the model reduced to one representative per layer signature, expanded to
+    every node (:mod:`layerplan.planner.model.replicate`); None when the model has no layers to
+    replicate, or the reduced trace fails, has notes, or does not map onto the full model: the caller
+    then traces the full model, so that the graph never depends on replication working."""
+    replication = plan_replication(model, {s.name for s in specs if s.kind == "block"})
+    if replication is None:
+        return None
+    notes: list[str] = []
+    try:
+        reduced = reduced_model(model, replication)
+        reduced_specs = _find_nodes(reduced, no_split)
+        module_to_node = {id(s.module): i for i, s in enumerate(reduced_specs) if s.module is not None}
+        # the cache is built from the full config: the representatives keep their own layer_idx
+        tracker, memory = _trace_and_measure(reduced, reduced_specs, module_to_node, workload, notes,
+                                             cache_config=getattr(model, "config", None))
+        # FLOPs outside every node add up over the layers that ran: only the full trace knows them
+        if tracker is None or notes or memory.notes or memory.flop_notes:
+            return None
+        nodes = NodeMap.from_names(replication, full=[s.name for s in specs], reduced=[s.name for s in reduced_specs])
+        expanded = _expanded_tracker(tracker, nodes)
+    except NotReplicable:
+        return None
+    return _Measured(tracker=expanded, memory=_expanded_memory(memory, nodes), scale=1.0,
+                     kv_scale=workload.kv_dtype.itemsize / workload.dtype.itemsize)
+
+
+def _expanded_tracker(tracker: _FlowTracker, nodes: NodeMap) -> _FlowTracker:
+    """The reduced trace's execution order and handed-over tensors, for every node of the full model.
+
+    Raises:
+        NotReplicable: see :meth:`NodeMap.order` and :meth:`NodeMap.flows`.
+    """
+    expanded = _FlowTracker(order=nodes.order(tracker.order))
+    for (tensor, producer), received in tracker.received.items():
+        for full_producer, consumers in nodes.flows(producer, received.consumers):
+            expanded.received[(tensor, full_producer)] = _Received(received.shape, received.dtype, consumers)
+    return expanded
+
+
+def _expanded_memory(memory: NodeMemory, nodes: NodeMap) -> NodeMemory:
+    """Each full node's bytes and FLOPs: its own, or its representative's."""
+    return dataclasses.replace(
+        memory,
+        kv_bytes=nodes.values(memory.kv_bytes),
+        prefill_work_bytes=nodes.values(memory.prefill_work_bytes),
+        decode_work_bytes=nodes.values(memory.decode_work_bytes),
+        prefill_flops=nodes.values(memory.prefill_flops),
+        decode_flops=nodes.values(memory.decode_flops),
+        decode_input_bytes=nodes.values(memory.decode_input_bytes) if memory.decode_input_bytes else (),
+    )
 
 
 def _graph_nodes(
@@ -405,8 +472,10 @@ def _estimated_edges(
     return edges
 
 
-def _trace_and_measure(model, specs, module_to_node, workload: Workload, notes: list[str]):  # noqa: ANN001, ANN202
-    """One prefill trace for order and edges, then the memory measurement; failures become notes."""
+def _trace_and_measure(model, specs, module_to_node, workload: Workload, notes: list[str], *,  # noqa: ANN001, ANN202
+                       cache_config: object | None = None):
+    """One prefill trace for order and edges, then the memory measurement (its decode cache built
+    from ``cache_config``, default ``model.config``); failures become notes."""
     tracker: _FlowTracker | None = _FlowTracker()
     try:
         _run_meta_forward(model, specs, module_to_node, tracker, workload)
@@ -421,7 +490,7 @@ def _trace_and_measure(model, specs, module_to_node, workload: Workload, notes: 
         memory = NodeMemory(kv_bytes=zeros, prefill_work_bytes=zeros, decode_work_bytes=zeros,
                             prefill_flops=zeros, decode_flops=zeros, notes=("not measured: the forward failed",))
     else:
-        memory = measure_node_memory(model, [s.module for s in specs], workload)
+        memory = measure_node_memory(model, [s.module for s in specs], workload, cache_config=cache_config)
         notes.extend(memory.notes)
     return tracker, memory
 
