@@ -23,7 +23,7 @@ from layerplan.planner.model.meta import build_meta_model
 from layerplan.solver.errors import InvalidSpecError
 
 # Models whose released checkpoint ties the output head to the input embedding.
-TIED = ("gpt2", "gpt2-xl", "gemma-2-9b", "gemma-2-27b", "t5-large", "bloom-176b", "opt-13b", "falcon-40b")
+TIED = ("gpt2", "gpt2-xl", "gemma-2-9b", "gemma-2-27b", "t5-large", "t5-11b", "bloom-176b", "opt-13b", "falcon-40b")
 
 
 @cache

@@ -572,6 +572,37 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
         ),
     ),
     CatalogEntry(
+        name="t5-11b",
+        hub_id="google-t5/t5-11b",
+        config={
+            "model_type": "t5",
+            "architectures": ["T5ForConditionalGeneration"],
+            # Raffel et al., "Exploring the Limits of Transfer Learning with a Unified Text-to-Text
+            # Transformer", JMLR 2020, section 3.7: the 11B model has d_model = 1024, d_ff = 65,536,
+            # d_kv = 128, 128 heads and 24 layers in the encoder and in the decoder.
+            "d_ff": 65536,
+            "d_kv": 128,
+            "d_model": 1024,
+            "decoder_start_token_id": 0,
+            "eos_token_id": 1,
+            "feed_forward_proj": "relu",  # T5 v1.0 (T5Config's default)
+            "is_encoder_decoder": True,
+            "layer_norm_epsilon": 1e-06,
+            "n_positions": 512,
+            "num_decoder_layers": 24,
+            "num_heads": 128,
+            "num_layers": 24,
+            "pad_token_id": 0,
+            "relative_attention_num_buckets": 32,
+            "tie_word_embeddings": True,
+            "vocab_size": 32128,
+        },
+        published_params=11_000_000_000,
+        params_rounding=1_000_000_000,
+        params_source="T5 paper (Raffel et al., JMLR 2020), section 3.7 and Table 14: 11B",
+        notes="same layout as t5-large (one shared embedding matrix); 128 heads of 128 each.",
+    ),
+    CatalogEntry(
         name="bloom-176b",
         hub_id="bigscience/bloom",
         aliases=("bloom",),
