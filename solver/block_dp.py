@@ -369,7 +369,7 @@ def _run(data: _Data, goal: Goal, *, max_labels: int | None, deadline: float | N
                   if (kept := _settle(data, goal, labels, i, state, max_labels, bound))}
         if i < data.n:
             states = _advance(data, i, states)
-    best = None
+    finals = []
     for state, labels in states.items():
         for label in labels:
             v = list(label.vec)
@@ -378,17 +378,22 @@ def _run(data: _Data, goal: Goal, *, max_labels: int | None, deadline: float | N
             if v[OFFANY] and v[NOXB]:  # offloaded nodes would run elsewhere (problem.py: execution device)
                 continue
             values = _measures(data, v, None)
-            key = tuple(values[m] for m in goal.measures)
-            if best is None or key < best[0]:
-                best = (key, label)
-    if best is None:
+            finals.append((tuple(values[m] for m in goal.measures), label))
+    if not finals:
         return None
-    assignment = [0] * data.n
-    label = best[1]
-    for i in range(data.n - 1, -1, -1):
+    best = min(key for key, _ in finals)
+    # Of the optimal placements found, the one that fills the lower device indices first, as
+    # accelerate fills GPU 0 first.
+    return min(_assignment(data.n, label) for key, label in finals if key == best), best
+
+
+def _assignment(n: int, label: _Label) -> tuple[int, ...]:
+    """The device of each node, read back along the parents of a final label."""
+    assignment = [0] * n
+    for i in range(n - 1, -1, -1):
         assignment[i] = label.device
         label = label.parent
-    return tuple(assignment), best[0]
+    return tuple(assignment)
 
 
 def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_State, list[_Label]]:

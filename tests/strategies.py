@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from functools import partial
 
 import pytest
 from hypothesis import strategies as st
-
 from layerplan.solver import (
     Device,
     DeviceKind,
@@ -24,21 +24,24 @@ from layerplan.solver import (
     Solution,
     Status,
     evaluate,
-    solve,
     violations,
 )
+from layerplan.solver import solve as _solve_any
+
+# These tests are CP-SAT's (tests/test_block_dp.py checks the block DP that solve() tries first).
+solve = partial(_solve_any, method="cp-sat")
 
 __all__ = [
-    "chain_problems",
-    "small_problems",
-    "runtime_problems",
-    "identical_gpu_problems",
+    "assert_cpsat_matches_brute_force",
     "blocks_needed",
     "brute_force",
-    "assert_cpsat_matches_brute_force",
-    "check_placement",
     "chain_of",
+    "chain_problems",
+    "check_placement",
     "gpus",
+    "identical_gpu_problems",
+    "runtime_problems",
+    "small_problems",
 ]
 
 GiB = 2**30

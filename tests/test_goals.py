@@ -9,12 +9,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import gpus, small_problems
-
 from layerplan.solver import (
     CostModel,
     Device,
@@ -30,10 +29,14 @@ from layerplan.solver import (
     Status,
     device_loads,
     least_extra_memory,
-    solve,
     timing,
     violations,
 )
+from layerplan.solver import solve as _solve_any
+from strategies import gpus, small_problems
+
+# These tests are CP-SAT's (tests/test_block_dp.py checks the block DP that solve() tries first).
+solve = partial(_solve_any, method="cp-sat")
 
 WORKERS = 2
 
@@ -43,7 +46,7 @@ def _ns(seconds: float) -> int:
     return math.ceil(seconds * 1e9 - 1e-9) if seconds > 0 else 0
 
 
-def hand_times(problem: PlacementProblem, cost: CostModel, assignment) -> tuple[int, int]:  # noqa: ANN001
+def hand_times(problem: PlacementProblem, cost: CostModel, assignment) -> tuple[int, int]:
     """``(total_ns, bottleneck_ns)`` of ``assignment``, straight from the formulas."""
     accs = [d for d, dev in enumerate(problem.devices) if dev.kind is DeviceKind.ACCELERATOR]
     cpus = [d for d, dev in enumerate(problem.devices) if dev.kind is DeviceKind.CPU]
@@ -70,14 +73,14 @@ def hand_times(problem: PlacementProblem, cost: CostModel, assignment) -> tuple[
     return sum(stage.values()), max(stage.values(), default=0)
 
 
-def hand_utilisation(problem: PlacementProblem, assignment) -> int:  # noqa: ANN001
+def hand_utilisation(problem: PlacementProblem, assignment) -> int:
     computing = problem.computing_devices
     loads = device_loads(problem, assignment)
     return max((-(-10_000 * loads[d].total // problem.devices[d].cap_bytes)
                 for d in computing if problem.devices[d].cap_bytes), default=0)
 
 
-def hand_measures(problem, cost, assignment, goal: Goal) -> tuple[int, ...]:  # noqa: ANN001
+def hand_measures(problem, cost, assignment, goal: Goal) -> tuple[int, ...]:
     total, bottleneck = hand_times(problem, cost, assignment) if cost else (0, 0)
     offload = sum(x.size_bytes * problem.devices[d].offload_cost for x, d in zip(problem.nodes, assignment))
     transfer = 0
@@ -89,7 +92,7 @@ def hand_measures(problem, cost, assignment, goal: Goal) -> tuple[int, ...]:  # 
     return tuple(values[m] for m in goal.measures)
 
 
-def brute_force_goal(problem, cost, goal: Goal):  # noqa: ANN001, ANN201
+def brute_force_goal(problem, cost, goal: Goal):
     best = None
     for assignment in itertools.product(range(len(problem.devices)), repeat=len(problem.nodes)):
         if not violations(problem, assignment):
@@ -131,7 +134,7 @@ def cost_models(draw: st.DrawFn, problem: PlacementProblem) -> CostModel:
 
 
 @st.composite
-def costed_problems(draw: st.DrawFn, *, max_nodes: int = 6, max_devices: int = 3):  # noqa: ANN201
+def costed_problems(draw: st.DrawFn, *, max_nodes: int = 6, max_devices: int = 3):
     problem = draw(small_problems(max_nodes=max_nodes, max_devices=max_devices))
     if draw(st.booleans()):
         problem = dataclasses.replace(problem, low_zero=True)
@@ -142,7 +145,7 @@ def costed_problems(draw: st.DrawFn, *, max_nodes: int = 6, max_devices: int = 3
 @pytest.mark.parametrize("goal", list(Goal))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=costed_problems())
-def test_every_goal_matches_brute_force(goal: Goal, data) -> None:  # noqa: ANN001
+def test_every_goal_matches_brute_force(goal: Goal, data) -> None:
     problem, cost = data
     best = brute_force_goal(problem, cost, goal)
     if best is None:
@@ -160,7 +163,7 @@ def test_every_goal_matches_brute_force(goal: Goal, data) -> None:  # noqa: ANN0
 
 @settings(max_examples=60, deadline=None)
 @given(data=costed_problems())
-def test_timing_matches_the_formulas_on_every_assignment(data) -> None:  # noqa: ANN001
+def test_timing_matches_the_formulas_on_every_assignment(data) -> None:
     problem, cost = data
     for assignment in itertools.islice(itertools.product(range(len(problem.devices)), repeat=len(problem.nodes)), 50):
         t = timing(problem, cost, assignment)
@@ -172,7 +175,7 @@ def test_timing_matches_the_formulas_on_every_assignment(data) -> None:  # noqa:
 # -- strategy rules -----------------------------------------------------------------------------------
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=costed_problems())
-def test_low_zero_keeps_the_first_gpu_no_heavier_than_any_other(data) -> None:  # noqa: ANN001
+def test_low_zero_keeps_the_first_gpu_no_heavier_than_any_other(data) -> None:
     problem, cost = data
     problem = dataclasses.replace(problem, low_zero=True)
     try:
@@ -187,7 +190,7 @@ def test_low_zero_keeps_the_first_gpu_no_heavier_than_any_other(data) -> None:  
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=costed_problems())
-def test_latency_is_never_slower_than_transfers_or_sequential(data) -> None:  # noqa: ANN001
+def test_latency_is_never_slower_than_transfers_or_sequential(data) -> None:
     problem, cost = data
     free = dataclasses.replace(problem, ordered=False)
     try:
@@ -205,7 +208,7 @@ def test_latency_is_never_slower_than_transfers_or_sequential(data) -> None:  # 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=costed_problems(max_nodes=7), goal=st.sampled_from(list(Goal)))
-def test_the_same_problem_gives_the_same_placement(data, goal: Goal) -> None:  # noqa: ANN001
+def test_the_same_problem_gives_the_same_placement(data, goal: Goal) -> None:
     problem, cost = data
     try:
         first = solve(problem, goal=goal, cost=cost, num_workers=4, explain=False)

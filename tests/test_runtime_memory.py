@@ -6,10 +6,11 @@ accounting written here from the rules in DESIGN.md, independent of :mod:`layerp
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from layerplan.solver import (
     Device,
     DeviceKind,
@@ -20,10 +21,13 @@ from layerplan.solver import (
     PlacementProblem,
     Rule,
     chain_hint,
-    solve,
     solve_chain_dp,
     violations,
 )
+from layerplan.solver import solve as _solve_any
+
+# These tests are CP-SAT's (tests/test_block_dp.py checks the block DP that solve() tries first).
+solve = partial(_solve_any, method="cp-sat")
 from tests.strategies import assert_cpsat_matches_brute_force, runtime_problems
 
 WORKERS = 2

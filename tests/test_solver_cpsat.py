@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
+import layerplan.solver.cpsat
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ortools.sat.python import cp_model
-
-import layerplan.solver.cpsat
 from layerplan.solver import (
     Device,
     DeviceKind,
@@ -25,10 +23,22 @@ from layerplan.solver import (
     PlacementProblem,
     Status,
     evaluate,
-    solve,
     solve_chain_dp,
 )
-from tests.strategies import GiB, assert_cpsat_matches_brute_force, chain_of, chain_problems, check_placement, gpus, small_problems
+from layerplan.solver import solve as _solve_any
+from ortools.sat.python import cp_model
+
+# These tests are CP-SAT's (tests/test_block_dp.py checks the block DP that solve() tries first).
+solve = partial(_solve_any, method="cp-sat")
+from tests.strategies import (
+    GiB,
+    assert_cpsat_matches_brute_force,
+    chain_of,
+    chain_problems,
+    check_placement,
+    gpus,
+    small_problems,
+)
 
 WORKERS = 2  # the suite runs on two cores
 
