@@ -1,96 +1,192 @@
-"""Planning time: layerplan (trace + CP-SAT) vs accelerate's ``infer_auto_device_map``, same run.
+"""Planning time: layerplan cold and warm vs accelerate and transformers, in one run, same caps.
 
-For each catalog model and device set, on the same meta model and the same caps:
+Two tables (issue 9's benchmark):
 
-* ``build``: building the model on the meta device (shared by both tools, reported apart);
-* ``trace``: layerplan's meta forward into a LayerGraph;
-* ``solve``: CP-SAT (with the chain-DP hint) to a proven optimum or the time limit;
-* ``accelerate``: ``infer_auto_device_map(model, max_memory, no_split_module_classes, dtype)``.
+1. **Catalog models x device sets.** For each row, on the same config and the same ``max_memory``:
+
+   * ``cold``: ``layerplan.plan(name, cache=False)``: meta build, trace, solve, plan, checks;
+   * ``warm``: ``layerplan.plan(name)`` with the graph already in a (temporary) graph cache;
+   * ``status`` / ``solver``: the plan's proof (``optimal`` or ``feasible`` with its gap) and which
+     method found it (``dp``: the exact block DP; ``cp-sat``);
+   * ``hf``: transformers' ``from_pretrained`` planning path (meta build, ``get_balanced_memory``,
+     ``infer_auto_device_map``: :func:`layerplan.planner.baselines.accelerate.accelerate_device_map`);
+   * ``map``: accelerate's ``get_balanced_memory`` + ``infer_auto_device_map`` on an already built
+     meta model (what ``device_map="auto"`` costs once the model exists);
+   * ratios: ``cold / hf`` (target <= 3) and ``warm / map`` (target <= 1).
+
+2. **Synthetic depth sweep**: a Llama with tiny layers (hidden 64) and 256 ... 16k layers over 8 or
+   64 GPUs that must share it (each GPU holds ~1.3x its share). Each point runs in a fresh
+   process, so ``peak RSS`` is that point's own: trace and solve seconds, status, and accelerate's
+   ``infer_auto_device_map`` on the same meta model.
 
 Usage::
 
-    python benchmarks/plan_time.py                  # default models and device sets
-    python benchmarks/plan_time.py --models gpt2 llama-2-70b --time-limit 10
+    python benchmarks/plan_time.py                                # both tables, default sizes
+    python benchmarks/plan_time.py --models llama-2-70b --devices 2x40GiB+cpu --depths
+    python benchmarks/plan_time.py --models --depths 256 1024 4096 16384 --gpus 8 64
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+logging.getLogger("accelerate.utils.modeling").setLevel(logging.ERROR)  # the declared GPUs are absent here
 
 import torch  # noqa: E402
-from accelerate import infer_auto_device_map  # noqa: E402
+from accelerate.utils import get_balanced_memory, infer_auto_device_map  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+import layerplan  # noqa: E402
+from layerplan.planner.baselines.accelerate import accelerate_device_map  # noqa: E402
 from layerplan.planner.model import catalog  # noqa: E402
-from layerplan.planner.api import plan_graph  # noqa: E402
 from layerplan.planner.model.meta import build_meta_model  # noqa: E402
+from layerplan.planner.model.trace import no_split_classes  # noqa: E402
+from layerplan.planner.quiet import quiet  # noqa: E402
 from layerplan.planner.spec.sizes import parse_dtype, parse_max_memory  # noqa: E402
-from layerplan.planner.model.trace import no_split_classes, trace_model  # noqa: E402
-from layerplan.planner.model.workload import Workload  # noqa: E402
-from layerplan.planner.spec import PlanSpec  # noqa: E402
-from layerplan.solver import InfeasiblePlanError, format_bytes  # noqa: E402
+from layerplan.solver import InfeasiblePlanError  # noqa: E402
 
 DEVICE_SETS = {
-    "4x40GiB+cpu": {0: "40GiB", 1: "40GiB", 2: "40GiB", 3: "40GiB", "cpu": "1TiB"},
-    "8x80GiB+cpu": {i: "80GiB" for i in range(8)} | {"cpu": "2TiB"},
-    "2x24GiB+cpu+disk": {0: "24GiB", 1: "24GiB", "cpu": "64GiB", "disk": "4TiB"},
+    "2x40GiB+cpu": {0: "40GiB", 1: "40GiB", "cpu": "1TiB"},
+    "4x24GiB+cpu": {0: "24GiB", 1: "24GiB", 2: "24GiB", 3: "24GiB", "cpu": "1TiB"},
+    "8x80GiB": {i: "80GiB" for i in range(8)},
+    "2x80+2x24GiB": {0: "80GiB", 1: "80GiB", 2: "24GiB", 3: "24GiB"},
 }
-DEFAULT_MODELS = ["gpt2-xl", "mistral-7b", "llama-2-70b", "mixtral-8x7b", "t5-large", "llama-3.1-405b"]
+DEFAULT_MODELS = ["llama-3-8b", "llama-2-70b", "mixtral-8x7b", "qwen2.5-72b", "llama-3.1-405b", "t5-11b"]
+OFFLOAD = os.path.join(tempfile.gettempdir(), "layerplan-bench-offload")
+
+
+def _timed(fn):  # noqa: ANN001, ANN202
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+def _layerplan(name: str, caps: dict, **options) -> tuple[str, str, float]:  # noqa: ANN003
+    """(status, solver, seconds) of one layerplan.plan call."""
+    started = time.perf_counter()
+    try:
+        result = layerplan.plan(name, max_memory=caps, offload_folder=OFFLOAD, **options)
+    except InfeasiblePlanError:
+        return "infeasible", "-", time.perf_counter() - started
+    status = result.status if result.status == "optimal" else f"{result.status} (gap {result.solution.gap:.1%})"
+    return status, result.solution.solver, time.perf_counter() - started
+
+
+def _accelerate_map(model: torch.nn.Module, caps: dict, dtype: torch.dtype) -> None:
+    no_split = list(no_split_classes(model))
+    budget = get_balanced_memory(model, max_memory=parse_max_memory(caps), no_split_module_classes=no_split, dtype=dtype)
+    infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split, dtype=dtype)
+
+
+def catalog_table(console: Console, models: list[str], device_sets: list[str], cache_dir: str) -> Table:
+    table = Table(title="Planning time (seconds): layerplan cold / warm vs transformers from_pretrained / accelerate")
+    for col in ("model", "devices", "cold", "warm", "status", "solver", "hf", "map", "cold/hf", "warm/map"):
+        table.add_column(col, justify="left" if col in ("model", "devices", "status", "solver") else "right")
+    for name in models:
+        entry = catalog.lookup(name)
+        dtype = parse_dtype(entry.config.get("dtype") or entry.config.get("torch_dtype") or "bfloat16")
+        with quiet():
+            meta = build_meta_model(entry.to_config()).to(dtype)
+        for devices in device_sets:
+            caps = DEVICE_SETS[devices]
+            with console.status(f"{name} on {devices}"), quiet():
+                status, solver, cold = _layerplan(name, caps, cache=False)
+                _layerplan(name, caps, cache_dir=cache_dir)  # fills the graph cache
+                _, _, warm = _layerplan(name, caps, cache_dir=cache_dir)
+                _, hf = _timed(lambda: accelerate_device_map(meta, max_memory=caps, strategy="auto", dtype=dtype))
+                _, accel = _timed(lambda: _accelerate_map(meta, caps, dtype))
+            table.add_row(name, devices, f"{cold:.2f}", f"{warm:.2f}", status, solver, f"{hf:.2f}", f"{accel:.2f}",
+                          f"{cold / hf:.1f}x", f"{warm / accel:.1f}x")
+            console.log(f"{name} on {devices}: cold {cold:.2f} s, warm {warm:.2f} s, {status} ({solver})")
+    return table
+
+
+# -- synthetic depth sweep -----------------------------------------------------------------------
+_TINY = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+         "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 4096,
+         "dtype": "bfloat16"}
+
+
+def sweep_point(layers: int, gpus: int) -> dict:
+    """One sweep point, run in this (fresh) process: trace, solve, accelerate, peak RSS."""
+    from transformers import AutoConfig
+
+    from layerplan.planner.model.trace import trace_model
+    from layerplan.planner.model.workload import Workload
+
+    config = AutoConfig.for_model(**{**_TINY, "num_hidden_layers": layers})
+    with quiet():
+        model = build_meta_model(config).to(torch.bfloat16)
+        workload = Workload.from_lengths(model_context=4096, seq_len=1024, dtype=torch.bfloat16)
+        graph, trace_s = _timed(lambda: trace_model(model, name=f"llama-{layers}", workload=workload, allow_cast=True))
+    share = sum(n.weight_bytes + n.buffer_bytes + n.kv_bytes for n in graph.nodes) // gpus
+    caps = {g: int(share * 1.3) + (64 << 20) for g in range(gpus)}
+    try:
+        with quiet():
+            result, solve_s = _timed(lambda: layerplan.plan(graph, max_memory=caps, reserve="64MiB", time_limit_s=60))
+        status = result.status if result.status == "optimal" else f"{result.status} (gap {result.solution.gap:.1%})"
+        solver = result.solution.solver
+    except InfeasiblePlanError as exc:
+        status, solver, solve_s = f"infeasible ({str(exc)[:40]})", "-", 0.0
+    _, accel_s = _timed(lambda: infer_auto_device_map(model, max_memory=caps, dtype=torch.bfloat16,
+                                                      no_split_module_classes=list(no_split_classes(model))))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"nodes": len(graph.nodes), "trace": trace_s, "solve": solve_s, "status": status, "solver": solver,
+            "accelerate": accel_s, "rss_mib": rss}
+
+
+def sweep_table(console: Console, depths: list[int], gpu_counts: list[int]) -> Table:
+    table = Table(title="Synthetic depth sweep (tiny Llama layers; each point in a fresh process)")
+    for col in ("layers", "GPUs", "nodes", "trace s", "solve s", "status", "solver", "peak RSS", "accelerate s",
+                "ours/acc"):
+        table.add_column(col, justify="left" if col in ("status", "solver") else "right")
+    for layers in depths:
+        for gpus in gpu_counts:
+            with console.status(f"{layers} layers over {gpus} GPUs"):
+                out = subprocess.run([sys.executable, __file__, "--point", str(layers), str(gpus)],
+                                     capture_output=True, text=True, timeout=3600)
+            if out.returncode != 0:
+                table.add_row(str(layers), str(gpus), "-", "-", "-", f"failed: {out.stderr.strip()[-60:]}", "-", "-", "-", "-")
+                continue
+            point = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own repr, from our own child
+            ours = point["trace"] + point["solve"]
+            table.add_row(str(layers), str(gpus), str(point["nodes"]), f"{point['trace']:.2f}", f"{point['solve']:.2f}",
+                          point["status"], point["solver"], f"{point['rss_mib']:.0f} MiB", f"{point['accelerate']:.2f}",
+                          f"{ours / point['accelerate']:.1f}x")
+            console.log(f"{layers} layers / {gpus} GPUs: {point}")
+    return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS, help="catalog models (none: skip table 1)")
     parser.add_argument("--devices", nargs="+", default=list(DEVICE_SETS), choices=list(DEVICE_SETS))
-    parser.add_argument("--seq-len", type=int, default=4096)
-    parser.add_argument("--time-limit", type=float, default=30.0)
+    parser.add_argument("--depths", nargs="*", type=int, default=[256, 1024], help="sweep depths (none: skip table 2)")
+    parser.add_argument("--gpus", nargs="+", type=int, default=[8, 64], help="sweep GPU counts")
+    parser.add_argument("--point", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    console = Console(width=max(Console().width, 120))  # the table reads badly when wrapped
-    table = Table(title="Planning time, layerplan vs accelerate infer_auto_device_map (seconds)")
-    for col in ("model", "devices", "build", "trace", "solve", "status", "layerplan", "accelerate", "ratio"):
-        table.add_column(col, justify="left" if col in ("model", "devices", "status") else "right")
-    with console.status("benchmarking ...") as status:
-        for name in args.models:
-            entry = catalog.lookup(name)
-            assert entry is not None, name
-            t0 = time.perf_counter()
-            dtype = parse_dtype(entry.config.get("dtype") or "bfloat16")
-            model = build_meta_model(entry.to_config()).to(dtype)
-            build_s = time.perf_counter() - t0
-            status.update(f"{name}: tracing")
-            t0 = time.perf_counter()
-            workload = Workload.from_lengths(model_context=None, seq_len=args.seq_len, dtype=dtype)
-            graph = trace_model(model, name=name, workload=workload, allow_cast=True)
-            trace_s = time.perf_counter() - t0
-            for devices in args.devices:
-                status.update(f"{name} on {devices}: solving")
-                t0 = time.perf_counter()
-                try:
-                    spec = PlanSpec.from_kwargs(graph, max_memory=DEVICE_SETS[devices], offload_folder="/tmp/offload",
-                                                time_limit_s=args.time_limit)
-                    result = plan_graph(graph, spec)
-                    state = result.status
-                except InfeasiblePlanError:
-                    state = "infeasible"
-                solve_s = time.perf_counter() - t0
-                status.update(f"{name} on {devices}: accelerate")
-                t0 = time.perf_counter()
-                infer_auto_device_map(model, max_memory=parse_max_memory(DEVICE_SETS[devices]),
-                                      no_split_module_classes=list(no_split_classes(model)), dtype=dtype)
-                accel_s = time.perf_counter() - t0
-                ours = trace_s + solve_s
-                table.add_row(name, devices, f"{build_s:.2f}", f"{trace_s:.2f}", f"{solve_s:.2f}", state,
-                              f"{ours:.2f}", f"{accel_s:.2f}", f"{ours / accel_s:.1f}x")
-            console.log(f"{name}: {len(graph.nodes)} nodes, {format_bytes(graph.total_bytes)}")
-    console.print(table)
-    console.print("layerplan = trace + solve; ratio = layerplan / accelerate; build (meta model) is shared. "
-                  f"torch {torch.__version__}, {os.cpu_count()} CPUs.")
+    if args.point:
+        print(repr(sweep_point(*args.point)))
+        return
+    console = Console(width=max(Console().width, 140))
+    tables = []
+    if args.models:
+        with tempfile.TemporaryDirectory() as cache_dir:
+            tables.append(catalog_table(console, args.models, args.devices, cache_dir))
+    if args.depths:
+        tables.append(sweep_table(console, args.depths, args.gpus))
+    for table in tables:
+        console.print(table)
+    console.print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; ratios below 1 mean layerplan is faster.")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,16 @@ BADD, BWORK, BSTAGE, BSTART = range(12, 16)  # open block on another accelerator
 USED = 16  # then one entry per offload device, then one bit per non-chain edge
 
 
+#: The label entries that only serve one measure (zeroed when the goal does not minimise it).
+_MEASURE_SLOTS = (
+    (Measure.OFFLOAD_COST, (OFF,)),
+    (Measure.TRANSFER_BYTES, (TR,)),
+    (Measure.TIME_NS, (TIME,)),
+    (Measure.BOTTLENECK_NS, (MSTAGE, XSTAGE, BSTAGE)),
+    (Measure.MAX_UTILISATION, (MUTIL,)),
+)
+
+
 class OutOfTime(Exception):
     """The DP ran past its deadline."""
 
@@ -464,7 +474,7 @@ def _settle(
     open_device = data.others[state[0]] if state[2] == "o" else None
     unique: dict[tuple[int, ...], _Label] = {}
     for label in labels:
-        unique.setdefault(_normal(data, label.vec, i), label)
+        unique.setdefault(_normal(data, label.vec, i, goal, state), label)
     keyed = []
     for vec, label in unique.items():
         values = _measures(data, vec, open_device)
@@ -516,12 +526,25 @@ def _completion_bound(data: _Data, v: Sequence[int], i: int, state: _State, valu
     return True
 
 
-def _normal(data: _Data, vec: tuple[int, ...], i: int) -> tuple[int, ...]:
+def _normal(data: _Data, vec: tuple[int, ...], i: int, goal: Goal, state: _State) -> tuple[int, ...]:
     """``vec`` with the entries that no longer matter at position ``i`` set to a canonical value:
-    an offload device with room for every node still to come needs no exact fill, the bit of a
-    tensor no later node reads is moot, and a block's first node only matters through the
+    measures the goal does not minimise; the execution device's load once its block is closed and
+    no offload device exists (nothing can compute there any more: its utilisation and stage are
+    final); an offload device with room for every node still to come needs no exact fill; the bit
+    of a tensor no later node reads is moot; and a block's first node only matters through the
     producers and consumers it comes after (``_Data.thresholds``)."""
     v = list(vec)
+    measures = goal.measures
+    if state[1] == 2 and not data.offs and (v[XADD] or v[XSTAGE]):
+        if Measure.MAX_UTILISATION in measures:
+            v[MUTIL] = max(v[MUTIL], _x_util(data, v))
+        v[MSTAGE] = max(v[MSTAGE], v[XSTAGE])
+        v[XADD] = v[XWORK] = v[XSTREAM] = v[XSTAGE] = 0
+        v[USED + len(data.offs):] = [0] * len(data.last_use)
+    for measure, slots in _MEASURE_SLOTS:
+        if measure not in measures:
+            for slot in slots:
+                v[slot] = 0
     left = data.remaining[i]
     for s, o in enumerate(data.offs):
         v[USED + s] = max(v[USED + s], data.caps[o] - left)
