@@ -234,6 +234,12 @@ def _solve(
         limit = remaining if is_last or placement is None else remaining * _OFFLOAD_PHASE_SHARE
         solver = _solver(time_limit_s=max(limit, 0.01), num_workers=num_workers)
         status = _run(solver, built.model)
+        if status == cp_model.INFEASIBLE and placement is not None:
+            # A valid placement is in hand, so this phase is feasible: CP-SAT 9.15's presolve can
+            # wrongly prove otherwise (google/or-tools#5274, seen on t5-11b); solve it again without.
+            solver = _solver(time_limit_s=max(deadline - time.perf_counter(), 0.01), num_workers=num_workers)
+            solver.parameters.cp_model_presolve = False
+            status = _run(solver, built.model)
 
         # Extract.
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):

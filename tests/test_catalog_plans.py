@@ -32,3 +32,13 @@ def test_catalog_model_plans_on_four_40gib_gpus_and_cpu(name):
         holders = {graph.node_of(p) for p in group}
         devices = {plan.solution.assignment[graph.index(h)] for h in holders}
         assert len(devices) == 1, (group, devices)
+
+
+def test_t5_11b_plans_where_cpsat_presolve_once_claimed_infeasible(tmp_path):
+    """The latency plan of t5-11b on 2 x 40 GiB + cpu: CP-SAT 9.15's presolve proved the
+    utilisation phase infeasible although the time phase had just found a placement
+    (google/or-tools#5274); the phase is solved again without presolve."""
+    plan = planner.plan("t5-11b", max_memory={0: "40GiB", 1: "40GiB", "cpu": "1TiB"}, offload_folder=tmp_path,
+                        cache=False)
+    assert plan.status == "optimal"
+    assert violations(plan.problem, plan.solution.assignment) == []
