@@ -43,6 +43,7 @@ bound, as in :mod:`layerplan.solver.dp`).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 from layerplan.solver._symmetry import interchangeable_groups
 from layerplan.solver.cost import CostModel, edge_time_ns, node_time_ns
-from layerplan.solver.goals import UTILISATION_SCALE, Goal, Measure
+from layerplan.solver.goals import UTILISATION_SCALE, Goal, Measure, max_utilisation
 from layerplan.solver.problem import PlacementProblem
 
 __all__ = ["OutOfLabels", "OutOfTime", "applies", "solve_blocks"]
@@ -73,7 +74,7 @@ _MEASURE_SLOTS = (
     (Measure.TRANSFER_BYTES, (TR,)),
     (Measure.TIME_NS, (TIME,)),
     (Measure.BOTTLENECK_NS, (MSTAGE, XSTAGE, BSTAGE)),
-    (Measure.MAX_UTILISATION, (MUTIL,)),
+    (Measure.MAX_UTILISATION, (MUTIL,)),  # never kept: solve_blocks bisects on it instead
 )
 
 
@@ -342,8 +343,14 @@ def solve_blocks(
     cost: CostModel | None,
     *,
     deadline: float | None = None,
-) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+) -> tuple[int, ...] | None:
     """The optimal placement of ``problem`` for ``goal``, exactly (see the module docstring).
+
+    The goal's measures are minimised one after the other, as CP-SAT's phases do: each phase is a
+    DP run that minimises one measure with the earlier ones bounded by their optimum. The largest
+    utilisation is not carried in the labels (a max over devices would keep a front of labels per
+    state): it is found by bisection, each probe a DP run with every computing device's cap cut to
+    that utilisation (``ceil(SCALE * load / cap) <= u`` exactly when ``load <= u * cap // SCALE``).
 
     Args:
         problem: a problem :func:`applies` accepts.
@@ -352,7 +359,7 @@ def solve_blocks(
         deadline: ``time.perf_counter()`` value past which :class:`OutOfTime` is raised.
 
     Returns:
-        ``(assignment, measure values in goal order)``, or None when no placement is valid.
+        The assignment (device index per node), or None when no placement is valid.
 
     Raises:
         OutOfTime: past ``deadline``.
@@ -360,23 +367,90 @@ def solve_blocks(
             trade-offs for this method; CP-SAT handles it).
     """
     data = _data(problem, cost)
-    quick = _run(data, goal, max_labels=QUICK_MAX_LABELS, deadline=deadline, bound=None)
-    bound = None if quick is None else quick[1][0]
-    return _run(data, goal, max_labels=None, deadline=deadline, bound=bound)
+    limits: dict[Measure, int] = {}
+    best: tuple[tuple[int, ...], int] | None = None
+    previous = None
+    for measure in goal.measures:
+        if measure is Measure.MAX_UTILISATION and _bisect_utilisation(data):
+            assert best is not None and previous is not None  # no goal starts with it
+            data, best = _least_utilisation(problem, data, best, previous, limits, deadline)
+            continue
+        best = _phase(data, measure, limits, deadline)
+        if best is None:
+            return None
+        limits[measure] = best[1]
+        previous = measure
+    assert best is not None
+    return best[0]
 
 
-def _run(data: _Data, goal: Goal, *, max_labels: int | None, deadline: float | None, bound: int | None):
+def _bisect_utilisation(data: _Data) -> bool:
+    """Whether to find the least utilisation by bisection rather than as a label entry.
+
+    Measured (benchmarks/plan_time.py): when the GPUs can hold the weights, the labels of a
+    utilisation entry form a front per state (the largest load so far against the open block's),
+    and a dozen bisection probes with few labels each are faster; when offloading is needed, the
+    offload trade-offs keep many labels anyway and one run with the entry beats a dozen probes.
+    """
+    return sum(data.w) <= sum(data.caps[d] for d in (data.x, *data.others))
+
+
+def _phase(
+    data: _Data, objective: Measure, limits: dict[Measure, int], deadline: float | None
+) -> tuple[tuple[int, ...], int] | None:
+    """``(assignment, value)`` minimising ``objective`` with each measure in ``limits`` at most
+    its limit, or None: a quick pass keeps a few labels per state for an incumbent, whose value
+    bounds the exact pass."""
+    quick = _run(data, objective, limits, max_labels=QUICK_MAX_LABELS, deadline=deadline, bound=None)
+    return _run(data, objective, limits, max_labels=None, deadline=deadline, bound=None if quick is None else quick[1])
+
+
+def _least_utilisation(
+    problem: PlacementProblem, data: _Data, best: tuple[tuple[int, ...], int], previous: Measure,
+    limits: dict[Measure, int], deadline: float | None,
+) -> tuple[_Data, tuple[tuple[int, ...], int]]:
+    """The least utilisation ``u`` at which the earlier measures keep their optimum (bisection over
+    ``0..u(best)``), with the data capped at ``u`` and a placement that reaches it."""
+    low, high = 0, max_utilisation(problem, best[0])
+    while low < high:
+        middle = (low + high) // 2
+        # ``limits`` already bounds ``previous`` by its optimum: no quick pass needed for a bound.
+        found = _run(_capped(data, middle), previous, limits, max_labels=None, deadline=deadline, bound=None)
+        if found is None:
+            low = middle + 1
+        else:
+            best = found
+            high = min(middle, max_utilisation(problem, found[0]))
+    return _capped(data, high), best
+
+
+def _capped(data: _Data, utilisation: int) -> _Data:
+    """``data`` with every computing device's cap cut to ``utilisation`` (1/SCALE of its cap)."""
+    caps = list(data.caps)
+    for d in (data.x, *data.others):
+        caps[d] = min(caps[d], utilisation * caps[d] // UTILISATION_SCALE)
+    room_after = [0] * (len(data.others) + 1)
+    for m in range(len(data.others) - 1, -1, -1):
+        room_after[m] = room_after[m + 1] + caps[data.others[m]]
+    return dataclasses.replace(data, caps=caps, room_after=room_after)
+
+
+def _run(
+    data: _Data, objective: Measure, limits: dict[Measure, int], *, max_labels: int | None,
+    deadline: float | None, bound: int | None,
+) -> tuple[tuple[int, ...], int] | None:
     """One pass of the DP (``max_labels``: truncated, for an incumbent; None: exact)."""
     start = [0] * (USED + len(data.offs) + len(data.last_use))
     start[XIDLE] = start[NOXB] = 1
     for b in range(len(data.last_use)):
         start[USED + len(data.offs) + b] = 1
+    kept_measures = frozenset({objective, *limits})
     states: dict[_State, list[_Label]] = {(-1, 0, None): [_Label(tuple(start), None, -1)]}
     for i in range(data.n + 1):
         if deadline is not None and time.perf_counter() > deadline:
             raise OutOfTime
         states = {state: kept for state, labels in states.items()
-                  if (kept := _settle(data, goal, labels, i, state, max_labels, bound))}
+                  if (kept := _settle(data, objective, limits, kept_measures, labels, i, state, max_labels, bound))}
         if i < data.n:
             states = _advance(data, i, states)
     finals = []
@@ -387,8 +461,7 @@ def _run(data: _Data, goal: Goal, *, max_labels: int | None, deadline: float | N
                 _close(data, v, data.others[state[0]])
             if v[OFFANY] and v[NOXB]:  # offloaded nodes would run elsewhere (problem.py: execution device)
                 continue
-            values = _measures(data, v, None)
-            finals.append((tuple(values[m] for m in goal.measures), label))
+            finals.append((_measures(data, v, None)[objective], label))
     if not finals:
         return None
     best = min(key for key, _ in finals)
@@ -465,24 +538,25 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
 
 
 def _settle(
-    data: _Data, goal: Goal, labels: list[_Label], i: int, state: _State, max_labels: int | None,
-    bound: int | None,
+    data: _Data, objective: Measure, limits: dict[Measure, int], kept_measures: frozenset[Measure],
+    labels: list[_Label], i: int, state: _State, max_labels: int | None, bound: int | None,
 ) -> list[_Label]:
-    """A state's labels at position ``i``: normalised, deduplicated, bounded, Pareto-filtered and
-    (quick pass) truncated."""
-    first = goal.measures[0]
+    """A state's labels at position ``i``: normalised, deduplicated, bounded (``bound`` on the
+    objective, ``limits`` on earlier measures), Pareto-filtered and (quick pass) truncated."""
     open_device = data.others[state[0]] if state[2] == "o" else None
     unique: dict[tuple[int, ...], _Label] = {}
     for label in labels:
-        unique.setdefault(_normal(data, label.vec, i, goal, state), label)
+        unique.setdefault(_normal(data, label.vec, i, kept_measures, state), label)
     keyed = []
     for vec, label in unique.items():
         values = _measures(data, vec, open_device)
         if not _completion_bound(data, vec, i, state, values):
             continue
-        if bound is not None and values[first] > bound:
+        if bound is not None and values[objective] > bound:
             continue
-        keyed.append((tuple(values[m] for m in goal.measures), vec, label))
+        if any(values[m] > limit for m, limit in limits.items()):
+            continue
+        keyed.append((values[objective], vec, label))
     keyed.sort(key=lambda entry: (entry[0], entry[1]))
     kept = _front([entry[1] for entry in keyed])
     out = [_Label(keyed[r][1], keyed[r][2].parent, keyed[r][2].device) for r in kept]
@@ -526,7 +600,7 @@ def _completion_bound(data: _Data, v: Sequence[int], i: int, state: _State, valu
     return True
 
 
-def _normal(data: _Data, vec: tuple[int, ...], i: int, goal: Goal, state: _State) -> tuple[int, ...]:
+def _normal(data: _Data, vec: tuple[int, ...], i: int, measures: frozenset[Measure], state: _State) -> tuple[int, ...]:
     """``vec`` with the entries that no longer matter at position ``i`` set to a canonical value:
     measures the goal does not minimise; the execution device's load once its block is closed and
     no offload device exists (nothing can compute there any more: its utilisation and stage are
@@ -534,7 +608,6 @@ def _normal(data: _Data, vec: tuple[int, ...], i: int, goal: Goal, state: _State
     of a tensor no later node reads is moot; and a block's first node only matters through the
     producers and consumers it comes after (``_Data.thresholds``)."""
     v = list(vec)
-    measures = goal.measures
     if state[1] == 2 and not data.offs and (v[XADD] or v[XSTAGE]):
         if Measure.MAX_UTILISATION in measures:
             v[MUTIL] = max(v[MUTIL], _x_util(data, v))
