@@ -99,8 +99,12 @@ def applies(problem: PlacementProblem, cost: CostModel | None) -> str | None:
         return "accelerator blocks in free order on GPUs that differ (or are pinned)"
     if problem.low_zero:
         return "low_zero"
-    if problem.tied_groups:
-        return "tied parameters"
+    followers = {m for group in problem.tied_groups for m in group[1:]}
+    if any(e.producer in followers or (len(e.consumers) > 1 and followers.intersection(e.consumers))
+           for e in problem.edges):
+        return "tied parameters whose later copy feeds another node or shares an input"
+    if any(node in followers for node, _ in problem.pins):
+        return "a pinned tied parameter"
     if not problem.accelerators:
         return "no accelerator"
     if cost is not None:
@@ -149,6 +153,11 @@ class _Data:
     min_stream_ns_per_byte: float  # weighted streaming ns per offloaded byte, fastest offload device
     pins: dict[int, int]
     offload_cost: list[int]
+    remaining_free: list[int]  # [position] weight bytes of the non-follower nodes i..n-1
+    groups: dict[int, int]  # anchor or follower -> its tied group
+    followers_of: dict[int, tuple[int, ...]]  # anchor -> its followers
+    anchors: tuple[int, ...]  # [group] its anchor
+    inputs: dict[int, list[tuple[int, int, list[int]]]]  # follower -> (producer, bytes, ns per device)
 
 
 def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
@@ -193,6 +202,13 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
             prev = c
         last_use.append(edge.consumers[-1])
         uses.append([edge.producer, *edge.consumers])
+    followers_of = {g[0]: g[1:] for g in problem.tied_groups}
+    follower = {m for g in problem.tied_groups for m in g[1:]}
+    inputs: dict[int, list] = {f: [] for f in follower}
+    for e, edge in enumerate(edges):
+        for c in edge.consumers:
+            if c in follower:
+                inputs[c].append((edge.producer, edge.size_bytes, edge_ns(e)))
     thresholds = []
     for i in range(n + 1):
         found = set()
@@ -200,14 +216,20 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
             at = bisect.bisect_left(chain, i, lo=1)  # first consumer >= i
             if at < len(chain) and chain[at - 1] < i:
                 found.add(chain[at - 1])
+        for f, edges_in in inputs.items():  # a follower's producers, while it is still to come
+            found.update(p for p, _, _ in edges_in if p < i <= f)
         thresholds.append(sorted(found))
     remaining = [0] * (n + 1)
     best = [0] * (n + 1)
     allowed = _allowed(problem)
     x = problem.execution_device
+    remaining_free = [0] * (n + 1)
     for i in range(n - 1, -1, -1):
         remaining[i] = remaining[i + 1] + nodes[i].size_bytes
-        best[i] = best[i + 1] + min(t_on[i][d if devices[d].is_accelerator else x] for d in allowed[i])
+        free = i not in follower  # a follower's bytes and time go with its anchor (maybe already charged)
+        remaining_free[i] = remaining_free[i + 1] + (nodes[i].size_bytes if free else 0)
+        fastest = min(t_on[i][d if devices[d].is_accelerator else x] for d in allowed[i])
+        best[i] = best[i + 1] + (fastest if free else 0)
     others = problem.accelerators[1:]
     room_after = [0] * (len(others) + 1)
     for m in range(len(others) - 1, -1, -1):
@@ -225,6 +247,9 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
         t_on=t_on, cut=cut, cut_t=cut_t, consumes=consumes, produces=produces, last_use=last_use,
         thresholds=thresholds, remaining=remaining, min_time_after=best, pins=dict(problem.pins),
         offload_cost=[d.offload_cost for d in devices],
+        remaining_free=remaining_free,
+        groups={m: g for g, group in enumerate(problem.tied_groups) for m in group},
+        followers_of=followers_of, inputs=inputs, anchors=tuple(g[0] for g in problem.tied_groups),
     )
 
 
@@ -296,18 +321,40 @@ def _on_block(data: _Data, i: int, v: list[int], device: int, start: bool) -> bo
     if runtime:
         v[BADD] += data.kv[i]
         v[BWORK] = max(v[BWORK], data.work[i])
+    for f in data.followers_of.get(i, ()):  # tied copies sit here too; their inputs come later
+        v[BADD] += data.w[f] + (data.kv[f] if runtime else 0)
+        if runtime:
+            v[BWORK] = max(v[BWORK], data.work[f])
+        t += data.t_on[f][device]
     v[TIME] += t
     v[BSTAGE] += t
     return v[BADD] + v[BWORK] + (data.reserve[device] if runtime else 0) <= data.caps[device]
 
 
-def _close(data: _Data, v: list[int], device: int) -> None:
-    """Fold the open block on ``device`` (not the execution device) into the measures."""
+def _close(data: _Data, v: list[int], device: int, i: int, anchors: tuple[int, ...]) -> bool:
+    """Fold the open block on ``device`` (not the execution device), which ends before node ``i``,
+    into the measures. The tied copies of its anchors that come later receive their inputs from
+    outside the block: charged now. False when that overflows the block."""
+    for group, where in enumerate(anchors):
+        if where != device:
+            continue
+        for f in data.followers_of[data.anchors[group]]:
+            if f < i:
+                continue
+            for producer, size, ns in data.inputs[f]:
+                if producer < v[BSTART] or producer >= i:
+                    v[TR] += size
+                    v[TIME] += ns[device]
+                    v[BSTAGE] += ns[device]
+                    if data.runtime:
+                        v[BADD] += size
     load = v[BADD] + v[BWORK] + (data.reserve[device] if data.runtime else 0)
+    fits = load <= data.caps[device]
     if data.caps[device]:
         v[MUTIL] = max(v[MUTIL], -(-UTILISATION_SCALE * load // data.caps[device]))
     v[MSTAGE] = max(v[MSTAGE], v[BSTAGE])
     v[BADD] = v[BWORK] = v[BSTAGE] = v[BSTART] = 0
+    return fits
 
 
 def _x_util(data: _Data, v: Sequence[int]) -> int:
@@ -334,7 +381,7 @@ def _measures(data: _Data, v: Sequence[int], open_device: int | None) -> dict[Me
 #: A state: (index in ``_Data.others`` of the last block on another accelerator, -1 for none;
 #: the execution device's block: 0 none yet, 1 open, 2 closed; "x", "o" or None: what node
 #: ``i - 1`` is on: the execution device's block, the other accelerator's block, offloaded).
-_State = tuple[int, int, str | None]
+_State = tuple[int, int, str | None, tuple[int, ...]]  # ..., the device of each tied group's anchor (-1: not yet)
 
 
 def solve_blocks(
@@ -445,7 +492,7 @@ def _run(
     for b in range(len(data.last_use)):
         start[USED + len(data.offs) + b] = 1
     kept_measures = frozenset({objective, *limits})
-    states: dict[_State, list[_Label]] = {(-1, 0, None): [_Label(tuple(start), None, -1)]}
+    states: dict[_State, list[_Label]] = {(-1, 0, None, (-1,) * len(data.anchors)): [_Label(tuple(start), None, -1)]}
     for i in range(data.n + 1):
         if deadline is not None and time.perf_counter() > deadline:
             raise OutOfTime
@@ -457,8 +504,8 @@ def _run(
     for state, labels in states.items():
         for label in labels:
             v = list(label.vec)
-            if state[2] == "o":
-                _close(data, v, data.others[state[0]])
+            if state[2] == "o" and not _close(data, v, data.others[state[0]], data.n, state[3]):
+                continue
             if v[OFFANY] and v[NOXB]:  # offloaded nodes would run elsewhere (problem.py: execution device)
                 continue
             finals.append((_measures(data, v, None)[objective], label))
@@ -481,34 +528,39 @@ def _assignment(n: int, label: _Label) -> tuple[int, ...]:
 
 def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_State, list[_Label]]:
     """The candidate labels at position ``i + 1``: node ``i`` placed every way it may be."""
+    if i in data.groups and data.anchors[data.groups[i]] != i:
+        return _follow(data, i, states)
     x, others = data.x, data.others
     pin = data.pins.get(i)
+    group = data.groups.get(i)  # i anchors a tied group: the state records where it goes
     out: dict[_State, list[_Label]] = {}
 
     def put(state: _State, vec: list[int], parent: _Label, device: int) -> None:
+        if group is not None:
+            state = (*state[:3], (*state[3][:group], device, *state[3][group + 1:]))
         out.setdefault(state, []).append(_Label(tuple(vec), parent, device))
 
-    for (last, xs, on), labels in states.items():
+    for (last, xs, on, anchors), labels in states.items():
         closed = labels
         if on == "o":  # what follows another block, or an offload, sees that block closed
             closed = []
             for label in labels:
                 v = list(label.vec)
-                _close(data, v, others[last])
-                closed.append(_Label(tuple(v), label.parent, label.device))
-        after = (last, 2 if xs == 1 else xs, None)
+                if _close(data, v, others[last], i, anchors):
+                    closed.append(_Label(tuple(v), label.parent, label.device))
+        after = (last, 2 if xs == 1 else xs, None, anchors)
         charge = on == "o"  # node i-1 computes on another accelerator than the execution device
         # Extend the open block.
         if on == "x" and pin in (None, x):
             for label in labels:
                 v = list(label.vec)
                 if _on_x(data, i, v, x, False):
-                    put((last, 1, "x"), v, label, x)
+                    put((last, 1, "x", anchors), v, label, x)
         if on == "o" and pin in (None, others[last]):
             for label in labels:
                 v = list(label.vec)
                 if _on_block(data, i, v, others[last], False):
-                    put((last, xs, "o"), v, label, others[last])
+                    put((last, xs, "o", anchors), v, label, others[last])
         # Offload.
         for slot, o in enumerate(data.offs):
             if pin not in (None, o):
@@ -525,7 +577,7 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
             for label in closed:
                 v = list(label.vec)
                 if _on_x(data, i, v, x, charge):
-                    put((last, 1, "x"), v, label, x)
+                    put((last, 1, "x", anchors), v, label, x)
         # Start a block on another accelerator: any later one (ordered) or the next (free order).
         for m in range(last + 1, last + 2 if data.free else len(others)):
             if m >= len(others) or pin not in (None, others[m]):
@@ -533,7 +585,42 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
             for label in closed:
                 v = list(label.vec)
                 if _on_block(data, i, v, others[m], True):
-                    put((m, after[1], "o"), v, label, others[m])
+                    put((m, after[1], "o", anchors), v, label, others[m])
+    return out
+
+
+def _follow(data: _Data, f: int, states: dict[_State, list[_Label]]) -> dict[_State, list[_Label]]:
+    """Node ``f`` is a tied copy: it goes where its anchor went and the state does not change
+    (contiguity is over the other nodes). On the execution device or offloaded, it is charged now;
+    on another accelerator its bytes and time were charged with its anchor, and its inputs are
+    charged now if that block is still open (else they were when it closed)."""
+    out: dict[_State, list[_Label]] = {}
+    group = data.groups[f]
+    for state, labels in states.items():
+        last, _xs, on, anchors = state
+        device = anchors[group]
+        kept = out.setdefault(state, [])
+        for label in labels:
+            v = list(label.vec)
+            if device == data.x or device in data.offs:
+                if device != data.x:
+                    slot = USED + data.offs.index(device)
+                    if v[slot] + data.w[f] > data.caps[device]:
+                        continue
+                    v[slot] += data.w[f]
+                if not _on_x(data, f, v, device, on == "o"):
+                    continue
+            elif on == "o" and data.others[last] == device:
+                for producer, size, ns in data.inputs[f]:
+                    if producer < v[BSTART]:
+                        v[TR] += size
+                        v[TIME] += ns[device]
+                        v[BSTAGE] += ns[device]
+                        if data.runtime:
+                            v[BADD] += size
+                if v[BADD] + v[BWORK] + (data.reserve[device] if data.runtime else 0) > data.caps[device]:
+                    continue
+            kept.append(_Label(tuple(v), label, device))
     return out
 
 
@@ -576,13 +663,13 @@ def _completion_bound(data: _Data, v: Sequence[int], i: int, state: _State, valu
     the streaming time, which runs on the execution device); every node still to place costs at
     least its fastest compute time.
     """
-    last, xs, on = state
+    last, xs, on = state[:3]
     room = data.room_after[last + 1]  # the other accelerators not used yet
     if xs == 1 or (xs == 0 and (data.free or last == -1)):
         room += max(0, data.caps[data.x] - (v[XADD] + v[XWORK] + v[XSTREAM]))
     if on == "o":
         room += max(0, data.caps[data.others[last]] - (v[BADD] + v[BWORK]))
-    overflow = data.remaining[i] - room
+    overflow = data.remaining_free[i] - room
     values[Measure.TIME_NS] += data.min_time_after[i]
     if overflow <= 0:
         return True
@@ -608,7 +695,7 @@ def _normal(data: _Data, vec: tuple[int, ...], i: int, measures: frozenset[Measu
     of a tensor no later node reads is moot; and a block's first node only matters through the
     producers and consumers it comes after (``_Data.thresholds``)."""
     v = list(vec)
-    if state[1] == 2 and not data.offs and (v[XADD] or v[XSTAGE]):
+    if state[1] == 2 and not data.offs and not data.anchors and (v[XADD] or v[XSTAGE]):
         if Measure.MAX_UTILISATION in measures:
             v[MUTIL] = max(v[MUTIL], _x_util(data, v))
         v[MSTAGE] = max(v[MSTAGE], v[XSTAGE])

@@ -31,8 +31,24 @@ from test_goals import brute_force_goal, cost_models, hand_measures
 
 
 def _dp_shaped(problem: PlacementProblem) -> PlacementProblem:
-    """The problem as the block DP takes it: no tied groups, no low_zero (ordered or not)."""
-    return dataclasses.replace(problem, tied_groups=(), low_zero=False)
+    """The problem as the block DP takes it (ordered or not): no low_zero, and tied copies (the
+    later members of a tied group, such as a tied ``lm_head``) that feed no other node and are not
+    pinned."""
+    followers = {m for group in problem.tied_groups for m in group[1:]}
+    edges = []
+    for e in problem.edges:
+        if e.producer in followers:
+            continue
+        alone = [c for c in e.consumers if c in followers][:1] if len(e.consumers) > 1 else []
+        rest = tuple(c for c in e.consumers if c not in followers)
+        edges += [dataclasses.replace(e, consumers=(c,)) for c in alone]  # a tied copy's own input
+        if rest and not (len(e.consumers) == 1 and e.consumers[0] in followers):
+            edges.append(dataclasses.replace(e, consumers=rest))
+        elif len(e.consumers) == 1:
+            edges.append(e)
+    return dataclasses.replace(
+        problem, low_zero=False, edges=tuple(edges), pins=tuple((i, d) for i, d in problem.pins if i not in followers),
+    )
 
 
 def _uniform_links(cost: CostModel, value: float) -> CostModel:
@@ -72,9 +88,10 @@ def _check_against_brute_force(problem: PlacementProblem, cost: CostModel, goal:
     reason = block_dp.applies(problem, cost)
     if reason is not None:
         event(f"not for the DP: {reason.split(' ')[0]}")
-        assert not problem.accelerators or not problem.ordered
+        assert not problem.accelerators or not problem.ordered or problem.tied_groups
         return
     event("ordered" if problem.ordered else "free order")
+    event("tied" if problem.tied_groups else "untied")
     if best is None:
         with pytest.raises(InfeasiblePlanError):
             solve(problem, goal=goal, cost=cost, method="dp", explain=False)
