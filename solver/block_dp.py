@@ -95,8 +95,6 @@ class _Label:
 
 def applies(problem: PlacementProblem, cost: CostModel | None) -> str | None:
     """Why :func:`solve_blocks` cannot solve ``problem`` (a short phrase), or None when it can."""
-    if not problem.ordered and not _others_interchangeable(problem, cost):
-        return "accelerator blocks in free order on GPUs that differ (or are pinned)"
     if problem.low_zero:
         return "low_zero"
     followers = {m for group in problem.tied_groups for m in group[1:]}
@@ -115,13 +113,17 @@ def applies(problem: PlacementProblem, cost: CostModel | None) -> str | None:
     return None
 
 
-def _others_interchangeable(problem: PlacementProblem, cost: CostModel | None) -> bool:
-    """Whether the accelerators after the execution device are interchangeable (same cap,
-    reserve, speed and links, none pinned: :func:`layerplan.solver._symmetry.interchangeable_groups`):
-    then blocks in free order are, up to relabelling them, blocks on them in listed order with the
-    execution device's block anywhere."""
-    others = problem.accelerators[1:]
-    return len(others) <= 1 or any(set(others) <= set(g) for g in interchangeable_groups(problem, cost))
+def _free_groups(problem: PlacementProblem, cost: CostModel | None) -> tuple[tuple[int, ...], ...]:
+    """The accelerators after the execution device in groups of interchangeable ones (same cap,
+    reserve, speed and links, none pinned: :func:`layerplan.solver._symmetry.interchangeable_groups`),
+    the others alone. In free order a placement is, up to relabelling within groups, one whose
+    blocks use each group's members in listed order."""
+    x = problem.execution_device
+    grouped = [tuple(d for d in g if d != x) for g in interchangeable_groups(problem, cost)]
+    grouped = [g for g in grouped if g]
+    taken = {d for g in grouped for d in g}
+    alone = [(d,) for d in problem.accelerators if d != x and d not in taken]
+    return tuple(sorted(grouped + alone))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +132,8 @@ class _Data:
 
     n: int
     others: tuple[int, ...]  # the accelerators after the execution device, in listed order
-    free: bool  # blocks in free order (the others are interchangeable)
+    free: bool  # blocks in free order
+    groups_free: tuple[tuple[int, ...], ...]  # free order: the others in interchangeable groups
     offs: tuple[int, ...]
     x: int
     runtime: bool
@@ -239,6 +242,7 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
              if cost is not None and cost.speeds[o].read_bytes_per_s > 0]
     return _Data(
         n=n, others=others, free=not problem.ordered, offs=offs,
+        groups_free=_free_groups(problem, cost) if not problem.ordered else (),
         room_after=room_after, by_offload_cost=sorted(range(len(offs)), key=lambda s: devices[offs[s]].offload_cost),
         min_stream_ns_per_byte=min(rates, default=0.0),
         x=problem.execution_device, runtime=problem.has_runtime_memory,
@@ -378,10 +382,45 @@ def _measures(data: _Data, v: Sequence[int], open_device: int | None) -> dict[Me
 
 
 # -- the DP ----------------------------------------------------------------------------------------
-#: A state: (index in ``_Data.others`` of the last block on another accelerator, -1 for none;
+#: A state: (in device order: the index in ``_Data.others`` of the last block on another
+#: accelerator, -1 for none; in free order: the members of each ``_Data.groups_free`` group used so
+#: far and the group of the open block, -1 for none;
 #: the execution device's block: 0 none yet, 1 open, 2 closed; "x", "o" or None: what node
 #: ``i - 1`` is on: the execution device's block, the other accelerator's block, offloaded).
 _State = tuple[int, int, str | None, tuple[int, ...]]  # ..., the device of each tied group's anchor (-1: not yet)
+
+
+def _initial_key(data: _Data) -> object:
+    return ((0,) * len(data.groups_free), -1) if data.free else -1
+
+
+def _open_device(data: _Data, key: object) -> int:
+    """The device of the open block on another accelerator (state ``on == "o"``)."""
+    if not data.free:
+        return data.others[key]
+    used, group = key
+    return data.groups_free[group][used[group] - 1]
+
+
+def _closed_key(data: _Data, key: object) -> object:
+    return (key[0], -1) if data.free else key
+
+
+def _starts(data: _Data, key: object) -> list[tuple[object, int]]:
+    """``(key, device)`` of each block that may start next on another accelerator: any later one
+    in device order; in free order, the next unused member of any group."""
+    if not data.free:
+        return [(m, data.others[m]) for m in range(key + 1, len(data.others))]
+    used = key[0]
+    return [((used[:g] + (used[g] + 1,) + used[g + 1:], g), members[used[g]])
+            for g, members in enumerate(data.groups_free) if used[g] < len(members)]
+
+
+def _room_left(data: _Data, key: object) -> int:
+    """The caps of the other accelerators no block has used yet."""
+    if not data.free:
+        return data.room_after[key + 1]
+    return sum(data.caps[d] for g, members in enumerate(data.groups_free) for d in members[key[0][g]:])
 
 
 def solve_blocks(
@@ -492,7 +531,7 @@ def _run(
     for b in range(len(data.last_use)):
         start[USED + len(data.offs) + b] = 1
     kept_measures = frozenset({objective, *limits})
-    states: dict[_State, list[_Label]] = {(-1, 0, None, (-1,) * len(data.anchors)): [_Label(tuple(start), None, -1)]}
+    states: dict[_State, list[_Label]] = {(_initial_key(data), 0, None, (-1,) * len(data.anchors)): [_Label(tuple(start), None, -1)]}
     for i in range(data.n + 1):
         if deadline is not None and time.perf_counter() > deadline:
             raise OutOfTime
@@ -504,7 +543,7 @@ def _run(
     for state, labels in states.items():
         for label in labels:
             v = list(label.vec)
-            if state[2] == "o" and not _close(data, v, data.others[state[0]], data.n, state[3]):
+            if state[2] == "o" and not _close(data, v, _open_device(data, state[0]), data.n, state[3]):
                 continue
             if v[OFFANY] and v[NOXB]:  # offloaded nodes would run elsewhere (problem.py: execution device)
                 continue
@@ -530,7 +569,7 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
     """The candidate labels at position ``i + 1``: node ``i`` placed every way it may be."""
     if i in data.groups and data.anchors[data.groups[i]] != i:
         return _follow(data, i, states)
-    x, others = data.x, data.others
+    x = data.x
     pin = data.pins.get(i)
     group = data.groups.get(i)  # i anchors a tied group: the state records where it goes
     out: dict[_State, list[_Label]] = {}
@@ -546,9 +585,9 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
             closed = []
             for label in labels:
                 v = list(label.vec)
-                if _close(data, v, others[last], i, anchors):
+                if _close(data, v, _open_device(data, last), i, anchors):
                     closed.append(_Label(tuple(v), label.parent, label.device))
-        after = (last, 2 if xs == 1 else xs, None, anchors)
+        after = (_closed_key(data, last), 2 if xs == 1 else xs, None, anchors)
         charge = on == "o"  # node i-1 computes on another accelerator than the execution device
         # Extend the open block.
         if on == "x" and pin in (None, x):
@@ -556,11 +595,12 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
                 v = list(label.vec)
                 if _on_x(data, i, v, x, False):
                     put((last, 1, "x", anchors), v, label, x)
-        if on == "o" and pin in (None, others[last]):
+        if on == "o" and pin in (None, _open_device(data, last)):
+            device = _open_device(data, last)
             for label in labels:
                 v = list(label.vec)
-                if _on_block(data, i, v, others[last], False):
-                    put((last, xs, "o", anchors), v, label, others[last])
+                if _on_block(data, i, v, device, False):
+                    put((last, xs, "o", anchors), v, label, device)
         # Offload.
         for slot, o in enumerate(data.offs):
             if pin not in (None, o):
@@ -577,15 +617,15 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
             for label in closed:
                 v = list(label.vec)
                 if _on_x(data, i, v, x, charge):
-                    put((last, 1, "x", anchors), v, label, x)
+                    put((after[0], 1, "x", anchors), v, label, x)
         # Start a block on another accelerator: any later one (ordered) or the next (free order).
-        for m in range(last + 1, last + 2 if data.free else len(others)):
-            if m >= len(others) or pin not in (None, others[m]):
+        for key, device in _starts(data, last):
+            if pin not in (None, device):
                 continue
             for label in closed:
                 v = list(label.vec)
-                if _on_block(data, i, v, others[m], True):
-                    put((m, after[1], "o", anchors), v, label, others[m])
+                if _on_block(data, i, v, device, True):
+                    put((key, after[1], "o", anchors), v, label, device)
     return out
 
 
@@ -610,7 +650,7 @@ def _follow(data: _Data, f: int, states: dict[_State, list[_Label]]) -> dict[_St
                     v[slot] += data.w[f]
                 if not _on_x(data, f, v, device, on == "o"):
                     continue
-            elif on == "o" and data.others[last] == device:
+            elif on == "o" and _open_device(data, last) == device:
                 for producer, size, ns in data.inputs[f]:
                     if producer < v[BSTART]:
                         v[TR] += size
@@ -630,7 +670,7 @@ def _settle(
 ) -> list[_Label]:
     """A state's labels at position ``i``: normalised, deduplicated, bounded (``bound`` on the
     objective, ``limits`` on earlier measures), Pareto-filtered and (quick pass) truncated."""
-    open_device = data.others[state[0]] if state[2] == "o" else None
+    open_device = _open_device(data, state[0]) if state[2] == "o" else None
     unique: dict[tuple[int, ...], _Label] = {}
     for label in labels:
         unique.setdefault(_normal(data, label.vec, i, kept_measures, state), label)
@@ -664,11 +704,11 @@ def _completion_bound(data: _Data, v: Sequence[int], i: int, state: _State, valu
     least its fastest compute time.
     """
     last, xs, on = state[:3]
-    room = data.room_after[last + 1]  # the other accelerators not used yet
+    room = _room_left(data, last)  # the other accelerators not used yet
     if xs == 1 or (xs == 0 and (data.free or last == -1)):
         room += max(0, data.caps[data.x] - (v[XADD] + v[XWORK] + v[XSTREAM]))
     if on == "o":
-        room += max(0, data.caps[data.others[last]] - (v[BADD] + v[BWORK]))
+        room += max(0, data.caps[_open_device(data, last)] - (v[BADD] + v[BWORK]))
     overflow = data.remaining_free[i] - room
     values[Measure.TIME_NS] += data.min_time_after[i]
     if overflow <= 0:

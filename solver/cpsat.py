@@ -183,7 +183,7 @@ def _solve_by_dp(
         if required:
             raise structural_infeasibility(problem)
         return None
-    placement = canonical_assignment(problem, found[0], cost=cost)
+    placement = canonical_assignment(problem, found, cost=cost)
     headline = score(problem, placement, goal.headline, cost)
     return _solution(problem, placement, Status.OPTIMAL, goal=goal, cost=cost, bound=headline, started=started,
                      solver="dp")

@@ -160,11 +160,13 @@ def test_auto_uses_the_dp_where_it_applies_and_cpsat_elsewhere() -> None:
     assert solve(dataclasses.replace(problem, ordered=False)).solver == "dp"  # identical GPUs
     bigger = dataclasses.replace(problem.devices[2], cap_bytes=900)
     mixed = dataclasses.replace(problem, ordered=False, devices=(*problem.devices[:2], bigger, problem.devices[3]))
-    assert solve(mixed, num_workers=2).solver == "cp-sat"
+    assert solve(mixed).solver == "dp"  # GPUs that differ, in free order: groups of interchangeable ones
     assert solve(dataclasses.replace(mixed, ordered=True)).solver == "dp"
+    low_zero = dataclasses.replace(mixed, low_zero=True)  # "balanced_low_0": CP-SAT's
+    assert solve(low_zero, num_workers=2).solver == "cp-sat"
     assert solve(problem, method="cp-sat", num_workers=2).solver == "cp-sat"
-    with pytest.raises(InvalidSpecError, match="free order"):
-        solve(mixed, method="dp")
+    with pytest.raises(InvalidSpecError, match="low_zero"):
+        solve(low_zero, method="dp")
     with pytest.raises(InvalidSpecError, match="method="):
         solve(problem, method="fast")
 
