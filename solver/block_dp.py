@@ -264,6 +264,16 @@ def _allowed(problem: PlacementProblem) -> list[tuple[int, ...]]:
 
 
 # -- transitions -----------------------------------------------------------------------------------
+def _receive(data: _Data, v: list[int], load: int, size: int, ns: int) -> int:
+    """One tensor of ``size`` bytes received by a device: charged to the transfer bytes and, with
+    runtime memory, to the receiving device's load entry ``load`` (``XADD`` or ``BADD``). Returns
+    ``ns``, its weighted transfer time, for the caller to add to the time of that device."""
+    v[TR] += size
+    if data.runtime:
+        v[load] += size
+    return ns
+
+
 def _on_x(data: _Data, i: int, v: list[int], stored: int, chain_charge: bool) -> bool:
     """Node ``i`` computes on the execution device, stored on ``stored`` (``x`` or an offload
     device); updates ``v`` in place. False when the execution device overflows."""
@@ -285,17 +295,11 @@ def _on_x(data: _Data, i: int, v: list[int], stored: int, chain_charge: bool) ->
     v[XIDLE] = 0
     t = data.t_on[i][stored]
     if chain_charge and data.cut[i]:
-        v[TR] += data.cut[i]
-        t += data.cut_t[i][x]
-        if runtime:
-            v[XADD] += data.cut[i]
+        t += _receive(data, v, XADD, data.cut[i], data.cut_t[i][x])
     for bit, _prev, size, ns in data.consumes[i]:
         if v[USED + len(data.offs) + bit]:
             v[USED + len(data.offs) + bit] = 0
-            v[TR] += size
-            t += ns[x]
-            if runtime:
-                v[XADD] += size
+            t += _receive(data, v, XADD, size, ns[x])
     for bit in data.produces[i]:
         v[USED + len(data.offs) + bit] = 0
     v[TIME] += t
@@ -312,16 +316,10 @@ def _on_block(data: _Data, i: int, v: list[int], device: int, start: bool) -> bo
     v[BADD] += data.w[i]
     t = data.t_on[i][device]
     if start and data.cut[i]:
-        v[TR] += data.cut[i]
-        t += data.cut_t[i][device]
-        if runtime:
-            v[BADD] += data.cut[i]
+        t += _receive(data, v, BADD, data.cut[i], data.cut_t[i][device])
     for _bit, prev, size, ns in data.consumes[i]:
         if prev < v[BSTART]:
-            v[TR] += size
-            t += ns[device]
-            if runtime:
-                v[BADD] += size
+            t += _receive(data, v, BADD, size, ns[device])
     if runtime:
         v[BADD] += data.kv[i]
         v[BWORK] = max(v[BWORK], data.work[i])
@@ -347,11 +345,9 @@ def _close(data: _Data, v: list[int], device: int, i: int, anchors: tuple[int, .
                 continue
             for producer, size, ns in data.inputs[f]:
                 if producer < v[BSTART] or producer >= i:
-                    v[TR] += size
-                    v[TIME] += ns[device]
-                    v[BSTAGE] += ns[device]
-                    if data.runtime:
-                        v[BADD] += size
+                    t = _receive(data, v, BADD, size, ns[device])
+                    v[TIME] += t
+                    v[BSTAGE] += t
     load = v[BADD] + v[BWORK] + (data.reserve[device] if data.runtime else 0)
     fits = load <= data.caps[device]
     if data.caps[device]:
@@ -653,11 +649,9 @@ def _follow(data: _Data, f: int, states: dict[_State, list[_Label]]) -> dict[_St
             elif on == "o" and _open_device(data, last) == device:
                 for producer, size, ns in data.inputs[f]:
                     if producer < v[BSTART]:
-                        v[TR] += size
-                        v[TIME] += ns[device]
-                        v[BSTAGE] += ns[device]
-                        if data.runtime:
-                            v[BADD] += size
+                        t = _receive(data, v, BADD, size, ns[device])
+                        v[TIME] += t
+                        v[BSTAGE] += t
                 if v[BADD] + v[BWORK] + (data.reserve[device] if data.runtime else 0) > data.caps[device]:
                     continue
             kept.append(_Label(tuple(v), label, device))
