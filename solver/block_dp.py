@@ -1,23 +1,25 @@
-"""Exact dynamic program for ordered block placements, runtime memory and every goal included.
+"""Exact dynamic program over accelerator blocks, runtime memory and every goal included.
 
-The fast path of :func:`layerplan.solver.solve`. It applies (:func:`applies`) to problems with
-``ordered=True``, at least one accelerator, no tied groups and no ``low_zero``, and, when a cost
-model is given, links whose speed into each device does not depend on the sending device. Any
-edges (chain, skip, broadcast: rotary tables, T5's position bias, encoder outputs), pins and
-offload devices are allowed, and memory is charged exactly as :mod:`layerplan.solver.accounting`
-charges it. Where it does not apply, or runs out of labels or time, CP-SAT solves the problem.
+The fast path of :func:`layerplan.solver.solve`. It applies (:func:`applies`) to problems with at
+least one accelerator and no ``low_zero``, blocks in device order or in free order, tied copies
+(a tied ``lm_head``) that feed no other node and have inputs of their own, and, with a cost model,
+links whose speed into each device does not depend on the sending device. Any edges (chain, skip,
+broadcast: rotary tables, T5's position bias, encoder outputs), pins and offload tiers are allowed,
+and memory is charged exactly as :mod:`layerplan.solver.accounting` charges it. Where it does not
+apply, or runs out of labels or time, CP-SAT solves the problem.
 
-A valid placement is a sequence of accelerator *blocks* in device order with offloaded nodes
-before, between and after them. The DP walks the nodes in execution order; at position ``i``
-(nodes ``0..i-1`` placed) its states are
+A valid placement is a sequence of accelerator *blocks* with offloaded nodes before, between and
+after them. The DP walks the nodes in execution order; a state at position ``i`` (nodes ``0..i-1``
+placed) says which blocks were used (in device order: the last one; in free order: how many
+members of each group of interchangeable GPUs, used lowest index first, as any placement can be
+relabelled to), whether the execution device's block is to come, open or closed, what node ``i-1``
+is on (that block, another accelerator's open block, or offloaded) and where each tied group's
+anchor went. Node ``i`` extends the open block, is offloaded to a cpu/disk device, or starts a
+block on an accelerator not used yet; a tied copy goes where its anchor went.
 
-* ``block[m]``: node ``i-1`` is on the ``m``-th accelerator, whose block may go on;
-* ``off[j]``: node ``i-1`` is offloaded, the last block so far was on accelerator ``j-1``.
-
-Node ``i`` extends the block, is offloaded to a cpu/disk device, or starts a block on a later
-accelerator. Each state keeps a Pareto set of *labels*: vectors of integer accumulators (layout
-below) that only ever grow, and whose growth and final measures are non-decreasing in each of them,
-so a label no smaller than another in every entry can be dropped without losing the optimum:
+Each state keeps a Pareto set of *labels*: vectors of integer accumulators (layout below) that
+only ever grow, and whose growth and final measures are non-decreasing in each of them, so a label
+no smaller than another in every entry can be dropped without losing the optimum:
 
 * the measures so far: offload cost, transfer bytes, time (ns), the largest stage time and the
   largest utilisation of the closed blocks on other accelerators;
@@ -33,11 +35,12 @@ so a label no smaller than another in every entry can be dropped without losing 
   its first node ``s``: a non-chain edge reaches a block once, at its first consumer in the block,
   and only if its producer (and any earlier consumer) lies before ``s``.
 
-Labels are normalised before comparison (a device with room for every node still to come needs no
-exact fill, a bit of a tensor nobody reads any more is moot, ``s`` only matters through the
-producers it lies after), a quick pass that keeps a few labels per state gives an incumbent, and
-the exact pass drops labels whose lower bound on the goal's first measure exceeds it (branch and
-bound, as in :mod:`layerplan.solver.dp`).
+Labels are normalised before comparison (measures the phase does not use are dropped, a device
+with room for every node still to come needs no exact fill, a bit of a tensor nobody reads any
+more is moot, ``s`` only matters through the producers it lies after). The goal's measures are
+minimised in phases, as CP-SAT's are (:func:`solve_blocks`); in each, a quick pass that keeps a
+few labels per state gives an incumbent, and the exact pass drops labels whose lower bound on the
+measure exceeds it (branch and bound, as in :mod:`layerplan.solver.dp`).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ _MEASURE_SLOTS = (
     (Measure.TRANSFER_BYTES, (TR,)),
     (Measure.TIME_NS, (TIME,)),
     (Measure.BOTTLENECK_NS, (MSTAGE, XSTAGE, BSTAGE)),
-    (Measure.MAX_UTILISATION, (MUTIL,)),  # never kept: solve_blocks bisects on it instead
+    (Measure.MAX_UTILISATION, (MUTIL,)),  # kept only when not bisected (_bisect_utilisation)
 )
 
 
