@@ -33,18 +33,17 @@ logging.getLogger("accelerate.utils.modeling").setLevel(logging.ERROR)
 
 import torch  # noqa: E402
 from accelerate import infer_auto_device_map  # noqa: E402
+from layerplan import planner  # noqa: E402
+from layerplan.planner.api import plan_graph  # noqa: E402
+from layerplan.planner.graph import LayerGraph  # noqa: E402
+from layerplan.planner.model import catalog  # noqa: E402
+from layerplan.planner.model.trace import no_split_classes  # noqa: E402
+from layerplan.planner.spec import PlanSpec  # noqa: E402
+from layerplan.planner.spec.sizes import build_devices, parse_max_memory  # noqa: E402
+from layerplan.solver import InfeasiblePlanError, PlacementProblem, device_loads, format_bytes  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
-
-import planner  # noqa: E402
-from layerplan.planner.model import catalog  # noqa: E402
-from layerplan.planner.api import plan_graph  # noqa: E402
-from layerplan.planner.graph import LayerGraph  # noqa: E402
-from layerplan.planner.spec import PlanSpec  # noqa: E402
-from layerplan.planner.spec.sizes import build_devices, parse_max_memory  # noqa: E402
-from layerplan.planner.model.trace import no_split_classes  # noqa: E402
-from layerplan.solver import InfeasiblePlanError, PlacementProblem, device_loads, format_bytes  # noqa: E402
 
 HARDWARE = {
     "1x24GiB+cpu+disk": {0: "24GiB", "cpu": "512GiB", "disk": "4TiB"},

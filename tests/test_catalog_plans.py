@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 from accelerate.utils import check_device_map, compute_module_sizes, find_tied_parameters
-
-import planner
+from layerplan import planner
 from layerplan.planner.model import catalog
 from layerplan.solver import violations
 

@@ -13,13 +13,12 @@ import json
 
 import pytest
 import torch
+from layerplan import planner
+from layerplan.planner.graph import LayerGraph
+from layerplan.planner.model.meta import build_meta_model
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, MixtralConfig, T5Config
 from transformers.cache_utils import DynamicCache
-
-import planner
-from layerplan.planner.graph import LayerGraph
-from layerplan.planner.model.meta import build_meta_model
 
 
 def _counted(model: torch.nn.Module, run) -> tuple[int, dict[str, int]]:  # noqa: ANN001

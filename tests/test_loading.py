@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import torch
 from accelerate.utils import check_device_map
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-import planner
+from layerplan import planner
 from layerplan.planner.model.meta import build_meta_model
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 
 def _devices(device_map: dict) -> set:

@@ -16,9 +16,7 @@ import pytest
 import torch
 from accelerate import infer_auto_device_map
 from accelerate.utils import check_device_map, compute_module_sizes
-from transformers import GPT2Config, GPT2LMHeadModel
-
-import planner
+from layerplan import planner
 from layerplan.planner.api import evaluate_map
 from layerplan.planner.baselines.accelerate import accelerate_device_map
 from layerplan.planner.baselines.compare import compare_strategy
@@ -26,6 +24,7 @@ from layerplan.planner.graph import GraphNode, LayerGraph
 from layerplan.planner.output.mapping import is_full, load_device_map, node_devices, uncovered
 from layerplan.planner.spec import PlanSpec
 from layerplan.solver import InvalidSpecError
+from transformers import GPT2Config, GPT2LMHeadModel
 
 # -- a hand-built graph -----------------------------------------------------------------------------
 TOY_NODES = ("model.embed", "model.layers.1", "model.layers.10", "model.norm", "head")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from layerplan import planner
+from layerplan.planner.model.meta import build_meta_model
+from layerplan.planner.model.workload import Workload
 from torch.distributed._tools.mem_tracker import MemTracker, _ModState
 from transformers import (
     AutoConfig,
@@ -18,10 +21,6 @@ from transformers import (
     T5Config,
 )
 from transformers.cache_utils import DynamicCache
-
-import planner
-from layerplan.planner.model.meta import build_meta_model
-from layerplan.planner.model.workload import Workload
 
 KIB = 1024
 

@@ -11,12 +11,11 @@ import json
 
 import pytest
 from accelerate.utils import check_device_map, compute_module_sizes
-
-import planner
+from layerplan import planner
 from layerplan.planner.api import evaluate_map
 from layerplan.planner.baselines.accelerate import accelerate_device_map
-from layerplan.planner.cli import main
 from layerplan.planner.baselines.compare import compare
+from layerplan.planner.cli import main
 from layerplan.solver import InfeasiblePlanError
 
 TYPES = {0: "a100-80gb", 1: "a100-40gb", 2: "l4"}

@@ -6,12 +6,11 @@ from collections import defaultdict
 
 import torch
 from accelerate.utils import compute_module_sizes
-from torch.utils._pytree import tree_flatten
-from transformers import AutoConfig, LlamaConfig, T5Config, T5ForConditionalGeneration
-
-import planner
+from layerplan import planner
 from layerplan.planner.graph import LayerGraph
 from layerplan.planner.model.meta import build_meta_model
+from torch.utils._pytree import tree_flatten
+from transformers import AutoConfig, LlamaConfig, T5Config, T5ForConditionalGeneration
 
 
 def test_tiny_llama_nodes_follow_execution_not_registration(tiny_llama_dir):

@@ -7,10 +7,10 @@ plan's own problem, and accelerate-style weights-only placement as the counterex
 from __future__ import annotations
 
 import pytest
-
-import planner
+from layerplan import planner
 from layerplan.planner.spec.sizes import DEFAULT_RESERVE_BYTES, parse_reserve
 from layerplan.solver import InfeasiblePlanError, InvalidSpecError, device_loads
+
 from tests.test_runtime_memory import by_hand
 
 
