@@ -193,8 +193,14 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
     produces: list[list[int]] = [[] for _ in range(n)]
     last_use: list[int] = []
     uses: list[list[int]] = []  # per bit: producer then consumers
+    followers_of = {g[0]: g[1:] for g in problem.tied_groups}
+    follower = {m for g in problem.tied_groups for m in g[1:]}
+    inputs: dict[int, list] = {f: [] for f in follower}
     for e, edge in enumerate(edges):
         ns = edge_ns(e)
+        for c in edge.consumers:
+            if c in follower:
+                inputs[c].append((edge.producer, edge.size_bytes, ns))
         if edge.consumers == (edge.producer + 1,):
             c = edge.consumers[0]
             cut[c] += edge.size_bytes
@@ -208,13 +214,6 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
             prev = c
         last_use.append(edge.consumers[-1])
         uses.append([edge.producer, *edge.consumers])
-    followers_of = {g[0]: g[1:] for g in problem.tied_groups}
-    follower = {m for g in problem.tied_groups for m in g[1:]}
-    inputs: dict[int, list] = {f: [] for f in follower}
-    for e, edge in enumerate(edges):
-        for c in edge.consumers:
-            if c in follower:
-                inputs[c].append((edge.producer, edge.size_bytes, edge_ns(e)))
     thresholds = []
     for i in range(n + 1):
         found = set()
@@ -237,16 +236,13 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
         fastest = min(t_on[i][d if devices[d].is_accelerator else x] for d in allowed[i])
         best[i] = best[i + 1] + (fastest if free else 0)
     others = problem.accelerators[1:]
-    room_after = [0] * (len(others) + 1)
-    for m in range(len(others) - 1, -1, -1):
-        room_after[m] = room_after[m + 1] + devices[others[m]].cap_bytes
     offs = tuple(d for d in range(k) if not devices[d].is_accelerator)
     rates = [(p + q) * 1e9 / cost.speeds[o].read_bytes_per_s for o in offs
              if cost is not None and cost.speeds[o].read_bytes_per_s > 0]
     return _Data(
         n=n, others=others, free=not problem.ordered, offs=offs,
         groups_free=_free_groups(problem, cost) if not problem.ordered else (),
-        room_after=room_after, by_offload_cost=sorted(range(len(offs)), key=lambda s: devices[offs[s]].offload_cost),
+        room_after=_suffix_caps(others, [d.cap_bytes for d in devices]), by_offload_cost=sorted(range(len(offs)), key=lambda s: devices[offs[s]].offload_cost),
         min_stream_ns_per_byte=min(rates, default=0.0),
         x=problem.execution_device, runtime=problem.has_runtime_memory,
         w=[x.size_bytes for x in nodes], kv=[x.kv_bytes for x in nodes], work=[x.work_bytes for x in nodes],
@@ -258,6 +254,14 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
         groups={m: g for g, group in enumerate(problem.tied_groups) for m in group},
         followers_of=followers_of, inputs=inputs, anchors=tuple(g[0] for g in problem.tied_groups),
     )
+
+
+def _suffix_caps(others: tuple[int, ...], caps: Sequence[int]) -> list[int]:
+    """``[m]``: the caps of ``others[m:]`` together (``_Data.room_after``)."""
+    out = [0] * (len(others) + 1)
+    for m in range(len(others) - 1, -1, -1):
+        out[m] = out[m + 1] + caps[others[m]]
+    return out
 
 
 def _allowed(problem: PlacementProblem) -> list[tuple[int, ...]]:
@@ -275,6 +279,16 @@ def _receive(data: _Data, v: list[int], load: int, size: int, ns: int) -> int:
     if data.runtime:
         v[load] += size
     return ns
+
+
+def _receive_inputs(data: _Data, v: list[int], f: int, device: int, *, before: int, after: int) -> None:
+    """The inputs of tied copy ``f`` on ``device`` (another accelerator's block of nodes
+    ``before..after - 1``) whose producers lie outside that block: received there."""
+    for producer, size, ns in data.inputs[f]:
+        if producer < before or producer >= after:
+            t = _receive(data, v, BADD, size, ns[device])
+            v[TIME] += t
+            v[BSTAGE] += t
 
 
 def _on_x(data: _Data, i: int, v: list[int], stored: int, chain_charge: bool) -> bool:
@@ -346,11 +360,7 @@ def _close(data: _Data, v: list[int], device: int, i: int, anchors: tuple[int, .
         for f in data.followers_of[data.anchors[group]]:
             if f < i:
                 continue
-            for producer, size, ns in data.inputs[f]:
-                if producer < v[BSTART] or producer >= i:
-                    t = _receive(data, v, BADD, size, ns[device])
-                    v[TIME] += t
-                    v[BSTAGE] += t
+            _receive_inputs(data, v, f, device, before=v[BSTART], after=i)
     load = v[BADD] + v[BWORK] + (data.reserve[device] if data.runtime else 0)
     fits = load <= data.caps[device]
     if data.caps[device]:
@@ -514,10 +524,7 @@ def _capped(data: _Data, utilisation: int) -> _Data:
     caps = list(data.caps)
     for d in (data.x, *data.others):
         caps[d] = min(caps[d], utilisation * caps[d] // UTILISATION_SCALE)
-    room_after = [0] * (len(data.others) + 1)
-    for m in range(len(data.others) - 1, -1, -1):
-        room_after[m] = room_after[m + 1] + caps[data.others[m]]
-    return dataclasses.replace(data, caps=caps, room_after=room_after)
+    return dataclasses.replace(data, caps=caps, room_after=_suffix_caps(data.others, caps))
 
 
 def _run(
@@ -650,11 +657,7 @@ def _follow(data: _Data, f: int, states: dict[_State, list[_Label]]) -> dict[_St
                 if not _on_x(data, f, v, device, on == "o"):
                     continue
             elif on == "o" and _open_device(data, last) == device:
-                for producer, size, ns in data.inputs[f]:
-                    if producer < v[BSTART]:
-                        t = _receive(data, v, BADD, size, ns[device])
-                        v[TIME] += t
-                        v[BSTAGE] += t
+                _receive_inputs(data, v, f, device, before=v[BSTART], after=data.n)
                 if v[BADD] + v[BWORK] + (data.reserve[device] if data.runtime else 0) > data.caps[device]:
                     continue
             kept.append(_Label(tuple(v), label, device))
