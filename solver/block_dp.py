@@ -48,7 +48,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +61,8 @@ __all__ = ["OutOfLabels", "OutOfTime", "applies", "solve_blocks"]
 
 #: Labels kept per state by the quick pass.
 QUICK_MAX_LABELS = 6
+#: Rows compared at once by :func:`_front`.
+_FRONT_CHUNK = 256
 #: Labels one state may hold in the exact pass before the DP gives up (CP-SAT then solves).
 MAX_LABELS = 4000
 
@@ -160,6 +162,7 @@ class _Data:
     pins: dict[int, int]
     offload_cost: list[int]
     remaining_free: list[int]  # [position] weight bytes of the non-follower nodes i..n-1
+    remaining_footprint: list[int]  # [position] their weight and (runtime memory) KV-cache bytes
     groups: dict[int, int]  # anchor or follower -> its tied group
     followers_of: dict[int, tuple[int, ...]]  # anchor -> its followers
     anchors: tuple[int, ...]  # [group] its anchor
@@ -229,10 +232,13 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
     allowed = _allowed(problem)
     x = problem.execution_device
     remaining_free = [0] * (n + 1)
+    footprint = [0] * (n + 1)
     for i in range(n - 1, -1, -1):
         remaining[i] = remaining[i + 1] + nodes[i].size_bytes
         free = i not in follower  # a follower's bytes and time go with its anchor (maybe already charged)
         remaining_free[i] = remaining_free[i + 1] + (nodes[i].size_bytes if free else 0)
+        kv = nodes[i].kv_bytes if problem.has_runtime_memory else 0
+        footprint[i] = footprint[i + 1] + (nodes[i].size_bytes + kv if free else 0)
         fastest = min(t_on[i][d if devices[d].is_accelerator else x] for d in allowed[i])
         best[i] = best[i + 1] + (fastest if free else 0)
     others = problem.accelerators[1:]
@@ -250,7 +256,7 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
         t_on=t_on, cut=cut, cut_t=cut_t, consumes=consumes, produces=produces, last_use=last_use,
         thresholds=thresholds, remaining=remaining, min_time_after=best, pins=dict(problem.pins),
         offload_cost=[d.offload_cost for d in devices],
-        remaining_free=remaining_free,
+        remaining_free=remaining_free, remaining_footprint=footprint,
         groups={m: g for g, group in enumerate(problem.tied_groups) for m in group},
         followers_of=followers_of, inputs=inputs, anchors=tuple(g[0] for g in problem.tied_groups),
     )
@@ -670,20 +676,18 @@ def _settle(
 ) -> list[_Label]:
     """A state's labels at position ``i``: normalised, deduplicated, bounded (``bound`` on the
     objective, ``limits`` on earlier measures), Pareto-filtered and (quick pass) truncated."""
-    open_device = _open_device(data, state[0]) if state[2] == "o" else None
     unique: dict[tuple[int, ...], _Label] = {}
     for label in labels:
         unique.setdefault(_normal(data, label.vec, i, kept_measures, state), label)
+    wanted = (objective, *limits)
+    caps = (bound, *limits.values())
+    lower = _completion_bounds(data, i, state, wanted)
     keyed = []
     for vec, label in unique.items():
-        values = _measures(data, vec, open_device)
-        if not _completion_bound(data, vec, i, state, values):
+        values = lower(vec)
+        if values is None or any(cap is not None and value > cap for value, cap in zip(values, caps)):
             continue
-        if bound is not None and values[objective] > bound:
-            continue
-        if any(values[m] > limit for m, limit in limits.items()):
-            continue
-        keyed.append((values[objective], vec, label))
+        keyed.append((values[0], vec, label))
     keyed.sort(key=lambda entry: (entry[0], entry[1]))
     kept = _front([entry[1] for entry in keyed])
     out = [_Label(keyed[r][1], keyed[r][2].parent, keyed[r][2].device) for r in kept]
@@ -694,37 +698,73 @@ def _settle(
     return out
 
 
-def _completion_bound(data: _Data, v: Sequence[int], i: int, state: _State, values: dict[Measure, int]) -> bool:
-    """Raise ``values`` (in place) to lower bounds on the measures of any completion of the label,
-    or return False when no completion fits.
+def _completion_bounds(
+    data: _Data, i: int, state: _State, wanted: Sequence[Measure]
+) -> Callable[[Sequence[int]], tuple[int, ...] | None]:
+    """A function of a label at position ``i`` in ``state``: lower bounds on the ``wanted``
+    measures of any completion of it, or None when no completion fits.
 
     The weight bytes still to place beyond what the accelerators can still take must be offloaded
     (fractional knapsack: the cheapest offload room first for the offload cost, the fastest for
-    the streaming time, which runs on the execution device); every node still to place costs at
-    least its fastest compute time.
+    the streaming time, which runs on the execution device). With runtime memory, a node on an
+    accelerator also brings its KV cache, and an offloaded one leaves its KV cache on the execution
+    device: the offloaded weight bytes are also at least the weight and KV-cache bytes still to
+    place beyond the room of those accelerators and of the execution device. Every node still to
+    place costs at least its fastest compute time. What does not depend on the label is computed
+    once per state.
     """
     last, xs, on = state[:3]
-    room = _room_left(data, last)  # the other accelerators not used yet
-    if xs == 1 or (xs == 0 and (data.free or last == -1)):
-        room += max(0, data.caps[data.x] - (v[XADD] + v[XWORK] + v[XSTREAM]))
-    if on == "o":
-        room += max(0, data.caps[_open_device(data, last)] - (v[BADD] + v[BWORK]))
-    overflow = data.remaining_free[i] - room
-    values[Measure.TIME_NS] += data.min_time_after[i]
-    if overflow <= 0:
-        return True
-    free = [data.caps[o] - v[USED + s] for s, o in enumerate(data.offs)]
-    if sum(free) < overflow:
-        return False
-    left = overflow
-    for s in data.by_offload_cost:
-        take = min(left, free[s])
-        values[Measure.OFFLOAD_COST] += take * data.offload_cost[data.offs[s]]
-        left -= take
-    stream = int(overflow * data.min_stream_ns_per_byte)
-    values[Measure.TIME_NS] += stream
-    values[Measure.BOTTLENECK_NS] = max(values[Measure.BOTTLENECK_NS], v[XSTAGE] + stream)
-    return True
+    x = data.x
+    cap_x = data.caps[x]
+    x_room = xs == 1 or (xs == 0 and (data.free or last == -1))  # the execution device may still take nodes
+    open_device = _open_device(data, last) if on == "o" else None
+    cap_b = data.caps[open_device] if open_device is not None else 0
+    reserve_b = data.reserve[open_device] if open_device is not None and data.runtime else 0
+    room_left = _room_left(data, last)  # the other accelerators not used yet
+    base_overflow = data.remaining_free[i] - room_left
+    footprint = data.remaining_footprint[i] - room_left if data.runtime and data.offs else None
+    time_after = data.min_time_after[i]
+    offs, used = data.offs, [USED + s for s in range(len(data.offs))]
+    rate = data.min_stream_ns_per_byte
+    scale = UTILISATION_SCALE
+
+    def lower(v: Sequence[int]) -> tuple[int, ...] | None:
+        x_free = max(0, cap_x - (v[XADD] + v[XWORK] + v[XSTREAM]))
+        room = x_free if x_room else 0
+        if open_device is not None:
+            room += max(0, cap_b - (v[BADD] + v[BWORK]))
+        overflow = base_overflow - room
+        if footprint is not None:  # the execution device takes the offloaded nodes' KV cache
+            overflow = max(overflow, footprint - room - (0 if x_room else x_free))
+        stream = offload = 0
+        if overflow > 0:
+            free = [data.caps[o] - v[u] for o, u in zip(offs, used)]
+            if sum(free) < overflow:
+                return None
+            left = overflow
+            for s in data.by_offload_cost:
+                take = min(left, free[s])
+                offload += take * data.offload_cost[offs[s]]
+                left -= take
+            stream = int(overflow * rate)
+        out = []
+        for measure in wanted:
+            if measure is Measure.TIME_NS:
+                out.append(v[TIME] + time_after + stream)
+            elif measure is Measure.OFFLOAD_COST:
+                out.append(v[OFF] + offload)
+            elif measure is Measure.TRANSFER_BYTES:
+                out.append(v[TR])
+            elif measure is Measure.BOTTLENECK_NS:
+                out.append(max(v[MSTAGE], v[XSTAGE] + stream, v[BSTAGE]))
+            else:  # MAX_UTILISATION
+                util = max(v[MUTIL], -(-scale * (v[XADD] + v[XWORK] + v[XSTREAM]) // cap_x) if cap_x else 0)
+                if cap_b:
+                    util = max(util, -(-scale * (v[BADD] + v[BWORK] + reserve_b) // cap_b))
+                out.append(util)
+        return tuple(out)
+
+    return lower
 
 
 def _normal(data: _Data, vec: tuple[int, ...], i: int, measures: frozenset[Measure], state: _State) -> tuple[int, ...]:
@@ -761,19 +801,29 @@ def _normal(data: _Data, vec: tuple[int, ...], i: int, measures: frozenset[Measu
 
 def _front(vecs: list[tuple[int, ...]]) -> list[int]:
     """Indices of the vectors no earlier vector is <= in every entry (``vecs`` sorted so that a
-    dominating vector comes first, and without duplicates)."""
+    dominating vector comes first, and without duplicates), in their order."""
     if len(vecs) <= 1:
         return list(range(len(vecs)))
-    first = vecs[0]
-    varying = [s for s in range(len(first)) if any(v[s] != first[s] for v in vecs)]
-    rows = np.array([[v[s] for s in varying] for v in vecs], dtype=object)
-    if max(abs(int(x)) for x in rows.flat) < 2**62:
-        rows = rows.astype(np.int64)
-    kept: list[int] = []
-    held = np.empty_like(rows)
-    for r, row in enumerate(rows):
-        if kept and (held[: len(kept)] <= row).all(axis=1).any():
-            continue
-        held[len(kept)] = row
-        kept.append(r)
-    return kept
+    columns = [c for c in zip(*vecs) if min(c) != max(c)]  # the entries that vary
+    if len(columns) == 1:  # the least comes first and dominates the rest
+        return [0]
+    if len(columns) == 2:  # a sweep in order of the first entry keeps the strict minima of the second
+        kept, least = [], None
+        for r in sorted(range(len(vecs)), key=lambda r: (columns[0][r], columns[1][r])):
+            if least is None or columns[1][r] < least:
+                kept.append(r)
+                least = columns[1][r]
+        return sorted(kept)
+    try:
+        rows = np.array(columns, dtype=np.int64).T
+    except OverflowError:  # an entry past 2**63 (offload costs of huge models): exact Python ints
+        rows = np.array(columns, dtype=object).T
+    # Dominance is transitive and a dominating vector comes first, so the front is the set of
+    # vectors no other one is <= in every entry: all pairs at once, in chunks of rows.
+    dominated = np.zeros(len(vecs), dtype=bool)
+    for at in range(0, len(vecs), _FRONT_CHUNK):
+        chunk = rows[at: at + _FRONT_CHUNK]
+        below = (chunk[:, None, :] <= rows[None, :, :]).all(axis=2)  # [q - at, r]: row q <= row r
+        below[np.arange(len(chunk)), np.arange(at, at + len(chunk))] = False
+        dominated |= below.any(axis=0)
+    return np.flatnonzero(~dominated).tolist()
