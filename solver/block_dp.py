@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 from layerplan.solver._symmetry import interchangeable_groups
 from layerplan.solver.cost import CostModel, edge_time_ns, node_time_ns
-from layerplan.solver.goals import UTILISATION_SCALE, Goal, Measure, max_utilisation
+from layerplan.solver.goals import UTILISATION_SCALE, Goal, Measure, max_utilisation, score
 from layerplan.solver.problem import PlacementProblem
 
 __all__ = ["OutOfLabels", "OutOfTime", "applies", "solve_blocks"]
@@ -156,13 +156,13 @@ class _Data:
     thresholds: list[list[int]]  # [position] sorted producers/consumers a block start is compared with
     remaining: list[int]  # [position] weight bytes of nodes i..n-1
     min_time_after: list[int]  # [position] sum of each later node's fastest compute time
-    room_after: list[int]  # [m] caps of others[m:]
     by_offload_cost: list[int]  # offload slots, cheapest per byte first
     min_stream_ns_per_byte: float  # weighted streaming ns per offloaded byte, fastest offload device
     pins: dict[int, int]
     offload_cost: list[int]
     remaining_free: list[int]  # [position] weight bytes of the non-follower nodes i..n-1
     remaining_footprint: list[int]  # [position] their weight and (runtime memory) KV-cache bytes
+    least_work_after: list[int]  # [position] runtime memory: the least working set of a node i..n-1 with weights
     groups: dict[int, int]  # anchor or follower -> its tied group
     followers_of: dict[int, tuple[int, ...]]  # anchor -> its followers
     anchors: tuple[int, ...]  # [group] its anchor
@@ -233,12 +233,15 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
     x = problem.execution_device
     remaining_free = [0] * (n + 1)
     footprint = [0] * (n + 1)
+    least_work = [1 << 62] * (n + 1)  # past the last node with weights: no node, no work (below)
     for i in range(n - 1, -1, -1):
         remaining[i] = remaining[i + 1] + nodes[i].size_bytes
         free = i not in follower  # a follower's bytes and time go with its anchor (maybe already charged)
         remaining_free[i] = remaining_free[i + 1] + (nodes[i].size_bytes if free else 0)
         kv = nodes[i].kv_bytes if problem.has_runtime_memory else 0
         footprint[i] = footprint[i + 1] + (nodes[i].size_bytes + kv if free else 0)
+        holds = problem.has_runtime_memory and nodes[i].size_bytes > 0
+        least_work[i] = min(least_work[i + 1], nodes[i].work_bytes) if holds else least_work[i + 1]
         fastest = min(t_on[i][d if devices[d].is_accelerator else x] for d in allowed[i])
         best[i] = best[i + 1] + (fastest if free else 0)
     others = problem.accelerators[1:]
@@ -248,7 +251,7 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
     return _Data(
         n=n, others=others, free=not problem.ordered, offs=offs,
         groups_free=_free_groups(problem, cost) if not problem.ordered else (),
-        room_after=_suffix_caps(others, [d.cap_bytes for d in devices]), by_offload_cost=sorted(range(len(offs)), key=lambda s: devices[offs[s]].offload_cost),
+        by_offload_cost=sorted(range(len(offs)), key=lambda s: devices[offs[s]].offload_cost),
         min_stream_ns_per_byte=min(rates, default=0.0),
         x=problem.execution_device, runtime=problem.has_runtime_memory,
         w=[x.size_bytes for x in nodes], kv=[x.kv_bytes for x in nodes], work=[x.work_bytes for x in nodes],
@@ -257,17 +260,10 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
         thresholds=thresholds, remaining=remaining, min_time_after=best, pins=dict(problem.pins),
         offload_cost=[d.offload_cost for d in devices],
         remaining_free=remaining_free, remaining_footprint=footprint,
+        least_work_after=[0 if w == 1 << 62 else w for w in least_work],
         groups={m: g for g, group in enumerate(problem.tied_groups) for m in group},
         followers_of=followers_of, inputs=inputs, anchors=tuple(g[0] for g in problem.tied_groups),
     )
-
-
-def _suffix_caps(others: tuple[int, ...], caps: Sequence[int]) -> list[int]:
-    """``[m]``: the caps of ``others[m:]`` together (``_Data.room_after``)."""
-    out = [0] * (len(others) + 1)
-    for m in range(len(others) - 1, -1, -1):
-        out[m] = out[m + 1] + caps[others[m]]
-    return out
 
 
 def _allowed(problem: PlacementProblem) -> list[tuple[int, ...]]:
@@ -431,11 +427,16 @@ def _starts(data: _Data, key: object) -> list[tuple[object, int]]:
             for g, members in enumerate(data.groups_free) if used[g] < len(members)]
 
 
-def _room_left(data: _Data, key: object) -> int:
-    """The caps of the other accelerators no block has used yet."""
-    if not data.free:
-        return data.room_after[key + 1]
-    return sum(data.caps[d] for g, members in enumerate(data.groups_free) for d in members[key[0][g]:])
+def _room_left(data: _Data, key: object, i: int) -> int:
+    """The weight bytes the other accelerators no block has used yet can take from nodes ``i..``:
+    each its cap less, with runtime memory, its reserve and the least working set of a node
+    with weights still to come (one of which it would hold)."""
+    unused = (data.others[key + 1:] if not data.free
+              else [d for g, members in enumerate(data.groups_free) for d in members[key[0][g]:]])
+    if not data.runtime:
+        return sum(data.caps[d] for d in unused)
+    less = data.least_work_after[i]
+    return sum(max(0, data.caps[d] - data.reserve[d] - less) for d in unused)
 
 
 def solve_blocks(
@@ -476,7 +477,10 @@ def solve_blocks(
             assert best is not None and previous is not None  # no goal starts with it
             data, best = _least_utilisation(problem, data, best, previous, limits, deadline)
             continue
-        best = _phase(data, measure, limits, deadline)
+        # The optimum of the earlier measures is a placement within their limits: its value bounds
+        # this phase (the quick pass may still find a better one).
+        incumbent = score(problem, best[0], measure, cost) if best is not None else None
+        best = _phase(data, measure, limits, deadline, incumbent)
         if best is None:
             return None
         limits[measure] = best[1]
@@ -497,13 +501,19 @@ def _bisect_utilisation(data: _Data) -> bool:
 
 
 def _phase(
-    data: _Data, objective: Measure, limits: dict[Measure, int], deadline: float | None
+    data: _Data, objective: Measure, limits: dict[Measure, int], deadline: float | None,
+    incumbent: int | None = None,
 ) -> tuple[tuple[int, ...], int] | None:
     """``(assignment, value)`` minimising ``objective`` with each measure in ``limits`` at most
     its limit, or None: a quick pass keeps a few labels per state for an incumbent, whose value
-    bounds the exact pass."""
+    (or ``incumbent``, the value of a placement known to keep the limits, if smaller) bounds the
+    exact pass."""
     quick = _run(data, objective, limits, max_labels=QUICK_MAX_LABELS, deadline=deadline, bound=None)
-    return _run(data, objective, limits, max_labels=None, deadline=deadline, bound=None if quick is None else quick[1])
+    bounds = [v for v in (incumbent, None if quick is None else quick[1]) if v is not None]
+    found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=min(bounds, default=None))
+    if found is None and bounds and quick is None:  # ``incumbent`` was too optimistic for the DP's
+        found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=None)  # accounting
+    return found
 
 
 def _least_utilisation(
@@ -530,7 +540,7 @@ def _capped(data: _Data, utilisation: int) -> _Data:
     caps = list(data.caps)
     for d in (data.x, *data.others):
         caps[d] = min(caps[d], utilisation * caps[d] // UTILISATION_SCALE)
-    return dataclasses.replace(data, caps=caps, room_after=_suffix_caps(data.others, caps))
+    return dataclasses.replace(data, caps=caps)
 
 
 def _run(
@@ -720,7 +730,8 @@ def _completion_bounds(
     open_device = _open_device(data, last) if on == "o" else None
     cap_b = data.caps[open_device] if open_device is not None else 0
     reserve_b = data.reserve[open_device] if open_device is not None and data.runtime else 0
-    room_left = _room_left(data, last)  # the other accelerators not used yet
+    reserve_x = data.reserve[x] if data.runtime else 0  # charged when it first computes (``XIDLE``)
+    room_left = _room_left(data, last, i)  # the other accelerators not used yet
     base_overflow = data.remaining_free[i] - room_left
     footprint = data.remaining_footprint[i] - room_left if data.runtime and data.offs else None
     time_after = data.min_time_after[i]
@@ -729,10 +740,10 @@ def _completion_bounds(
     scale = UTILISATION_SCALE
 
     def lower(v: Sequence[int]) -> tuple[int, ...] | None:
-        x_free = max(0, cap_x - (v[XADD] + v[XWORK] + v[XSTREAM]))
+        x_free = max(0, cap_x - (v[XADD] + v[XWORK] + v[XSTREAM] + (reserve_x if v[XIDLE] else 0)))
         room = x_free if x_room else 0
         if open_device is not None:
-            room += max(0, cap_b - (v[BADD] + v[BWORK]))
+            room += max(0, cap_b - (v[BADD] + v[BWORK] + reserve_b))
         overflow = base_overflow - room
         if footprint is not None:  # the execution device takes the offloaded nodes' KV cache
             overflow = max(overflow, footprint - room - (0 if x_room else x_free))
