@@ -24,6 +24,7 @@ from layerplan.planner.hardware.costing import cost_model
 from layerplan.planner.hardware.presets import lookup_accelerator
 from layerplan.planner.model.cache import cache_dir, graph_key, load_cached, store
 from layerplan.planner.model.measure import generates
+from layerplan.planner.model.quantization import Quantization, from_config, parse_quantization, refuses_offload
 from layerplan.planner.model.source import ModelSource, resolve_source
 from layerplan.planner.model.trace import trace_model
 from layerplan.planner.model.workload import Workload
@@ -133,6 +134,7 @@ def _resolve_workload(source: ModelSource, meta_model: nn.Module, dtype: torch.d
 def _trace_source(source: ModelSource, model: ModelSpec, workload: WorkloadSpec) -> tuple[LayerGraph, nn.Module]:
     """Build ``source`` on the meta device and trace it at ``workload`` (see :func:`trace`)."""
     _check_context(source, workload)
+    quantization = _quantization(source, model)  # an unsupported method is refused before any work
     dtype = parse_dtype(model.dtype) if model.dtype is not None else _default_dtype(source.config)
     meta_model = source.meta_model(attn_implementation=workload.attn_implementation)
     resolved = _resolve_workload(source, meta_model, dtype, workload)
@@ -140,8 +142,16 @@ def _trace_source(source: ModelSource, model: ModelSpec, workload: WorkloadSpec)
     if owned and dtype.is_floating_point:
         meta_model = meta_model.to(dtype)
     graph = trace_model(meta_model, name=source.name, workload=resolved, allow_cast=owned,
-                        no_split_module_classes=model.no_split_module_classes, time_limit_s=model.trace_time_limit_s)
+                        no_split_module_classes=model.no_split_module_classes, time_limit_s=model.trace_time_limit_s,
+                        quantization=quantization)
     return graph, meta_model
+
+
+def _quantization(source: ModelSource, model: ModelSpec) -> Quantization | None:
+    """The declared ``[model] quantization``, else the checkpoint's ``quantization_config``."""
+    if model.quantization is not None:
+        return parse_quantization(model.quantization)
+    return from_config(source.config) if source.config is not None else None
 
 
 def trace(model: Any, **options: Any) -> tuple[LayerGraph, nn.Module]:
@@ -204,7 +214,7 @@ def _cached_or_traced(source: ModelSource, spec: PlanSpec) -> tuple[LayerGraph, 
     _check_context(source, spec.workload)
     dtype = spec.model.dtype or str(_default_dtype(source.config)).removeprefix("torch.")
     key = graph_key(source.config.to_dict(), dtype=dtype, workload=spec.workload.to_dict(),
-                    no_split=spec.model.no_split_module_classes)
+                    no_split=spec.model.no_split_module_classes, quantization=spec.model.quantization)
     folder = cache_dir(spec.model.cache_dir)
     cached = load_cached(folder, key)
     if cached is not None:
@@ -273,6 +283,7 @@ def _solve_graph(graph: LayerGraph, spec: PlanSpec) -> Plan:
             raise InvalidSpecError("a full device_map places every module already; drop the pins")
         return _given_map_fits(evaluate_map(graph, given, spec))
     devices, hardware = _declared(graph, spec.devices)
+    devices, kept_note = _without_refused_offload(graph, devices)
     keys = [d.key for d in devices]
     pin_index = _pin_indices(graph, {**(given or {}), **options.pins}, keys)
     strategy = options.strategy
@@ -286,7 +297,25 @@ def _solve_graph(graph: LayerGraph, spec: PlanSpec) -> Plan:
     except InfeasiblePlanError as exc:
         raise _with_offload_hint(exc, graph, spec.devices, devices, problem, options) from None
     return build_plan(graph, problem, solution, offload_folder=spec.devices.offload_folder,
-                      strategy=strategy.value, hardware_notes=hardware.notes, spec=spec)
+                      strategy=strategy.value, hardware_notes=(*hardware.notes, *kept_note), spec=spec)
+
+
+def _without_refused_offload(
+    graph: LayerGraph, devices: tuple[DeviceCap, ...]
+) -> tuple[tuple[DeviceCap, ...], tuple[str, ...]]:
+    """``devices`` with cpu/disk caps set to 0 where the quantization cannot be loaded offloaded
+    (:func:`layerplan.planner.model.quantization.refuses_offload`: with accelerators, nothing on cpu
+    or disk; on the CPU alone, nothing on disk), and the note saying so."""
+    if not refuses_offload(graph.quantization):
+        return devices, ()
+    on_accelerators = any(d.key not in ("cpu", "disk") for d in devices)
+    refused = ("cpu", "disk") if on_accelerators else ("disk",)
+    if not any(d.key in refused and d.cap_bytes for d in devices):
+        return devices, ()
+    where = " or ".join(refused)
+    note = (f"bitsandbytes weights are not offloaded to {where}: transformers' bitsandbytes quantizer refuses a "
+            "device_map that puts modules there unless every module is on cpu (validate_environment)")
+    return tuple(dataclasses.replace(d, cap_bytes=0) if d.key in refused else d for d in devices), (note,)
 
 
 def _given_map_fits(result: Plan) -> Plan:

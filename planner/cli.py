@@ -23,6 +23,7 @@ from rich.text import Text
 from layerplan.planner.quiet import quiet
 from layerplan.planner.spec import PlanSpec
 from layerplan.planner.spec.files import read_toml
+from layerplan.planner.spec.quantization import METHODS
 from layerplan.planner.spec.paths import check_output
 from layerplan.solver import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
 
@@ -100,6 +101,9 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="MODEL", help="the model, overriding the spec file's [model] source")
     p.add_argument("--dtype", help="weight/activation dtype (bfloat16, float16, float32, ...); "
                                    "default: the checkpoint's published dtype")
+    p.add_argument("--quantization", metavar="METHOD",
+                   help="plan the weights as loaded quantized: " + ", ".join(METHODS)
+                        + " (none: ignore the checkpoint's quantization_config); default: the checkpoint's own")
     p.add_argument("--no-split", action="extend", nargs="+", metavar="CLASS",
                    help="extra module class to keep whole (repeatable), besides the model's _no_split_modules")
     p.add_argument("--trace-time-limit", type=float, metavar="S",
@@ -242,7 +246,7 @@ def _flag_tables(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     get = lambda name: getattr(args, name, None)  # noqa: E731
     tables: dict[str, dict[str, Any]] = {
         "model": {"source": get("model"), "dtype": get("dtype"), "no_split_module_classes": get("no_split"),
-                  "trace_time_limit_s": get("trace_time_limit"), "cache": get("cache"), "cache_dir": get("cache_dir")},
+                  "quantization": get("quantization"), "trace_time_limit_s": get("trace_time_limit"), "cache": get("cache"), "cache_dir": get("cache_dir")},
         "workload": {k: get(k) for k in ("batch_size", "seq_len", "prompt_len", "max_new_tokens", "kv_dtype",
                                          "attn_implementation", "phase", "prefill_logits")},
         "devices": {

@@ -18,10 +18,10 @@ from layerplan.solver import Device, Edge, InvalidSpecError, Node, PlacementProb
 
 __all__ = ["GraphNode", "GraphEdge", "LayerGraph", "TracedWorkload"]
 
-GRAPH_FORMAT_VERSION = 4
+GRAPH_FORMAT_VERSION = 5
 #: Older formats :meth:`LayerGraph.from_dict` still reads. 2: no FLOPs, no decode-step edge sizes;
 #: 3: no ``empty_modules``.
-_READABLE_FORMAT_VERSIONS = (2, 3, GRAPH_FORMAT_VERSION)
+_READABLE_FORMAT_VERSIONS = (2, 3, 4, GRAPH_FORMAT_VERSION)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -189,6 +189,8 @@ class LayerGraph:
             are no nodes, but a ``device_map`` may name them (accelerate's ``infer_auto_device_map``
             does): such a key places nothing (:mod:`layerplan.planner.output.mapping`).
         notes: how the graph was obtained where it deviates from a full meta trace.
+        quantization: how quantized weights were sized (:meth:`layerplan.planner.model.quantization.Quantization.describe`),
+            e.g. ``"gptq 4-bit, group 128 (from the config; ...)"``; empty when nothing is quantized.
     """
 
     model: str
@@ -202,6 +204,7 @@ class LayerGraph:
     no_split_module_classes: tuple[str, ...] = ()
     empty_modules: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    quantization: str = ""
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -50,7 +50,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def graph_key(config: dict[str, Any], *, dtype: str, workload: dict[str, Any], no_split: tuple[str, ...]) -> str:
+def graph_key(
+    config: dict[str, Any], *, dtype: str, workload: dict[str, Any], no_split: tuple[str, ...],
+    quantization: str | None = None,
+) -> str:
     """A hex digest of everything a traced graph depends on (see the module docstring).
 
     Args:
@@ -60,10 +63,11 @@ def graph_key(config: dict[str, Any], *, dtype: str, workload: dict[str, Any], n
         workload: the declared workload (``WorkloadSpec.to_dict()``); defaults are resolved
             from the config, which is in the key.
         no_split: the extra no-split classes.
+        quantization: the declared ``[model] quantization`` (the config's own is in ``config``).
     """
     config = {k: v for k, v in config.items() if k not in ("_name_or_path", "transformers_version")}
     payload = {"config": config, "dtype": dtype, "workload": workload, "no_split": sorted(no_split),
-               "versions": _versions(), "format": GRAPH_FORMAT_VERSION}
+               "versions": _versions(), "format": GRAPH_FORMAT_VERSION, "quantization": quantization}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

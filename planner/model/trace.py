@@ -43,6 +43,7 @@ from layerplan.planner.model import budget
 from layerplan.planner.model.estimate import attention_shape, estimate_forward_flops, estimate_layer_bytes
 from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
 from layerplan.planner.model.measure import NodeMemory, decodes, input_tensors, measure_node_memory
+from layerplan.planner.model.quantization import Quantization, quantized_bytes
 from layerplan.planner.model.replicate import NodeMap, NotReplicable, plan_replication, reduced_model
 from layerplan.planner.model.workload import Workload
 
@@ -218,6 +219,7 @@ def trace_model(
     allow_cast: bool = False,
     time_limit_s: float | None = budget.DEFAULT_TRACE_TIME_LIMIT_S,
     replicate: bool = True,
+    quantization: Quantization | None = None,
 ) -> LayerGraph:
     """Trace ``model`` (on the meta device, in ``workload.dtype``) into a :class:`LayerGraph`.
 
@@ -239,6 +241,9 @@ def trace_model(
         replicate: trace one layer per distinct layer signature and replicate its measurements
             (:mod:`layerplan.planner.model.replicate`; the same graph, in a fraction of the time);
             whenever that cannot be done exactly, and with False, the whole model is traced.
+        quantization: how the checkpoint stores its weights: the weights it replaces are sized
+            by :func:`layerplan.planner.model.quantization.quantized_bytes` (activations, KV cache
+            and FLOPs stay those of ``workload.dtype``); None: every weight in ``workload.dtype``.
 
     Returns:
         The graph. What could not be measured is estimated (:mod:`layerplan.planner.model.estimate`): nodes follow
@@ -258,7 +263,7 @@ def trace_model(
             measured = _measure(model, specs, workload, allow_cast=allow_cast, notes=notes)
     traced = measured.tracker is not None
     order = _execution_order(len(specs), measured.tracker.order if traced else [])
-    graph_nodes = _graph_nodes(model, specs, order, workload, measured, notes)
+    graph_nodes = _graph_nodes(model, specs, order, workload, measured, notes, quantization)
     notes.extend(measured.memory.flop_notes)
     has_decode = decodes(model, workload)
     if has_decode and not measured.memory.decode_input_bytes:
@@ -278,6 +283,7 @@ def trace_model(
         no_split_module_classes=no_split,
         empty_modules=_empty_modules(model, specs),
         notes=tuple(notes),
+        quantization=quantization.describe() if quantization is not None else "",
     )
     return _with_tied_groups(graph)
 
@@ -371,12 +377,13 @@ def _expanded_memory(memory: NodeMemory, nodes: NodeMap) -> NodeMemory:
 
 
 def _graph_nodes(
-    model: nn.Module, specs: list, order: list[int], workload: Workload, measured: _Measured, notes: list[str]
+    model: nn.Module, specs: list, order: list[int], workload: Workload, measured: _Measured, notes: list[str],
+    quantization: Quantization | None,
 ) -> tuple[GraphNode, ...]:
     """The nodes in execution order with weights, buffers and the measured (or estimated) KV
     cache, working sets and FLOPs."""
     memory = measured.memory
-    sizes = compute_module_sizes(model, dtype=workload.dtype)
+    sizes = _weight_sizes(model, workload.dtype, quantization)
     buffer_sizes = compute_module_sizes(model, dtype=workload.dtype, buffers_only=True)
     estimated = _estimates(model, specs, workload) if memory.notes else {}
     estimated_flops = _estimate_flops(model, specs, workload) if memory.notes else {}
@@ -415,6 +422,20 @@ def _graph_nodes(
         )
 
     return tuple(node(i) for i in order)
+
+
+def _weight_sizes(model: nn.Module, dtype: torch.dtype, quantization: Quantization | None) -> dict[str, int]:
+    """accelerate's ``compute_module_sizes`` (every module and tensor name -> bytes, in ``dtype``),
+    with the weights ``quantization`` replaces at their stored bytes."""
+    sizes = compute_module_sizes(model, dtype=dtype)
+    if quantization is None:
+        return sizes
+    for name, stored in quantized_bytes(model, quantization, dtype.itemsize).items():
+        change = stored - sizes.get(name, 0)
+        parts = name.split(".")
+        for i in range(len(parts) + 1):
+            sizes[".".join(parts[:i])] += change
+    return sizes
 
 
 def _traced_edges(

@@ -199,6 +199,7 @@ class Plan:
             "model": self.graph.model,
             "model_class": self.graph.model_class,
             "dtype": self.graph.dtype,
+            "quantization": self.graph.quantization or None,
             "workload": self.graph.workload.to_dict(),
             "status": self.status,
             "solver": self.solution.solver,

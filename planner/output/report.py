@@ -25,6 +25,8 @@ def render_plan(plan: Plan, console: Console) -> None:
         f"[bold]{g.model}[/bold] ({g.model_class}), {g.dtype}: {len(g.nodes)} nodes, "
         f"{format_bytes(g.total_bytes)} of weights and buffers"
     )
+    if g.quantization:
+        console.print(f"quantized weights: {g.quantization}")
     w = g.workload
     console.print(
         f"workload: batch {w.batch_size}, prompt {w.prompt_len} + {w.max_new_tokens} new "

@@ -25,6 +25,7 @@ from layerplan.planner.hardware.parsing import (
 )
 from layerplan.planner.spec.files import load_device_map
 from layerplan.planner.spec.paths import check_folder
+from layerplan.planner.spec.quantization import quantization_name
 from layerplan.planner.spec.sizes import (
     _did_you_mean,
     _is_integer,
@@ -160,6 +161,11 @@ class ModelSpec(_Section):
         dtype: weight and activation dtype (``"bfloat16"``, ``"fp16"``, ...); None: the
             checkpoint's published dtype, else float32.
         no_split_module_classes: classes kept whole besides the model's ``_no_split_modules``.
+        quantization: how the weights are stored when loaded: a name of
+            :data:`layerplan.planner.spec.quantization.METHODS` (``"nf4"``, ``"int8"``,
+            ``"gptq-4bit"``, ``"awq-4bit"``, ``"fp8"``, ``"mxfp4"``, ...) to plan "this model if I load
+            it quantized", ``"none"`` to ignore the checkpoint's ``quantization_config``; None: the
+            checkpoint's own quantization, if any.
         trace_time_limit_s: seconds the meta/FakeTensor forwards may take (> 0); past it the rest
             is estimated from the config, with a note (:mod:`layerplan.planner.model.budget`).
         cache: read and write traced graphs in the graph cache (:mod:`layerplan.planner.model.cache`).
@@ -171,6 +177,7 @@ class ModelSpec(_Section):
     source: Any
     dtype: str | None = None
     no_split_module_classes: tuple[str, ...] = ()
+    quantization: str | None = None
     trace_time_limit_s: float = 120.0
     cache: bool = True
     cache_dir: str | None = None
@@ -198,6 +205,8 @@ class ModelSpec(_Section):
                 f"[model] no_split_module_classes={self.no_split_module_classes!r}; expected a list of class names"
             )
         _set(self, "no_split_module_classes", tuple(dict.fromkeys(classes)))
+        if self.quantization is not None:
+            _set(self, "quantization", quantization_name(self.quantization))
         _set(self, "trace_time_limit_s", _seconds(self.trace_time_limit_s, what="[model] trace_time_limit_s"))
         if not isinstance(self.cache, bool):
             raise InvalidSpecError(f"[model] cache={self.cache!r}; expected true or false")
