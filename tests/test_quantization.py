@@ -160,3 +160,17 @@ def test_quantization_none_ignores_the_checkpoint_config(bnb_checkpoint, tiny_ll
     plain, _ = planner.trace(tiny_llama_dir, seq_len=16, dtype=graph.dtype)
     assert graph.quantization == ""
     assert [n.weight_bytes for n in graph.nodes] == [n.weight_bytes for n in plain.nodes]
+
+
+@pytest.mark.parametrize(("name", "published_gib"), [("gpt-oss-120b", 60.8), ("gpt-oss-20b", 12.8)])
+def test_mxfp4_gpt_oss_matches_the_published_checkpoint(name, published_gib):
+    # gpt-oss model card (arXiv 2508.10925), Table 1: checkpoint sizes 60.8 GiB and 12.8 GiB, MoE
+    # weights in MXFP4 (4.25 bits per parameter), the rest in bf16.
+    config = catalog.lookup(name).to_config()
+    model = build_meta_model(config).to(torch.bfloat16)
+    sizes = compute_module_sizes(model, dtype=torch.bfloat16)
+    stored = quantized_bytes(model, from_config(config), 2)
+    assert stored and all(".mlp.experts." in k for k in stored)
+    weights = sizes[""] - compute_module_sizes(model, dtype=torch.bfloat16, buffers_only=True)[""]
+    total = weights - sum(sizes[k] for k in stored) + sum(stored.values())
+    assert abs(total / 2**30 - published_gib) <= 0.01 * published_gib

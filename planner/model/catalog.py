@@ -217,7 +217,66 @@ _GPT2_COMMON: dict[str, Any] = {
     "vocab_size": 50257,
 }
 
+# openai/gpt-oss-120b and openai/gpt-oss-20b config.json: identical but for the depth and the
+# expert count. The MoE experts are stored in MXFP4 (its quantization_config), everything else in bf16.
+_GPT_OSS_COMMON = {
+    "model_type": "gpt_oss",
+    "architectures": ["GptOssForCausalLM"],
+    "attention_bias": True,
+    "attention_dropout": 0.0,
+    "eos_token_id": 200002,
+    "experts_per_token": 4,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "hidden_size": 2880,
+    "initial_context_length": 4096,
+    "intermediate_size": 2880,
+    "max_position_embeddings": 131072,
+    "num_attention_heads": 64,
+    "num_experts_per_tok": 4,
+    "num_key_value_heads": 8,
+    "output_router_logits": False,
+    "pad_token_id": 199999,
+    "quantization_config": {
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+                                   "lm_head"],
+        "quant_method": "mxfp4",
+    },
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+                     "rope_type": "yarn", "truncate": False},
+    "rope_theta": 150000,
+    "router_aux_loss_coef": 0.9,
+    "sliding_window": 128,
+    "swiglu_limit": 7.0,
+    "tie_word_embeddings": False,
+    "dtype": "bfloat16",
+    "vocab_size": 201088,
+}
+
+
+def _alternating(layers: int) -> list[str]:
+    """gpt-oss ``layer_types``: sliding-window and full attention, alternating from layer 0."""
+    return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+
+
 _ENTRIES: tuple[CatalogEntry, ...] = (
+    CatalogEntry(
+        name="gpt-oss-120b",
+        hub_id="openai/gpt-oss-120b",
+        config={**_GPT_OSS_COMMON, "num_hidden_layers": 36, "num_local_experts": 128, "layer_types": _alternating(36)},
+        published_params=116_830_000_000,
+        params_rounding=10_000_000,
+        params_source="gpt-oss model card (arXiv 2508.10925), Table 1: 116.83B total, 5.13B active; checkpoint 60.8 GiB",
+    ),
+    CatalogEntry(
+        name="gpt-oss-20b",
+        hub_id="openai/gpt-oss-20b",
+        config={**_GPT_OSS_COMMON, "num_hidden_layers": 24, "num_local_experts": 32, "layer_types": _alternating(24)},
+        published_params=20_910_000_000,
+        params_rounding=10_000_000,
+        params_source="gpt-oss model card (arXiv 2508.10925), Table 1: 20.91B total, 3.61B active; checkpoint 12.8 GiB",
+    ),
     CatalogEntry(
         name="llama-2-7b",
         hub_id="meta-llama/Llama-2-7b-hf",
