@@ -90,24 +90,42 @@ def _default_dtype(config) -> torch.dtype:  # noqa: ANN001
     return torch.float32
 
 
-def _model_context(config) -> int | None:  # noqa: ANN001
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+#: Config fields that give a model's positions, first found wins: decoders' own, the decoder
+#: context of encoder-decoder speech models (Whisper's ``max_target_positions``), older names.
+_CONTEXT_FIELDS = ("max_position_embeddings", "max_target_positions", "n_positions", "max_sequence_length",
+                   "seq_length")
+
+
+def _context_field(config) -> tuple[int, str] | None:  # noqa: ANN001
+    """``(positions, field name)`` of the text decoder of ``config`` (a multimodal config's
+    ``text_config``: transformers' ``get_text_config(decoder=True)``), or None."""
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
+    for attr in _CONTEXT_FIELDS:
         value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, attr
     return None
+
+
+def _model_context(config) -> int | None:  # noqa: ANN001
+    found = _context_field(config)
+    return found[0] if found is not None else None
 
 
 def _check_context(source: ModelSource, workload: WorkloadSpec) -> None:
     """A declared context longer than the model's positions is an error, never a silent clamp."""
-    context = _model_context(source.config)
+    found = _context_field(source.config)
     declared = workload.seq_len or (
         workload.prompt_len + (workload.max_new_tokens or 0) if workload.prompt_len is not None else None
     )
-    if context is not None and declared is not None and declared > context:
+    if found is not None and declared is not None and declared > found[0]:
+        context, field_name = found
         raise InvalidSpecError(
             f"the workload's context of {declared} tokens (prompt + new tokens) exceeds {source.name}'s "
-            f"{context} positions (max_position_embeddings); lower seq_len / prompt_len / max_new_tokens to at most {context}"
+            f"{context} positions ({field_name}); lower seq_len / prompt_len / max_new_tokens to at most {context}"
         )
 
 

@@ -9,6 +9,7 @@ same Parameter as the input embedding, exactly as ``from_pretrained`` would.
 from __future__ import annotations
 
 import torch
+import transformers
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 from transformers.models.auto import modeling_auto
@@ -19,18 +20,24 @@ __all__ = ["auto_class_for", "build_meta_model"]
 
 
 def auto_class_for(config: PretrainedConfig) -> type:
-    """The ``AutoModel*`` class ``from_pretrained`` should use for ``config``.
-
-    Seq2seq LM for encoder-decoder types (T5), causal LM for decoder types (Llama, GPT-2, ...), the
-    bare ``AutoModel`` otherwise (BERT / MiniLM encoders).
+    """The class ``from_pretrained`` builds for ``config``: the published ``architectures[0]``
+    (``BertForSequenceClassification``, ``LlavaForConditionalGeneration``, ...) when transformers
+    has that class for this config type, so that the device_map keys are the head model's (its
+    ``lm_head``, ``classifier``, ``language_model.`` prefix); else an ``AutoModel*`` class:
+    seq2seq LM for encoder-decoder types (T5), causal LM for decoder types (Llama, GPT-2, ...),
+    the bare ``AutoModel`` otherwise (BERT / MiniLM encoders).
     """
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        published = getattr(transformers, architectures[0], None)
+        if isinstance(published, type) and getattr(published, "config_class", None) is type(config):
+            return published
     model_type = config.model_type
     if model_type in modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
         return AutoModelForSeq2SeqLM
     if model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(
         config, "is_encoder_decoder", False
     ):
-        architectures = getattr(config, "architectures", None) or []
         if not architectures or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
             return AutoModelForCausalLM
     return AutoModel
