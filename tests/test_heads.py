@@ -62,7 +62,7 @@ def test_head_model_over_cpu_and_disk_gives_the_unsplit_outputs(head_checkpoint,
     ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
     with torch.no_grad():
         got, want = split(ids), reference(ids)
-        keys = [k for k in want.keys() if k.endswith("logits")]  # logits; QA: start_logits, end_logits
+        keys = [k for k in want if k.endswith("logits")]  # logits; QA: start_logits, end_logits
         assert keys
         torch.testing.assert_close([got[k] for k in keys], [want[k] for k in keys])
 

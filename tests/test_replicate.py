@@ -29,6 +29,9 @@ _TINY: dict[str, dict[str, object]] = {
                    "num_key_value_heads": 2, "num_hidden_layers": 6, "query_pre_attn_scalar": 8,
                    "sliding_window": 16},
     "gpt2": {"n_embd": 32, "n_head": 4, "n_layer": 6, "n_positions": 128, "n_ctx": 128},
+    "gpt-oss-20b": {"hidden_size": 32, "intermediate_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+                    "head_dim": 8, "num_hidden_layers": 6, "num_local_experts": 4, "num_experts_per_tok": 2,
+                    "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"] * 3},
     "llama-2-70b": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
                     "num_key_value_heads": 2, "num_hidden_layers": 6},
     "mistral-7b": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
@@ -92,8 +95,8 @@ def test_replicated_trace_equals_the_full_trace(name, monkeypatch):
     replication, replicated = _replicated_trace(model, dtype, monkeypatch)
     assert replicated.to_dict() == _full_trace(model, dtype).to_dict()
     # 6 layers: the first and the last two are traced on their own, layers 1-3 share one (Gemma-2
-    # alternates sliding and global layers: 1 and 3 share, 2 is a sliding one); T5: in both stacks
-    expected = (0, 1, 2, 1, 4, 5) if model.config.model_type == "gemma2" else (0, 1, 1, 1, 4, 5)
+    # and gpt-oss alternate sliding and global layers: 1 and 3 share, 2 is a sliding one); T5: in both stacks
+    expected = (0, 1, 2, 1, 4, 5) if model.config.model_type in ("gemma2", "gpt_oss") else (0, 1, 1, 1, 4, 5)
     assert [s.representative for s in replication.stacks] == [expected] * (2 if name == "t5-large" else 1)
 
 

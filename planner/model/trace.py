@@ -40,7 +40,13 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from layerplan.planner.model import budget
-from layerplan.planner.model.estimate import attention_shape, estimate_forward_flops, estimate_layer_bytes
+from layerplan.planner.model.estimate import (
+    attention_shape,
+    estimate_forward_flops,
+    estimate_layer_bytes,
+    has_recurrent_layers,
+    is_recurrent,
+)
 from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
 from layerplan.planner.model.measure import NodeMemory, decodes, input_tensors, measure_node_memory
 from layerplan.planner.model.quantization import Quantization, quantized_bytes
@@ -258,7 +264,9 @@ def trace_model(
     specs = _find_nodes(model, no_split)
     notes: list[str] = []
     with budget.time_budget(time_limit_s):
-        measured = _measure_replicated(model, specs, no_split, workload) if replicate else None
+        measured = _not_traced(specs, notes) if has_recurrent_layers(getattr(model, "config", None)) else None
+        if measured is None and replicate:
+            measured = _measure_replicated(model, specs, no_split, workload)
         if measured is None:
             measured = _measure(model, specs, workload, allow_cast=allow_cast, notes=notes)
     traced = measured.tracker is not None
@@ -298,6 +306,20 @@ class _Measured:
     memory: NodeMemory
     scale: float
     kv_scale: float
+
+
+def _not_traced(specs: list, notes: list[str]) -> _Measured:
+    """No forward at all, for models with recurrent layers: without the mamba_ssm / fla kernels,
+    transformers' reference scans loop over every token in Python, which under the recorders takes
+    minutes (a 4-layer Mamba ran past a 60 s budget at the default context). Their per-sequence
+    state, working sets and FLOPs come from the config (:mod:`layerplan.planner.model.estimate`)."""
+    reason = ("not traced: recurrent (state-space / linear-attention) layers scan every token in Python on "
+              "meta; recurrent state, KV cache, working sets and FLOPs from the config")
+    notes.append(reason)
+    zeros = (0,) * len(specs)
+    memory = NodeMemory(kv_bytes=zeros, prefill_work_bytes=zeros, decode_work_bytes=zeros, prefill_flops=zeros,
+                        decode_flops=zeros, notes=(reason,))
+    return _Measured(tracker=None, memory=memory, scale=1.0, kv_scale=1.0)
 
 
 def _measure(model: nn.Module, specs: list, workload: Workload, *, allow_cast: bool, notes: list[str]) -> _Measured:
@@ -562,7 +584,8 @@ def _estimate_flops(model: nn.Module, specs: list[_NodeSpec], workload: Workload
     b, prompt, context = workload.batch_size, workload.prompt_len, workload.context_len
     has_decode = decodes(model, workload)
     encdec = bool(getattr(config, "is_encoder_decoder", False))
-    window = attention_shape(config).sliding_window
+    shape = attention_shape(config)
+    window = shape.sliding_window if shape is not None else None
     out: dict[int, tuple[int, int]] = {}
 
     def flops(i: int, q_tokens: int, kv_tokens: int) -> int:
@@ -577,6 +600,8 @@ def _estimate_flops(model: nn.Module, specs: list[_NodeSpec], workload: Workload
         elif encdec:
             self_tokens = max(context - prompt, 1)
             out[i] = (flops(i, 1, 1 + prompt), flops(i, 1, self_tokens + prompt) if has_decode else 0)
+        elif is_recurrent(config, layer_type):  # a scan: no attention over earlier tokens
+            out[i] = (flops(i, prompt, 0), flops(i, 1, 0) if has_decode else 0)
         else:
             kv_tokens = min(context, window) if sliding and window is not None else context
             out[i] = (flops(i, prompt, prompt), flops(i, 1, kv_tokens) if has_decode else 0)
