@@ -53,6 +53,9 @@ class GraphNode:
             registration order).
         estimated: some of KV, working set and FLOPs come from the config (:mod:`layerplan.planner.model.estimate`),
             not a measurement (the graph's notes say which).
+        expert_bytes: the part of ``weight_bytes`` held by MoE experts (modules whose class ends in
+            ``Experts``, or an ``experts`` module list); transformers packs a layer's experts into one
+            module (one parameter per projection for all experts), so they move with their block.
     """
 
     name: str
@@ -67,6 +70,7 @@ class GraphNode:
     decode_flops: int = 0
     executed: bool = True
     estimated: bool = False
+    expert_bytes: int = 0
 
     @property
     def work_bytes(self) -> int:
@@ -224,6 +228,11 @@ class LayerGraph:
     @property
     def total_kv_bytes(self) -> int:
         return sum(n.kv_bytes for n in self.nodes)
+
+    @property
+    def total_expert_bytes(self) -> int:
+        """Weight bytes of MoE experts over all nodes (0 for a dense model)."""
+        return sum(n.expert_bytes for n in self.nodes)
 
     def index(self, name: str) -> int:
         """Position of node ``name`` in execution order; KeyError if absent."""

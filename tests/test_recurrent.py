@@ -10,14 +10,14 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from layerplan import planner
 
 CONFIGS = {
-    "mamba": dict(hidden_size=64, num_hidden_layers=3, vocab_size=256, state_size=16),
-    "mamba2": dict(hidden_size=64, num_hidden_layers=3, vocab_size=256, state_size=16, num_heads=8, head_dim=16,
-                   n_groups=1, expand=2),
-    "qwen3_next": dict(hidden_size=64, num_hidden_layers=4, vocab_size=256, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=16, intermediate_size=128, moe_intermediate_size=32,
-                       num_experts=4, num_experts_per_tok=2, shared_expert_intermediate_size=32,
-                       linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16,
-                       linear_value_head_dim=16, linear_conv_kernel_dim=4, max_position_embeddings=64),
+    "mamba": {"hidden_size": 64, "num_hidden_layers": 3, "vocab_size": 256, "state_size": 16},
+    "mamba2": {"hidden_size": 64, "num_hidden_layers": 3, "vocab_size": 256, "state_size": 16, "num_heads": 8,
+               "head_dim": 16, "n_groups": 1, "expand": 2},
+    "qwen3_next": {"hidden_size": 64, "num_hidden_layers": 4, "vocab_size": 256, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "moe_intermediate_size": 32,
+                   "num_experts": 4, "num_experts_per_tok": 2, "shared_expert_intermediate_size": 32,
+                   "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 16,
+                   "linear_value_head_dim": 16, "linear_conv_kernel_dim": 4, "max_position_embeddings": 64},
 }
 
 
@@ -31,7 +31,7 @@ def recurrent_checkpoint(request, tmp_path_factory) -> tuple[str, str]:
     return request.param, str(path)
 
 
-def _cache_bytes(cache) -> int:  # noqa: ANN001
+def _cache_bytes(cache) -> int:
     """Bytes of every tensor transformers' cache holds: conv and recurrent states, keys and values."""
     total = 0
     for layer in cache.layers:
@@ -68,7 +68,7 @@ def test_recurrent_state_does_not_grow_with_the_context(recurrent_checkpoint):
 
 
 def test_recurrent_model_over_cpu_and_disk_gives_the_unsplit_logits(recurrent_checkpoint, tmp_path):
-    model_type, path = recurrent_checkpoint
+    _, path = recurrent_checkpoint
     graph, _ = planner.trace(path, seq_len=16)
     plan = planner.plan(graph, max_memory={"cpu": graph.total_bytes * 3 // 4, "disk": "1GB"},
                         offload_folder=tmp_path / "offload")

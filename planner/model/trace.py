@@ -263,6 +263,8 @@ def trace_model(
     no_split = no_split_classes(model, no_split_module_classes)
     specs = _find_nodes(model, no_split)
     notes: list[str] = []
+    # Sized before measuring: a failed forward may cast the model to bfloat16 to measure again.
+    sizes = (_weight_sizes(model, dtype, quantization), compute_module_sizes(model, dtype=dtype, buffers_only=True))
     with budget.time_budget(time_limit_s):
         measured = _not_traced(specs, notes) if has_recurrent_layers(getattr(model, "config", None)) else None
         if measured is None and replicate:
@@ -271,7 +273,7 @@ def trace_model(
             measured = _measure(model, specs, workload, allow_cast=allow_cast, notes=notes)
     traced = measured.tracker is not None
     order = _execution_order(len(specs), measured.tracker.order if traced else [])
-    graph_nodes = _graph_nodes(model, specs, order, workload, measured, notes, quantization)
+    graph_nodes = _graph_nodes(model, specs, order, workload, measured, notes, sizes)
     notes.extend(measured.memory.flop_notes)
     has_decode = decodes(model, workload)
     if has_decode and not measured.memory.decode_input_bytes:
@@ -400,13 +402,12 @@ def _expanded_memory(memory: NodeMemory, nodes: NodeMap) -> NodeMemory:
 
 def _graph_nodes(
     model: nn.Module, specs: list, order: list[int], workload: Workload, measured: _Measured, notes: list[str],
-    quantization: Quantization | None,
+    sizes: tuple[dict[str, int], dict[str, int]],
 ) -> tuple[GraphNode, ...]:
-    """The nodes in execution order with weights, buffers and the measured (or estimated) KV
-    cache, working sets and FLOPs."""
+    """The nodes in execution order with weights, buffers (``sizes``: module sizes and buffer sizes,
+    taken before any cast) and the measured (or estimated) KV cache, working sets and FLOPs."""
     memory = measured.memory
-    sizes = _weight_sizes(model, workload.dtype, quantization)
-    buffer_sizes = compute_module_sizes(model, dtype=workload.dtype, buffers_only=True)
+    sizes, buffer_sizes = sizes
     estimated = _estimates(model, specs, workload) if memory.notes else {}
     estimated_flops = _estimate_flops(model, specs, workload) if memory.notes else {}
     if estimated or estimated_flops:
@@ -418,6 +419,7 @@ def _graph_nodes(
             f"{', '.join(specs[i].name for i in names[:3])}" + (", ..." if len(names) > 3 else "")
         )
     executed = set(measured.tracker.order) if measured.tracker is not None else set()
+    experts = _expert_bytes(model, sizes)
 
     def node(i: int) -> GraphNode:
         kv, pre, dec = memory.kv_bytes[i], memory.prefill_work_bytes[i], memory.decode_work_bytes[i]
@@ -441,9 +443,21 @@ def _graph_nodes(
             decode_flops=dec_flops,
             executed=i in executed,
             estimated=i in estimated or i in estimated_flops,
+            expert_bytes=sum(b for name, b in experts.items() if name.startswith(specs[i].name + ".")),
         )
 
     return tuple(node(i) for i in order)
+
+
+def _expert_bytes(model: nn.Module, sizes: dict[str, int]) -> dict[str, int]:
+    """``{module name: bytes}`` of the outermost MoE expert modules (class name ending in ``Experts``,
+    or a module named ``experts``), from the sizes :func:`_weight_sizes` gives."""
+    out: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if name and (type(module).__name__.endswith("Experts") or name.rsplit(".", 1)[-1] == "experts"):
+            if not any(name.startswith(outer + ".") for outer in out):
+                out[name] = sizes.get(name, 0)
+    return out
 
 
 def _weight_sizes(model: nn.Module, dtype: torch.dtype, quantization: Quantization | None) -> dict[str, int]:

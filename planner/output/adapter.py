@@ -200,6 +200,7 @@ class Plan:
             "model_class": self.graph.model_class,
             "dtype": self.graph.dtype,
             "quantization": self.graph.quantization or None,
+            "expert_bytes": self.graph.total_expert_bytes,
             "workload": self.graph.workload.to_dict(),
             "status": self.status,
             "solver": self.solution.solver,

@@ -24,6 +24,7 @@ def render_plan(plan: Plan, console: Console) -> None:
     console.print(
         f"[bold]{g.model}[/bold] ({g.model_class}), {g.dtype}: {len(g.nodes)} nodes, "
         f"{format_bytes(g.total_bytes)} of weights and buffers"
+        + (f" ({format_bytes(g.total_expert_bytes)} in MoE experts)" if g.total_expert_bytes else "")
     )
     if g.quantization:
         console.print(f"quantized weights: {g.quantization}")
