@@ -174,3 +174,23 @@ def test_mxfp4_gpt_oss_matches_the_published_checkpoint(name, published_gib):
     weights = sizes[""] - compute_module_sizes(model, dtype=torch.bfloat16, buffers_only=True)[""]
     total = weights - sum(sizes[k] for k in stored) + sum(stored.values())
     assert abs(total / 2**30 - published_gib) <= 0.01 * published_gib
+
+
+def test_fp8_packed_experts_match_transformers_fp8_experts():
+    from transformers.integrations.finegrained_fp8 import FP8Experts
+
+    config = AutoConfig.for_model("mixtral", hidden_size=256, intermediate_size=384, num_attention_heads=4,
+                                  num_key_value_heads=2, num_hidden_layers=1, num_local_experts=4,
+                                  num_experts_per_tok=2, vocab_size=128)
+    stored = quantized_bytes(build_meta_model(config), Quantization(method="fp8", bits=8, block=(128, 128)), 2)
+    with torch.device("meta"):
+        experts = FP8Experts(config, block_size=(128, 128))
+    real = sum(p.numel() * p.element_size() for p in experts.parameters())
+    assert sum(b for name, b in stored.items() if ".mlp.experts." in name) == real
+
+
+def test_bitsandbytes_leaves_packed_experts_unquantized_as_transformers_does():
+    config = AutoConfig.for_model("mixtral", hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                  num_key_value_heads=2, num_hidden_layers=1, num_local_experts=4, vocab_size=128)
+    stored = quantized_bytes(build_meta_model(config), Quantization(method="bitsandbytes", bits=4, quant_type="nf4"), 2)
+    assert stored and not any(".experts." in name for name in stored)

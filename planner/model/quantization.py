@@ -30,6 +30,12 @@ of ``out x in`` elements (``N = out * in``), as the loading code allocates it:
   per group, channel or tensor, as many zero points when asymmetric, and a 2-entry int64
   ``weight_shape`` when packed.
 
+transformers 5 packs a layer's MoE experts into 3-D parameters (``[experts, rows, cols]``); FP8
+(``FP8Experts``), GPTQ, AWQ and compressed-tensors checkpoints quantize each expert's weight, sized
+here as ``experts`` weights of ``rows x cols`` (the scale layout along ``cols``); bitsandbytes
+replaces ``nn.Linear`` modules only (``integrations/bitsandbytes.py``), so packed experts keep the
+model dtype there.
+
 Linear layers are replaced except the output embedding, tied weights and the model's last
 module (transformers ``quantizers/base.py`` ``get_keys_to_not_convert``) and the modules the
 config skips (``modules_to_not_convert``, ``llm_int8_skip_modules``, ``ignore``), matched as
@@ -267,4 +273,11 @@ def quantized_bytes(model: nn.Module, q: Quantization, model_dtype_bytes: int) -
             out[weight] = q.linear_bytes(module.out_features, module.in_features, model_dtype_bytes)
             if module.bias is not None and q.method in ("gptq", "awq"):
                 out[f"{name}.bias"] = 2 * module.out_features
+    if q.method != "bitsandbytes":  # bitsandbytes replaces nn.Linear only: packed experts stay unquantized
+        params = dict(model.named_parameters(remove_duplicate=False))
+        for module, pname in _expert_tensors(model):
+            if _converted(module, kept):
+                key = f"{module}.{pname}" if module else pname
+                experts, rows, cols = params[key].shape  # one [rows, cols] weight per expert
+                out[key] = experts * q.linear_bytes(rows, cols, model_dtype_bytes)
     return out
