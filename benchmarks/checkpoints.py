@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=["none", "nf4", "gptq-4bit"])
     parser.add_argument("--context", type=int, default=1024, help="tokens of context traced (default 1024)")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=160)
     table = Table(title=f"Predicted weight bytes vs published checkpoints (context {args.context})")
     for col in ("model", "method", "stored as", "weights", "published", "ratio", "KV/token", "trace s"):
         table.add_column(col, justify="right" if col not in ("model", "method", "stored as") else "left")
