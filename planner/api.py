@@ -360,7 +360,7 @@ def _with_offload_hint(
     """``exc``, plus whether offloading to host RAM would make it fit and at what estimated cost on
     the *declared* hardware (only when no ``cpu`` was declared: with one, the solver already tried).
     The RAM is this machine's (nothing else is known about a host), and the message says so."""
-    if any(d.key == "cpu" for d in devices) or not problem.accelerators:
+    if any(d.key == "cpu" for d in devices) or not problem.accelerators or refuses_offload(graph.quantization):
         return exc
     ram = detect_max_memory().get("cpu", 0)
     if ram <= 0:
