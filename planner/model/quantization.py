@@ -95,7 +95,7 @@ class Quantization:
     source: str = "config"
 
     def describe(self) -> str:
-        """One line for reports, e.g. ``"gptq 4-bit, group 128 (from the config)"``."""
+        """One line for reports, e.g. ``"gptq 4-bit, group 128 (from the config; bytes from ...)"``."""
         parts = [f"{self.method} {self.bits}-bit"]
         if self.quant_type:
             parts[0] += f" {self.quant_type}"
