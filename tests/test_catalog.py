@@ -60,7 +60,7 @@ def test_built_model_has_the_published_parameter_count(name):
 def test_exact_published_counts_are_the_rule():
     rounded = sorted(name for name, entry in CATALOG.items() if entry.params_rounding > 1)
     # t5-11b: the T5 paper gives "11B" only, and its checkpoint is not available offline to count.
-    assert rounded == ["gpt-oss-120b", "gpt-oss-20b", "llama-2-13b", "opt-13b", "t5-11b"]
+    assert rounded == ["gpt-oss-120b", "gpt-oss-20b", "llama-2-13b", "opt-13b", "qwen3-30b-a3b", "qwen3-8b", "t5-11b"]
 
 
 def test_falcon_checkpoint_stores_a_copy_of_its_tied_head():

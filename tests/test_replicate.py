@@ -44,6 +44,11 @@ _TINY: dict[str, dict[str, object]] = {
                    "num_key_value_heads": 4, "num_hidden_layers": 6, "sliding_window": 16},
     "qwen2.5-7b": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
                    "num_key_value_heads": 2, "num_hidden_layers": 6, "max_window_layers": 6},
+    "qwen3-8b": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+                 "head_dim": 8, "num_hidden_layers": 6, "max_window_layers": 6},
+    "qwen3-30b-a3b": {"hidden_size": 32, "intermediate_size": 64, "moe_intermediate_size": 16, "num_experts": 4,
+                      "num_experts_per_tok": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+                      "num_hidden_layers": 6, "max_window_layers": 6},
     "t5-large": {"d_ff": 64, "d_kv": 8, "d_model": 32, "num_heads": 4, "num_layers": 6,
                  "num_decoder_layers": 6, "vocab_size": 128},
 }

@@ -255,6 +255,26 @@ _GPT_OSS_COMMON = {
 }
 
 
+# Qwen/Qwen3-8B and Qwen/Qwen3-30B-A3B config.json: the shared fields.
+_QWEN3_COMMON: dict[str, Any] = {
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "dtype": "bfloat16",
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+
+
 def _alternating(layers: int) -> list[str]:
     """gpt-oss ``layer_types``: sliding-window and full attention, alternating from layer 0."""
     return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
@@ -416,6 +436,28 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
             "safetensors index total_size 93,405,585,408 B / 2 B (bfloat16); Mistral AI: 46.7B "
             "total, 12.9B active per token"
         ),
+    ),
+    CatalogEntry(
+        name="qwen3-8b",
+        hub_id="Qwen/Qwen3-8B",
+        config={**_QWEN3_COMMON, "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": 4096,
+                "intermediate_size": 12288, "max_window_layers": 36, "num_attention_heads": 32,
+                "num_hidden_layers": 36, "num_key_value_heads": 8},
+        published_params=8_200_000_000,
+        params_rounding=100_000_000,
+        params_source="Qwen3-8B model card: 8.2B parameters, 6.95B non-embedding",
+    ),
+    CatalogEntry(
+        name="qwen3-30b-a3b",
+        hub_id="Qwen/Qwen3-30B-A3B",
+        config={**_QWEN3_COMMON, "model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
+                "decoder_sparse_step": 1, "hidden_size": 2048, "intermediate_size": 6144, "max_window_layers": 48,
+                "mlp_only_layers": [], "moe_intermediate_size": 768, "norm_topk_prob": True,
+                "num_attention_heads": 32, "num_experts": 128, "num_experts_per_tok": 8, "num_hidden_layers": 48,
+                "num_key_value_heads": 4, "output_router_logits": False, "router_aux_loss_coef": 0.001},
+        published_params=30_500_000_000,
+        params_rounding=100_000_000,
+        params_source="Qwen3-30B-A3B model card: 30.5B parameters in total, 3.3B activated, 29.9B non-embedding",
     ),
     CatalogEntry(
         name="qwen2.5-7b",
