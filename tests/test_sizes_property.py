@@ -10,7 +10,7 @@ import torch
 import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
 from layerplan import planner
 
@@ -67,3 +67,11 @@ def test_predicted_weight_bytes_equal_the_loaded_parameters(family, data) -> Non
         getattr(transformers, architecture)(config).save_pretrained(path)
         graph, _ = planner.trace(path, seq_len=16)
         assert sum(n.weight_bytes for n in graph.nodes) == _loaded_bytes(path, architecture), config.model_type
+
+
+def test_keep_in_fp32_modules_are_sized_as_loaded(tiny_t5_dir):
+    # T5's _keep_in_fp32_modules = ["wo"]: from_pretrained(dtype=float16) loads those in float32
+    graph, _ = planner.trace(tiny_t5_dir, seq_len=8, dtype="float16")
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir, dtype=torch.float16)
+    assert {p.dtype for n, p in loaded.named_parameters() if n.endswith("wo.weight")} == {torch.float32}
+    assert sum(n.weight_bytes for n in graph.nodes) == sum(p.numel() * p.element_size() for p in loaded.parameters())

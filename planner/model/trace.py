@@ -462,16 +462,33 @@ def _expert_bytes(model: nn.Module, sizes: dict[str, int]) -> dict[str, int]:
 
 def _weight_sizes(model: nn.Module, dtype: torch.dtype, quantization: Quantization | None) -> dict[str, int]:
     """accelerate's ``compute_module_sizes`` (every module and tensor name -> bytes, in ``dtype``),
-    with the weights ``quantization`` replaces at their stored bytes."""
+    with the parameters ``from_pretrained`` keeps in float32 at 4 bytes (:func:`_kept_in_fp32`) and
+    the weights ``quantization`` replaces at their stored bytes."""
     sizes = compute_module_sizes(model, dtype=dtype)
-    if quantization is None:
-        return sizes
-    for name, stored in quantized_bytes(model, quantization, dtype.itemsize).items():
-        change = stored - sizes.get(name, 0)
+    stored = _kept_in_fp32(model, dtype)
+    if quantization is not None:
+        stored.update(quantized_bytes(model, quantization, dtype.itemsize))
+    for name, size in stored.items():
+        change = size - sizes.get(name, 0)
         parts = name.split(".")
         for i in range(len(parts) + 1):
             sizes[".".join(parts[:i])] += change
     return sizes
+
+
+def _kept_in_fp32(model: nn.Module, dtype: torch.dtype) -> dict[str, int]:
+    """``{parameter: bytes}`` of the floating parameters ``from_pretrained`` loads in float32 at
+    ``dtype``: the class's ``_keep_in_fp32_modules`` in float16, ``_keep_in_fp32_modules_strict``
+    in float16 and bfloat16 (transformers' ``PreTrainedModel._get_dtype_plan``, its patterns matched
+    with ``core_model_loading.build_glob_alternation`` as loading matches them)."""
+    plan = model._get_dtype_plan(dtype) if hasattr(model, "_get_dtype_plan") else {}
+    if not plan:
+        return {}
+    from transformers.core_model_loading import build_glob_alternation
+
+    pattern, _, _ = build_glob_alternation(list(plan))
+    return {name: p.numel() * 4 for name, p in model.named_parameters()
+            if p.is_floating_point() and pattern.search(name)}
 
 
 def _traced_edges(
