@@ -194,3 +194,16 @@ def test_bitsandbytes_leaves_packed_experts_unquantized_as_transformers_does():
                                   num_key_value_heads=2, num_hidden_layers=1, num_local_experts=4, vocab_size=128)
     stored = quantized_bytes(build_meta_model(config), Quantization(method="bitsandbytes", bits=4, quant_type="nf4"), 2)
     assert stored and not any(".experts." in name for name in stored)
+
+
+@pytest.mark.parametrize("name", ["nf4", "int8"])
+def test_an_asked_bnb_plan_loads_quantized_with_its_own_kwargs(tiny_llama_dir, name):
+    plan = planner.plan(tiny_llama_dir, seq_len=16, quantization=name, max_memory={"cpu": "1GB"})
+    kwargs = plan.from_pretrained_kwargs()
+    assert kwargs["quantization_config"].quant_method == "bitsandbytes"
+    split = _loaded(tiny_llama_dir, **kwargs)
+    direct = _loaded(tiny_llama_dir, quantization_config=BNB[name], device_map="cpu")
+    assert sum(n.weight_bytes for n in plan.graph.nodes) == _stored_bytes(split)
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
+    with torch.no_grad():
+        assert torch.equal(split(ids).logits, direct(ids).logits)

@@ -29,6 +29,14 @@ from layerplan.solver import (
 
 __all__ = ["DeviceUsage", "Cut", "Plan", "to_device_map", "build_plan"]
 
+#: ``[model] quantization`` names that transformers can apply at load time, as BitsAndBytesConfig fields.
+_BNB_CONFIGS: dict[str, dict[str, Any]] = {
+    "nf4": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},
+    "nf4-double": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True},
+    "fp4": {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4"},
+    "int8": {"load_in_8bit": True},
+}
+
 
 def _accelerate_key(name: str) -> int | str:
     return int(name) if name.isdigit() else name
@@ -183,7 +191,10 @@ class Plan:
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``AutoModel*.from_pretrained`` / ``dispatch_model``:
-        ``device_map``, ``max_memory``, ``dtype``, and ``offload_folder`` when disk is used."""
+        ``device_map``, ``max_memory``, ``dtype``, ``offload_folder`` when disk is used, and the
+        ``quantization_config`` that loads an unquantized checkpoint as planned when a bitsandbytes
+        method was asked for (``[model] quantization`` nf4, nf4-double, fp4, int8). The other asked
+        methods need a checkpoint quantized with them (GPTQ/AWQ calibrate; it carries its config)."""
         kwargs: dict[str, Any] = {
             "device_map": dict(self.device_map),
             "max_memory": dict(self.max_memory),
@@ -191,6 +202,14 @@ class Plan:
         }
         if self.offload_folder is not None:
             kwargs["offload_folder"] = self.offload_folder
+        asked = self.spec.model.quantization if self.spec is not None else None
+        if asked in _BNB_CONFIGS:
+            from transformers import BitsAndBytesConfig
+
+            fields = dict(_BNB_CONFIGS[asked])
+            if fields.get("load_in_4bit"):
+                fields["bnb_4bit_compute_dtype"] = self.graph.dtype  # computes in the planned dtype
+            kwargs["quantization_config"] = BitsAndBytesConfig(**fields)
         return kwargs
 
     def to_dict(self) -> dict[str, Any]:
