@@ -56,7 +56,7 @@ from torch import nn
 from layerplan.planner.spec.quantization import METHODS, quantization_name
 from layerplan.solver.errors import InvalidSpecError
 
-__all__ = ["Quantization", "from_config", "parse_quantization", "quantized_bytes", "refuses_offload"]
+__all__ = ["Quantization", "from_config", "is_expert_module", "parse_quantization", "quantized_bytes", "refuses_offload"]
 
 #: bitsandbytes 4-bit: values per absmax, and absmax values per nested absmax (double quant).
 _BNB_BLOCK, _BNB_NESTED_BLOCK = 64, 256
@@ -244,14 +244,20 @@ def _converted(name: str, patterns: list[str]) -> bool:
         return not any(name == p or name.startswith(p + ".") or name.endswith(p) for p in patterns)
 
 
-def _expert_tensors(model: nn.Module) -> Iterator[tuple[str, str]]:
-    """``(module name, parameter name)`` of packed MoE expert projections (3-D tensors of an
-    ``*Experts`` module: what MXFP4 stores as FP4 blocks)."""
+def is_expert_module(name: str, module: nn.Module) -> bool:
+    """Whether ``module`` (registered as ``name``) holds a layer's MoE experts: transformers 5's
+    packed ``*Experts`` modules, or an ``experts`` module list of per-expert MLPs."""
+    return bool(name) and (type(module).__name__.endswith("Experts") or name.rsplit(".", 1)[-1] == "experts")
+
+
+def _expert_tensors(model: nn.Module) -> Iterator[tuple[str, str, nn.Parameter]]:
+    """``(module name, parameter name, parameter)`` of packed MoE expert projections: the 3-D
+    tensors (``[experts, rows, cols]``) of an expert module (:func:`is_expert_module`)."""
     for name, module in model.named_modules():
-        if type(module).__name__.endswith("Experts"):
+        if is_expert_module(name, module):
             for pname, param in module.named_parameters(recurse=False):
                 if param.dim() == 3:
-                    yield name, pname
+                    yield name, f"{name}.{pname}", param
 
 
 def quantized_bytes(model: nn.Module, q: Quantization, model_dtype_bytes: int) -> dict[str, int]:
@@ -260,24 +266,22 @@ def quantized_bytes(model: nn.Module, q: Quantization, model_dtype_bytes: int) -
     """
     kept = _kept(model, q)
     out: dict[str, int] = {}
-    if q.method == "mxfp4":
-        params = dict(model.named_parameters(remove_duplicate=False))
-        for module, pname in _expert_tensors(model):
-            if _converted(module, kept):
-                n = params[f"{module}.{pname}" if module else pname].numel()
-                out[f"{module}.{pname}" if module else pname] = n // 2 + -(-n // 32)
+    if q.method != "mxfp4":  # MXFP4 replaces the packed experts only
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and _converted(name, kept):
+                weight = f"{name}.weight" if name else "weight"
+                out[weight] = q.linear_bytes(module.out_features, module.in_features, model_dtype_bytes)
+                if module.bias is not None and q.method in ("gptq", "awq"):
+                    out[f"{name}.bias"] = 2 * module.out_features
+    if q.method == "bitsandbytes":  # it replaces nn.Linear only: packed experts stay unquantized
         return out
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and _converted(name, kept):
-            weight = f"{name}.weight" if name else "weight"
-            out[weight] = q.linear_bytes(module.out_features, module.in_features, model_dtype_bytes)
-            if module.bias is not None and q.method in ("gptq", "awq"):
-                out[f"{name}.bias"] = 2 * module.out_features
-    if q.method != "bitsandbytes":  # bitsandbytes replaces nn.Linear only: packed experts stay unquantized
-        params = dict(model.named_parameters(remove_duplicate=False))
-        for module, pname in _expert_tensors(model):
-            if _converted(module, kept):
-                key = f"{module}.{pname}" if module else pname
-                experts, rows, cols = params[key].shape  # one [rows, cols] weight per expert
-                out[key] = experts * q.linear_bytes(rows, cols, model_dtype_bytes)
+    for module, key, param in _expert_tensors(model):
+        if not _converted(module, kept):
+            continue
+        if q.method == "mxfp4":
+            n = param.numel()
+            out[key] = n // 2 + -(-n // 32)
+        else:
+            experts, rows, cols = param.shape  # one [rows, cols] weight per expert
+            out[key] = experts * q.linear_bytes(rows, cols, model_dtype_bytes)
     return out

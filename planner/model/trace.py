@@ -49,7 +49,7 @@ from layerplan.planner.model.estimate import (
 )
 from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
 from layerplan.planner.model.measure import NodeMemory, decodes, input_tensors, measure_node_memory
-from layerplan.planner.model.quantization import Quantization, quantized_bytes
+from layerplan.planner.model.quantization import Quantization, is_expert_module, quantized_bytes
 from layerplan.planner.model.replicate import NodeMap, NotReplicable, plan_replication, reduced_model
 from layerplan.planner.model.workload import Workload
 
@@ -419,7 +419,7 @@ def _graph_nodes(
             f"{', '.join(specs[i].name for i in names[:3])}" + (", ..." if len(names) > 3 else "")
         )
     executed = set(measured.tracker.order) if measured.tracker is not None else set()
-    experts = _expert_bytes(model, sizes)
+    experts = _expert_bytes(model, specs, sizes)
 
     def node(i: int) -> GraphNode:
         kv, pre, dec = memory.kv_bytes[i], memory.prefill_work_bytes[i], memory.decode_work_bytes[i]
@@ -443,20 +443,27 @@ def _graph_nodes(
             decode_flops=dec_flops,
             executed=i in executed,
             estimated=i in estimated or i in estimated_flops,
-            expert_bytes=sum(b for name, b in experts.items() if name.startswith(specs[i].name + ".")),
+            expert_bytes=experts.get(i, 0),
         )
 
     return tuple(node(i) for i in order)
 
 
-def _expert_bytes(model: nn.Module, sizes: dict[str, int]) -> dict[str, int]:
-    """``{module name: bytes}`` of the outermost MoE expert modules (class name ending in ``Experts``,
-    or a module named ``experts``), from the sizes :func:`_weight_sizes` gives."""
-    out: dict[str, int] = {}
+def _expert_bytes(model: nn.Module, specs: list[_NodeSpec], sizes: dict[str, int]) -> dict[int, int]:
+    """``{node: bytes}`` of the MoE expert modules (:func:`~layerplan.planner.model.quantization.is_expert_module`)
+    inside each node, outermost ones only, from the sizes :func:`_weight_sizes` gives."""
+    node_of = {s.name: i for i, s in enumerate(specs)}
+    out: dict[int, int] = {}
+    counted: list[str] = []
     for name, module in model.named_modules():
-        if name and (type(module).__name__.endswith("Experts") or name.rsplit(".", 1)[-1] == "experts"):
-            if not any(name.startswith(outer + ".") for outer in out):
-                out[name] = sizes.get(name, 0)
+        if not is_expert_module(name, module) or any(name.startswith(outer + ".") for outer in counted[-1:]):
+            continue
+        counted.append(name)
+        holder = name.rsplit(".", 1)[0] if "." in name else ""
+        while holder and holder not in node_of:
+            holder = holder.rsplit(".", 1)[0] if "." in holder else ""
+        if holder in node_of:
+            out[node_of[holder]] = out.get(node_of[holder], 0) + sizes.get(name, 0)
     return out
 
 
