@@ -23,6 +23,7 @@ from layerplan.planner.hardware import HardwareSpec, build_hardware, detect_devi
 from layerplan.planner.hardware.costing import cost_model
 from layerplan.planner.hardware.presets import lookup_accelerator
 from layerplan.planner.model.cache import cache_dir, graph_key, load_cached, store
+from layerplan.planner.model.inputs import image_tokens_per_image, is_vision_language
 from layerplan.planner.model.measure import generates
 from layerplan.planner.model.quantization import Quantization, from_config, parse_quantization, refuses_offload
 from layerplan.planner.model.source import ModelSource, resolve_source
@@ -130,12 +131,17 @@ def _check_context(source: ModelSource, workload: WorkloadSpec) -> None:
 
 
 def _resolve_workload(source: ModelSource, meta_model: nn.Module, dtype: torch.dtype, spec: WorkloadSpec) -> Workload:
-    """The declared workload with the model's defaults filled in (:meth:`Workload.from_lengths`)."""
+    """The declared workload with the model's defaults filled in (:meth:`Workload.from_lengths`),
+    and a vision-language model's images (:func:`_images`).
+
+    Raises:
+        InvalidSpecError: see :meth:`Workload.from_lengths` and :func:`_images`.
+    """
     chosen = getattr(getattr(meta_model, "config", None), "_attn_implementation", None)
     max_new_tokens = spec.max_new_tokens
     if max_new_tokens is None and not generates(meta_model):
         max_new_tokens = 0  # an encoder (BERT, MiniLM) runs one forward: the whole context is prompt
-    return Workload.from_lengths(
+    workload = Workload.from_lengths(
         model_context=_model_context(source.config),
         seq_len=spec.seq_len,
         prompt_len=spec.prompt_len,
@@ -147,6 +153,35 @@ def _resolve_workload(source: ModelSource, meta_model: nn.Module, dtype: torch.d
         phase=spec.phase.value if spec.phase is not None else "generate",
         prefill_logits=bool(spec.prefill_logits),
     )
+    images, tokens = _images(source, meta_model, workload, spec.images_per_prompt)
+    return dataclasses.replace(workload, images_per_prompt=images, image_tokens=tokens)
+
+
+def _images(source: ModelSource, meta_model: nn.Module, workload: Workload, declared: int | None) -> tuple[int, int]:
+    """``(images_per_prompt, image tokens)``: the declared images (default 1 for a vision-language
+    model, else 0) and the prompt tokens they expand to; ``(0, 0)`` when the model's image path
+    cannot run on shapes (the trace then notes that its vision tower was not run).
+
+    Raises:
+        InvalidSpecError: images for a model that reads none, or more image tokens than the prompt holds.
+    """
+    if not is_vision_language(meta_model):
+        if declared:
+            raise InvalidSpecError(
+                f"images_per_prompt={declared} but {source.name} reads no images (its config has no "
+                "vision_config and image token); drop images_per_prompt")
+        return 0, 0
+    images = 1 if declared is None else declared
+    per_image = image_tokens_per_image(meta_model, workload.dtype) if images else None
+    if per_image is None:
+        return 0, 0
+    tokens = images * per_image
+    if tokens >= workload.prompt_len:
+        raise InvalidSpecError(
+            f"{images} image(s) of {source.name} take {tokens} prompt tokens ({per_image} each), more than the "
+            f"prompt_len={workload.prompt_len} that holds them and the text; raise prompt_len / seq_len above "
+            f"{tokens} or lower images_per_prompt")
+    return images, tokens
 
 
 def _trace_source(source: ModelSource, model: ModelSpec, workload: WorkloadSpec) -> tuple[LayerGraph, nn.Module]:
@@ -182,7 +217,8 @@ def trace(model: Any, **options: Any) -> tuple[LayerGraph, nn.Module]:
             is rebuilt on meta from its config).
         **options: with a model, the fields of ``[model]`` and ``[workload]`` (``dtype``,
             ``batch_size``, ``seq_len``, ``prompt_len``, ``max_new_tokens``, ``kv_dtype``,
-            ``attn_implementation``, ``phase``, ``prefill_logits``, ``no_split_module_classes``).
+            ``attn_implementation``, ``phase``, ``prefill_logits``, ``images_per_prompt``,
+            ``no_split_module_classes``).
 
     Returns:
         ``(graph, meta_model)``; the meta model is what accelerate's ``check_device_map`` is run against.
@@ -472,7 +508,7 @@ def plan(model: Any, **options: Any) -> Plan:
             ``types`` / ``device_types``, ``reserve``, ``interconnect``, ``links``, ``host_link``,
             ``disk_read``, ``overrides``, ``offload_folder``; ``dtype``, ``no_split_module_classes``;
             ``batch_size``, ``seq_len``, ``prompt_len``, ``max_new_tokens``, ``kv_dtype``,
-            ``attn_implementation``, ``phase``, ``prefill_logits``; ``strategy``, ``objective``,
+            ``attn_implementation``, ``phase``, ``prefill_logits``, ``images_per_prompt``; ``strategy``, ``objective``,
             ``pins``, ``device_map``, ``time_limit_s``) -- see the sections in
             :mod:`layerplan.planner.spec.sections`.
 

@@ -129,6 +129,9 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
                    help="which part of generate() must fit: prefill, decode or both (default generate)")
     g.add_argument("--prefill-logits", action="store_const", const=True,
                    help="size prefill logits for every prompt position (generate() keeps only the last)")
+    g.add_argument("--images-per-prompt", type=int, metavar="N",
+                   help="images per prompt of a vision-language model (default 1; 0: text only); "
+                        "their tokens count in --prompt-len")
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
@@ -248,7 +251,7 @@ def _flag_tables(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "model": {"source": get("model"), "dtype": get("dtype"), "no_split_module_classes": get("no_split"),
                   "quantization": get("quantization"), "trace_time_limit_s": get("trace_time_limit"), "cache": get("cache"), "cache_dir": get("cache_dir")},
         "workload": {k: get(k) for k in ("batch_size", "seq_len", "prompt_len", "max_new_tokens", "kv_dtype",
-                                         "attn_implementation", "phase", "prefill_logits")},
+                                         "attn_implementation", "phase", "prefill_logits", "images_per_prompt")},
         "devices": {
             "max_memory": _key_values(get("max_memory"), flag="--max-memory", example="0=40GiB") or None,
             "types": _key_values(get("device_type"), flag="--device-type", example="0,1=a100-80gb") or None,

@@ -137,6 +137,8 @@ class TracedWorkload:
         attn_implementation: ``"sdpa"`` or ``"eager"``.
         phase: which part of ``generate()`` must fit.
         prefill_logits: logits for every prompt position in prefill.
+        images_per_prompt: images per prompt (vision-language models).
+        image_tokens: prompt tokens those images take, part of ``prompt_len``.
     """
 
     batch_size: int
@@ -147,6 +149,8 @@ class TracedWorkload:
     attn_implementation: str = "sdpa"
     phase: Phase = Phase.GENERATE
     prefill_logits: bool = False
+    images_per_prompt: int = 0
+    image_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.kv_dtype is None:
@@ -164,7 +168,8 @@ class TracedWorkload:
         return {"batch_size": self.batch_size, "prompt_len": self.prompt_len, "max_new_tokens": self.max_new_tokens,
                 "context_len": self.context_len, "dtype": self.dtype, "kv_dtype": self.kv_dtype,
                 "attn_implementation": self.attn_implementation, "phase": self.phase.value,
-                "prefill_logits": self.prefill_logits}
+                "prefill_logits": self.prefill_logits, "images_per_prompt": self.images_per_prompt,
+                "image_tokens": self.image_tokens}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TracedWorkload:

@@ -53,6 +53,7 @@ from torch.utils.flop_counter import flop_registry, mm_flop, shape_wrapper
 from torch.utils.weak import WeakIdKeyDictionary
 
 from layerplan.planner.model import budget
+from layerplan.planner.model.inputs import Feed, feed_for, kv_tokens, unchecked
 from layerplan.planner.model.workload import Phase, Workload
 
 __all__ = ["NodeMemory", "decodes", "generates", "input_tensors", "measure_node_memory"]
@@ -315,18 +316,14 @@ def measure_node_memory(
             handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(m.register_forward_hook(post))
 
-    b = workload.batch_size
-    encdec = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    feed = feed_for(model, workload)
     causal_kwargs = {}
     if _accepts(model, "logits_to_keep"):
         causal_kwargs["logits_to_keep"] = 0 if workload.prefill_logits else 1
 
-    def ids(length: int) -> torch.Tensor:
-        return torch.zeros((b, length), dtype=torch.long, device="cpu")
-
     prefill, decode, kv = None, None, zeros
     try:
-        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        with torch.no_grad(), unchecked(), FakeTensorMode(allow_non_fake_inputs=True):
             # Swap in fake copies of the weights *before* tracking: otherwise each meta weight is
             # converted to a fake tensor at first use and counted as a working-set allocation.
             # They are fake *CPU* tensors so that SDPA dispatches to a fused kernel (as on a GPU)
@@ -343,11 +340,10 @@ def measure_node_memory(
             def call(**kwargs):  # noqa: ANN003, ANN202
                 return torch.func.functional_call(model, fake_state, args=(), kwargs=kwargs, tie_weights=False)
 
-            prefill = tracked("prefill", lambda: call(**_prefill_inputs(ids, workload, encdec), use_cache=False,
-                                                      **causal_kwargs))
+            prefill = tracked("prefill", lambda: call(**feed.prefill("cpu"), use_cache=False, **causal_kwargs))
             if generates(model):  # encoders (BERT) keep no KV cache and have no decode phase
                 cache = _make_cache(model.config if cache_config is None else cache_config, recorder)
-                kv, decode = _decode(call, tracked, ids, workload, encdec, recorder, n, causal_kwargs, cache)
+                kv, decode = _decode(call, tracked, feed, kv_tokens(workload), recorder, n, causal_kwargs, cache)
     except Exception as exc:  # meta kernels are missing for some ops; report, never crash
         notes.append(f"memory measurement failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]})")
     finally:
@@ -367,26 +363,13 @@ def measure_node_memory(
     )
 
 
-def _prefill_inputs(ids: Callable[[int], torch.Tensor], workload: Workload, encdec: bool) -> dict:
-    inputs = {"input_ids": ids(workload.prompt_len)}
-    if encdec:
-        inputs["decoder_input_ids"] = ids(1)
-    return inputs
-
-
-def _decode(call, tracked, ids, workload: Workload, encdec: bool, recorder: _Recorder, n: int, causal_kwargs, cache):  # noqa: ANN001, ANN202
-    """Fill ``cache`` to ``context - 1`` tokens, then measure one decode step: ``(kv_bytes, meter)``."""
-    kv_tokens = workload.prompt_len if workload.phase is Phase.PREFILL else workload.context_len
-    if encdec:
-        # the encoder reads the prompt once (cross-attention cache = prompt_len tokens); the decoder's
-        # self-attention cache grows to max_new_tokens
-        decoder_tokens = max(kv_tokens - workload.prompt_len, 1)
-        fill = call(input_ids=ids(workload.prompt_len), decoder_input_ids=ids(max(decoder_tokens - 1, 1)),
-                    past_key_values=cache, use_cache=True)
-        step = {"encoder_outputs": (fill.encoder_last_hidden_state,), "decoder_input_ids": ids(1)}
-    else:
-        call(input_ids=ids(max(kv_tokens - 1, 1)), past_key_values=cache, use_cache=True, **causal_kwargs)
-        step = {"input_ids": ids(1)}
+def _decode(call, tracked, feed: Feed, tokens: int, recorder: _Recorder, n: int, causal_kwargs, cache):  # noqa: ANN001, ANN202
+    """Fill ``cache`` so that one more token makes ``tokens`` of context, then measure that decode
+    step: ``(kv_bytes, meter)``. An encoder-decoder's cross-attention cache is filled once, from
+    the encoder output (the prompt, or the audio frames)."""
+    kwargs = {} if feed.encoder_decoder else causal_kwargs
+    filled = call(**feed.fill("cpu", tokens), past_key_values=cache, use_cache=True, **kwargs)
+    step = feed.step("cpu", filled)
     cross = {node: size for (tag, node), size in recorder.kv.items() if tag == "cross"}
     recorder.kv.clear()
     meter = tracked("decode", lambda: call(**step, past_key_values=cache, use_cache=True, **causal_kwargs),

@@ -50,6 +50,7 @@ from layerplan.planner.model.estimate import (
 from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
 from layerplan.planner.model.measure import NodeMemory, decodes, input_tensors, measure_node_memory
 from layerplan.planner.model.quantization import Quantization, is_expert_module, quantized_bytes
+from layerplan.planner.model.inputs import feed_for, is_vision_language, unchecked
 from layerplan.planner.model.replicate import NodeMap, NotReplicable, plan_replication, reduced_model
 from layerplan.planner.model.workload import Workload
 
@@ -196,17 +197,10 @@ class _FlowMode(TorchFunctionMode):
 
 
 def _example_inputs(model: nn.Module, workload: Workload) -> dict[str, object]:
-    """The prefill forward's inputs. An encoder-decoder model reads the prompt in its encoder, while
-    its decoder starts from the one ``decoder_start_token_id`` token, as in ``generate()``
-    (transformers ``GenerationMixin._prepare_decoder_input_ids_for_generation``); so the tensors
-    between decoder nodes carry 1 token in prefill and the encoder output ``prompt_len``."""
-    def ids(length: int) -> torch.Tensor:
-        return torch.zeros((workload.batch_size, length), dtype=torch.long, device="meta")
-
-    inputs: dict[str, object] = {"input_ids": ids(workload.prompt_len), "use_cache": False}
-    config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
-        inputs["decoder_input_ids"] = ids(1)
+    """The prefill forward's inputs (:mod:`layerplan.planner.model.inputs`: an encoder-decoder's
+    decoder starts from one token, so the tensors between its decoder nodes carry 1 token in prefill
+    and the encoder output ``prompt_len``; a vision-language model also reads its images)."""
+    inputs: dict[str, object] = {**feed_for(model, workload).prefill("meta"), "use_cache": False}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         inputs["logits_to_keep"] = 0 if workload.prefill_logits else 1
     return inputs
@@ -272,6 +266,9 @@ def trace_model(
         if measured is None:
             measured = _measure(model, specs, workload, allow_cast=allow_cast, notes=notes)
     traced = measured.tracker is not None
+    if is_vision_language(model) and not workload.images_per_prompt:
+        notes.append("traced without images (images_per_prompt=0, or an image path that needs more than "
+                     "pixel_values): the vision tower did not run, its nodes hold weights only")
     order = _execution_order(len(specs), measured.tracker.order if traced else [])
     graph_nodes = _graph_nodes(model, specs, order, workload, measured, notes, sizes)
     notes.extend(measured.memory.flop_notes)
@@ -680,7 +677,7 @@ def _run_meta_forward(model, specs, module_to_node, tracker: _FlowTracker, workl
     try:
         # FakeTensorMode on top of meta: transformers treats fake tensors as "tracing" and skips the
         # data-dependent checks (``Tensor.item()``) that plain meta tensors cannot answer.
-        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True), _FlowMode(tracker):
+        with torch.no_grad(), unchecked(), FakeTensorMode(allow_non_fake_inputs=True), _FlowMode(tracker):
             model(**_example_inputs(model, workload))
     finally:
         for handle in handles:

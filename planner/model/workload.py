@@ -37,6 +37,10 @@ class Workload:
         prefill_logits: keep logits for every prompt position during prefill (as a training-style
             forward does) instead of only the last one, as ``generate()`` does with
             ``logits_to_keep=1``.
+        images_per_prompt: images each prompt carries (vision-language models; 0: text only).
+        image_tokens: the prompt tokens those images expand to (``images_per_prompt`` times the
+            model's tokens per image, :func:`layerplan.planner.model.inputs.image_tokens_per_image`);
+            part of ``prompt_len``, as the processor's expanded ``input_ids`` are.
 
     Raises:
         InvalidSpecError: a length or batch < 1 (``max_new_tokens`` may be 0), or an unknown
@@ -51,9 +55,12 @@ class Workload:
     attn_implementation: str = "sdpa"
     phase: Phase = Phase.GENERATE
     prefill_logits: bool = False
+    images_per_prompt: int = 0
+    image_tokens: int = 0
 
     def __post_init__(self) -> None:
-        for name, low in (("batch_size", 1), ("prompt_len", 1), ("max_new_tokens", 0)):
+        for name, low in (("batch_size", 1), ("prompt_len", 1), ("max_new_tokens", 0), ("images_per_prompt", 0),
+                          ("image_tokens", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidSpecError(f"{name}={value!r}; expected an integer >= {low}")
@@ -135,4 +142,6 @@ class Workload:
             "attn_implementation": self.attn_implementation,
             "phase": self.phase.value,
             "prefill_logits": self.prefill_logits,
+            "images_per_prompt": self.images_per_prompt,
+            "image_tokens": self.image_tokens,
         }

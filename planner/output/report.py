@@ -30,8 +30,9 @@ def render_plan(plan: Plan, console: Console) -> None:
         console.print(f"quantized weights: {g.quantization}")
     w = g.workload
     console.print(
-        f"workload: batch {w.batch_size}, prompt {w.prompt_len} + {w.max_new_tokens} new "
-        f"tokens (context {w.context_len}), phase {w.phase.value}, KV cache {w.kv_dtype} "
+        f"workload: batch {w.batch_size}, prompt {w.prompt_len}"
+        + (f" ({w.image_tokens} of them for {w.images_per_prompt} image(s))" if w.images_per_prompt else "")
+        + f" + {w.max_new_tokens} new tokens (context {w.context_len}), phase {w.phase.value}, KV cache {w.kv_dtype} "
         f"({format_bytes(g.total_kv_bytes)} in all), attention {w.attn_implementation}"
     )
     placement = Table(title="Placement", title_justify="left")

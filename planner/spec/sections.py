@@ -332,6 +332,9 @@ class WorkloadSpec(_Section):
         attn_implementation: ``"sdpa"`` or ``"eager"`` (default: transformers' choice).
         phase: ``"prefill"``, ``"decode"`` or ``"generate"`` (default).
         prefill_logits: size prefill logits for every prompt position (default False).
+        images_per_prompt: images each prompt carries, for a vision-language model (default 1
+            there; 0 traces its text decoder alone). Their placeholder tokens are part of
+            ``prompt_len``, as in the ``input_ids`` the model's processor expands.
 
     Raises:
         InvalidSpecError: a length below its minimum, lengths that contradict each other, an
@@ -348,9 +351,11 @@ class WorkloadSpec(_Section):
     attn_implementation: str | None = None
     phase: Phase | None = None
     prefill_logits: bool | None = None
+    images_per_prompt: int | None = None
 
     def __post_init__(self) -> None:
-        for name, low in (("batch_size", 1), ("seq_len", 1), ("prompt_len", 1), ("max_new_tokens", 0)):
+        for name, low in (("batch_size", 1), ("seq_len", 1), ("prompt_len", 1), ("max_new_tokens", 0),
+                          ("images_per_prompt", 0)):
             _set(self, name, _count(getattr(self, name), what=f"[workload] {name}", low=low))
         if None not in (self.seq_len, self.prompt_len, self.max_new_tokens) and \
                 self.prompt_len + self.max_new_tokens != self.seq_len:  # type: ignore[operator]
