@@ -159,8 +159,9 @@ def _resolve_workload(source: ModelSource, meta_model: nn.Module, dtype: torch.d
 
 def _images(source: ModelSource, meta_model: nn.Module, workload: Workload, declared: int | None) -> tuple[int, int]:
     """``(images_per_prompt, image tokens)``: the declared images (default 1 for a vision-language
-    model, else 0) and the prompt tokens they expand to; ``(0, 0)`` when the model's image path
-    cannot run on shapes (the trace then notes that its vision tower was not run).
+    model whose prompt holds one image, else 0) and the prompt tokens they expand to; ``(0, 0)``
+    when the model's image path cannot run on shapes (the trace then notes that its vision tower
+    was not run).
 
     Raises:
         InvalidSpecError: images for a model that reads none, or more image tokens than the prompt holds.
@@ -176,6 +177,8 @@ def _images(source: ModelSource, meta_model: nn.Module, workload: Workload, decl
     if per_image is None:
         return 0, 0
     tokens = images * per_image
+    if declared is None and tokens >= workload.prompt_len:
+        return 0, 0  # the default image does not fit this prompt: text only, and the trace says so
     if tokens >= workload.prompt_len:
         raise InvalidSpecError(
             f"{images} image(s) of {source.name} take {tokens} prompt tokens ({per_image} each), more than the "

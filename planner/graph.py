@@ -18,10 +18,10 @@ from layerplan.solver import Device, Edge, InvalidSpecError, Node, PlacementProb
 
 __all__ = ["GraphNode", "GraphEdge", "LayerGraph", "TracedWorkload"]
 
-GRAPH_FORMAT_VERSION = 5
+GRAPH_FORMAT_VERSION = 6
 #: Older formats :meth:`LayerGraph.from_dict` still reads. 2: no FLOPs, no decode-step edge sizes;
-#: 3: no ``empty_modules``.
-_READABLE_FORMAT_VERSIONS = (2, 3, 4, GRAPH_FORMAT_VERSION)
+#: 3: no ``empty_modules``; 5: no ``images_per_prompt`` / ``image_tokens`` in the workload (text only).
+_READABLE_FORMAT_VERSIONS = (2, 3, 4, 5, GRAPH_FORMAT_VERSION)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -23,7 +23,8 @@ from layerplan.planner.model.meta import build_meta_model
 from layerplan.solver.errors import InvalidSpecError
 
 # Models whose released checkpoint ties the output head to the input embedding.
-TIED = ("gpt2", "gpt2-xl", "gemma-2-9b", "gemma-2-27b", "t5-large", "t5-11b", "bloom-176b", "opt-13b", "falcon-40b")
+TIED = ("gpt2", "gpt2-xl", "gemma-2-9b", "gemma-2-27b", "t5-large", "t5-11b", "bloom-176b", "opt-13b", "falcon-40b",
+         "gemma-3-27b", "mamba-2.8b", "whisper-large-v3")
 
 
 @cache
@@ -60,7 +61,8 @@ def test_built_model_has_the_published_parameter_count(name):
 def test_exact_published_counts_are_the_rule():
     rounded = sorted(name for name, entry in CATALOG.items() if entry.params_rounding > 1)
     # t5-11b: the T5 paper gives "11B" only, and its checkpoint is not available offline to count.
-    assert rounded == ["gpt-oss-120b", "gpt-oss-20b", "llama-2-13b", "opt-13b", "qwen3-30b-a3b", "qwen3-8b", "t5-11b"]
+    assert rounded == ["deepseek-v3", "gemma-3-27b", "gpt-oss-120b", "gpt-oss-20b", "llama-2-13b", "llava-1.5-7b",
+                       "mamba-2.8b", "opt-13b", "qwen3-30b-a3b", "qwen3-8b", "t5-11b", "whisper-large-v3"]
 
 
 def test_falcon_checkpoint_stores_a_copy_of_its_tied_head():

@@ -164,7 +164,8 @@ def test_minilm_encoder_has_no_decode_and_matches_flop_counter_mode(minilm_dir):
 def test_json_round_trip_keeps_flops_and_decode_sizes(tiny_llama_dir):
     graph, _ = planner.trace(tiny_llama_dir, dtype="float32", prompt_len=8, max_new_tokens=4)
     data = json.loads(graph.to_json())
-    assert data["format_version"] == 5
+    assert data["format_version"] == 6
+    assert data["workload"]["images_per_prompt"] == 0
     assert data["nodes"][2]["prefill_flops"] > 0 and data["nodes"][2]["decode_flops"] > 0
     assert all("decode_size_bytes" in e for e in data["edges"])
     assert LayerGraph.from_json(graph.to_json()) == graph
@@ -192,7 +193,15 @@ def test_version_2_graph_loads_with_derived_decode_sizes_and_a_note(tiny_llama_d
     assert [e.decode_size_bytes for e in old.edges] == [e.decode_size_bytes for e in graph.edges]
 
 
-@pytest.mark.parametrize("version", [1, 6, "5"])
+def test_a_version_5_graph_without_image_fields_loads_as_text_only(tiny_llama_dir):
+    graph, _ = planner.trace(tiny_llama_dir, dtype="float32", prompt_len=8, max_new_tokens=4)
+    data = json.loads(graph.to_json())
+    data["format_version"] = 5
+    del data["workload"]["images_per_prompt"], data["workload"]["image_tokens"]
+    assert LayerGraph.from_json(json.dumps(data)) == graph
+
+
+@pytest.mark.parametrize("version", [1, 7, "6"])
 def test_unknown_graph_versions_are_rejected(tiny_llama_dir, version):
     graph, _ = planner.trace(tiny_llama_dir, dtype="float32", prompt_len=4, max_new_tokens=2)
     data = json.loads(graph.to_json())

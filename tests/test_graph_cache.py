@@ -51,6 +51,25 @@ def test_new_library_versions_miss(tiny_llama_dir, tmp_path, traces, monkeypatch
     assert traces == [1, 1]
 
 
+def test_a_change_to_the_tracing_code_misses(tiny_llama_dir, tmp_path, traces, monkeypatch):
+    layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
+    monkeypatch.setattr(cache, "_tracing_code_digest", lambda: "edited")  # same versions, other code
+    layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
+    assert traces == [1, 1]
+
+
+def test_the_code_digest_covers_the_trace_module():
+    assert len(cache._tracing_code_digest()) == 64
+    files = sorted(p.name for p in cache.Path(cache.__file__).resolve().parent.glob("*.py"))
+    assert "trace.py" in files and "inputs.py" in files
+
+
+def test_images_per_prompt_is_part_of_the_key(tmp_path):
+    key = lambda images: cache.graph_key({"model_type": "llava"}, dtype="float16", workload={"images_per_prompt": images},  # noqa: E731
+                                         no_split=())
+    assert key(1) != key(2)
+
+
 def test_no_cache_neither_reads_nor_writes(tiny_llama_dir, tmp_path, traces):
     layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), cache=False, **OPTIONS)
     layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), cache=False, **OPTIONS)

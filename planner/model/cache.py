@@ -2,8 +2,9 @@
 solve-only.
 
 A traced graph is a pure function of the model's config, the dtype, the declared workload, the
-extra no-split classes and the versions of layerplan, torch, transformers and accelerate (and the
-graph format): :func:`graph_key` hashes exactly these. Entries are graph JSON files
+extra no-split classes, the versions of layerplan, torch, transformers and accelerate, the graph
+format, and the source of the code that traces (``planner/model/*.py`` and ``planner/graph.py``: a
+development checkout changes it without changing its version): :func:`graph_key` hashes exactly these. Entries are graph JSON files
 (:meth:`LayerGraph.to_json`), written atomically; an unreadable entry is ignored and replaced.
 
 Location, first that applies: ``cache_dir`` of ``[model]`` (``--cache-dir``), ``$LAYERPLAN_CACHE_DIR``,
@@ -14,6 +15,7 @@ cached: an ``nn.Module`` may differ from its config in ways the key cannot see.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -50,6 +52,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
+def _tracing_code_digest() -> str:
+    """sha256 of the tracing code's source files, read once per process."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for file in sorted([*root.glob("*.py"), root.parent / "graph.py"]):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
 def graph_key(
     config: dict[str, Any], *, dtype: str, workload: dict[str, Any], no_split: tuple[str, ...],
     quantization: str | None = None,
@@ -67,7 +80,8 @@ def graph_key(
     """
     config = {k: v for k, v in config.items() if k not in ("_name_or_path", "transformers_version")}
     payload = {"config": config, "dtype": dtype, "workload": workload, "no_split": sorted(no_split),
-               "versions": _versions(), "format": GRAPH_FORMAT_VERSION, "quantization": quantization}
+               "versions": _versions(), "format": GRAPH_FORMAT_VERSION, "quantization": quantization,
+               "code": _tracing_code_digest()}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

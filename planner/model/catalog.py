@@ -280,6 +280,113 @@ def _alternating(layers: int) -> list[str]:
     return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
 
 
+# Multimodal, speech, state-space, DeepSeek ------------------------------------------------------
+_LLAVA15_7B: dict[str, Any] = {  # llava-hf/llava-1.5-7b-hf config.json
+    "model_type": "llava",
+    "architectures": ["LlavaForConditionalGeneration"],
+    "ignore_index": -100,
+    "image_token_index": 32000,
+    "image_seq_length": 576,
+    "pad_token_id": 32001,
+    "projector_hidden_act": "gelu",
+    "tie_word_embeddings": False,
+    "dtype": "float16",
+    "vision_feature_layer": -2,
+    "vision_feature_select_strategy": "default",
+    "text_config": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096,
+                    "rms_norm_eps": 1e-05, "vocab_size": 32064, "dtype": "float16"},
+    "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "image_size": 336,
+                      "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+                      "patch_size": 14, "projection_dim": 768},
+}
+
+_GEMMA3_27B: dict[str, Any] = {  # google/gemma-3-27b-it config.json
+    "model_type": "gemma3",
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "boi_token_index": 255999,
+    "eoi_token_index": 256000,
+    "eos_token_id": [1, 106],
+    "image_token_index": 262144,
+    "mm_tokens_per_image": 256,
+    "dtype": "bfloat16",
+    "text_config": {"model_type": "gemma3_text", "head_dim": 128, "hidden_size": 5376, "intermediate_size": 21504,
+                    "num_attention_heads": 32, "num_hidden_layers": 62, "num_key_value_heads": 16,
+                    "query_pre_attn_scalar": 168, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                    "sliding_window": 1024},
+    "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "image_size": 896,
+                      "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 27,
+                      "patch_size": 14, "vision_use_head": False},
+}
+
+_WHISPER_LARGE_V3: dict[str, Any] = {  # openai/whisper-large-v3 config.json
+    "model_type": "whisper",
+    "architectures": ["WhisperForConditionalGeneration"],
+    "activation_function": "gelu",
+    "bos_token_id": 50257,
+    "d_model": 1280,
+    "decoder_attention_heads": 20,
+    "decoder_ffn_dim": 5120,
+    "decoder_layers": 32,
+    "decoder_start_token_id": 50258,
+    "encoder_attention_heads": 20,
+    "encoder_ffn_dim": 5120,
+    "encoder_layers": 32,
+    "eos_token_id": 50257,
+    "max_source_positions": 1500,
+    "max_target_positions": 448,
+    "num_mel_bins": 128,
+    "pad_token_id": 50256,
+    "scale_embedding": False,
+    "dtype": "float16",
+    "vocab_size": 51866,
+}
+
+_DEEPSEEK_V3: dict[str, Any] = {  # deepseek-ai/DeepSeek-V3 config.json (the MTP layer is not built)
+    "model_type": "deepseek_v3",
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "first_k_dense_replace": 3,
+    "hidden_size": 7168,
+    "intermediate_size": 18432,
+    "kv_lora_rank": 512,
+    "max_position_embeddings": 163840,
+    "moe_intermediate_size": 2048,
+    "n_group": 8,
+    "n_routed_experts": 256,
+    "n_shared_experts": 1,
+    "norm_topk_prob": True,
+    "num_attention_heads": 128,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 61,
+    "num_key_value_heads": 128,
+    "q_lora_rank": 1536,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                            "weight_block_size": [128, 128]},
+    "rope_theta": 10000,
+    "routed_scaling_factor": 2.5,
+    "tie_word_embeddings": False,
+    "dtype": "bfloat16",
+    "topk_group": 4,
+    "v_head_dim": 128,
+    "vocab_size": 129280,
+}
+
+_MAMBA_28B: dict[str, Any] = {  # state-spaces/mamba-2.8b-hf config.json
+    "model_type": "mamba",
+    "architectures": ["MambaForCausalLM"],
+    "conv_kernel": 4,
+    "expand": 2,
+    "hidden_size": 2560,
+    "num_hidden_layers": 64,
+    "pad_vocab_size_multiple": 8,
+    "state_size": 16,
+    "vocab_size": 50280,
+}
+
+
 _ENTRIES: tuple[CatalogEntry, ...] = (
     CatalogEntry(
         name="gpt-oss-120b",
@@ -378,6 +485,66 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
             "This BF16 checkpoint has 8 KV heads; Meta's FP8 release of 3.1-405B was first published "
             "with 16 (each duplicated, for 8-way tensor parallelism), which doubles the KV cache."
         ),
+    ),
+    CatalogEntry(
+        name="llama-3.3-70b",
+        hub_id="meta-llama/Llama-3.3-70B-Instruct",
+        config={**_LLAMA3_COMMON, "hidden_size": 8192, "intermediate_size": 28672, "max_position_embeddings": 131072,
+                "num_attention_heads": 64, "num_hidden_layers": 80, "num_key_value_heads": 8,
+                "eos_token_id": [128001, 128008, 128009],
+                "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                 "original_max_position_embeddings": 8192, "rope_type": "llama3"}},
+        published_params=70_553_706_496,
+        params_source=(
+            "safetensors index total_size 141,107,412,992 B / 2 B (bfloat16); the tensors have "
+            "Llama-3.1-70B's shapes (Meta's label: 70B)"
+        ),
+    ),
+    CatalogEntry(
+        name="llava-1.5-7b",
+        hub_id="llava-hf/llava-1.5-7b-hf",
+        config=_LLAVA15_7B,
+        published_params=7_060_000_000,
+        params_rounding=10_000_000,
+        params_source="Hub safetensors parameter count of llava-hf/llava-1.5-7b-hf: 7.06B",
+        notes="Each 336 px image is 576 prompt tokens (24 x 24 patches of CLIP ViT-L/14, CLS dropped).",
+    ),
+    CatalogEntry(
+        name="gemma-3-27b",
+        hub_id="google/gemma-3-27b-it",
+        config=_GEMMA3_27B,
+        published_params=27_400_000_000,
+        params_rounding=100_000_000,
+        params_source="Hub safetensors parameter count of google/gemma-3-27b-it: 27.4B (SigLIP tower included)",
+        notes="Five of every six text layers attend over a 1024-token window; each image is 256 prompt tokens.",
+    ),
+    CatalogEntry(
+        name="whisper-large-v3",
+        hub_id="openai/whisper-large-v3",
+        config=_WHISPER_LARGE_V3,
+        published_params=1_540_000_000,
+        params_rounding=10_000_000,
+        params_source="Hub safetensors parameter count of openai/whisper-large-v3: 1.54B (paper: 1550M for large)",
+        notes="The decoder's context is its 448 max_target_positions; the encoder reads 30 s = 1500 frames.",
+    ),
+    CatalogEntry(
+        name="deepseek-v3",
+        hub_id="deepseek-ai/DeepSeek-V3",
+        config=_DEEPSEEK_V3,
+        published_params=671_000_000_000,
+        params_rounding=1_000_000_000,
+        params_source="DeepSeek-V3 technical report (arXiv 2412.19437): 671B total, 37B activated per token",
+        notes=("The checkpoint's 685B include the 14B multi-token-prediction module, which transformers does "
+               "not build; weights are FP8 e4m3 with a scale per 128 x 128 block."),
+    ),
+    CatalogEntry(
+        name="mamba-2.8b",
+        hub_id="state-spaces/mamba-2.8b-hf",
+        config=_MAMBA_28B,
+        published_params=2_800_000_000,
+        params_rounding=100_000_000,
+        params_source="Mamba paper (arXiv 2312.00752), the 2.8B model of its scaling table",
+        notes="A recurrent state per sequence (conv + SSM state), no per-token KV cache.",
     ),
     CatalogEntry(
         name="mistral-7b",

@@ -158,6 +158,7 @@ def reduced_model(model: nn.Module, replication: Replication) -> nn.Module:
     """
     copies: dict[str, nn.Module] = {"": _shallow(model)}
     cuts: dict[int, tuple[object, int, tuple[int, ...]]] = {}  # id(config) -> (config, layers, kept)
+    decoder = _decoder_config(model)
     for stack in replication.stacks:
         parent_path, _, attr = stack.path.rpartition(".")
         parent = _copied_path(model, parent_path, copies)
@@ -167,9 +168,9 @@ def reduced_model(model: nn.Module, replication: Replication) -> nn.Module:
         parent._modules[attr] = kept
         for config in _path_configs(model, stack.path):
             cut = (config, len(stack.keys), stack.traced)
-            if _per_layer_lists([config], len(stack.keys)) and cuts.setdefault(id(config), cut) != cut:
+            if _needs_cut(config, len(stack.keys), decoder) and cuts.setdefault(id(config), cut) != cut:
                 raise NotReplicable("one config's per-layer lists would be cut for two stacks")
-    cut_configs = {key: _cut_config(config, n, kept) for key, (config, n, kept) in cuts.items()}
+    cut_configs = {key: _cut_config(config, n, kept, depth=key != id(decoder)) for key, (config, n, kept) in cuts.items()}
     for clone in copies.values():
         config = _config(clone)
         if config is not None and id(config) in cut_configs:
@@ -349,12 +350,33 @@ def _per_layer_lists(configs: list[object], num_layers: int) -> list[tuple[str, 
             if "layer" in name and isinstance(value, list | tuple) and len(value) == num_layers]
 
 
-def _cut_config(config: object, num_layers: int, kept: tuple[int, ...]) -> object:
-    """A shallow copy of ``config`` whose per-layer lists hold only the entries at ``kept``;
-    ``num_hidden_layers`` stays (model code slices ``layers[:num_hidden_layers]``: harmless)."""
+def _decoder_config(model: nn.Module) -> object | None:
+    config = _config(model)
+    get = getattr(config, "get_text_config", None)
+    return get(decoder=True) if callable(get) else config
+
+
+def _needs_cut(config: object, num_layers: int, decoder: object | None) -> bool:
+    """Whether ``config`` must be cut with its stack: it has per-layer lists, or it is a tower's
+    (not the text decoder's) config that counts the stack's layers in ``num_hidden_layers``."""
+    deep = config is not decoder and getattr(config, "num_hidden_layers", None) == num_layers
+    return bool(_per_layer_lists([config], num_layers)) or deep
+
+
+def _cut_config(config: object, num_layers: int, kept: tuple[int, ...], *, depth: bool = False) -> object:
+    """A shallow copy of ``config`` whose per-layer lists hold only the entries at ``kept``.
+
+    The text decoder's ``num_hidden_layers`` stays (model code slices ``layers[:num_hidden_layers]``,
+    harmless, and some compares ``layer_idx`` with it, which the representatives keep). With
+    ``depth`` (a vision or audio tower) it becomes ``len(kept)``: transformers resolves a negative
+    ``vision_feature_layer`` (LLaVA's -2) against it into the hidden states the reduced tower
+    records, and the representatives keep the first, second to last and last positions.
+    """
     cut = copy.copy(config)
     for name, value in _per_layer_lists([config], num_layers):
         vars(cut)[name] = type(value)(value[i] for i in kept)
+    if depth and getattr(config, "num_hidden_layers", None) == num_layers:
+        cut.num_hidden_layers = len(kept)
     return cut
 
 

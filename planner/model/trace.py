@@ -96,6 +96,9 @@ def _find_nodes(model: nn.Module, no_split: tuple[str, ...]) -> list[_NodeSpec]:
         own = [n for n, _ in module.named_parameters(recurse=False)] + [
             n for n, _ in module.named_buffers(recurse=False)
         ]
+        if prefix and children and own and _uses_own_parameters(module, no_split):
+            nodes.append(_NodeSpec(prefix, "leaf", cls_name, module))
+            return
         if not children:
             if own:
                 nodes.append(_NodeSpec(prefix, "leaf", cls_name, module))
@@ -108,6 +111,16 @@ def _find_nodes(model: nn.Module, no_split: tuple[str, ...]) -> list[_NodeSpec]:
 
     visit("", model)
     return nodes
+
+
+def _uses_own_parameters(module: nn.Module, no_split: tuple[str, ...]) -> bool:
+    """A module with parameters of its own next to its children, and no block inside (Gemma 3's
+    multimodal projector: a weight, a norm, a pooling): its forward computes with both, so it is
+    kept whole, as one node, rather than split into its parameters and children with the
+    parameters' matmul in none of them. A module holding blocks is still split."""
+    if not any(True for _ in module.named_parameters(recurse=False)):
+        return False
+    return not any(type(m).__name__ in no_split for m in module.modules())
 
 
 def _empty_modules(model: nn.Module, specs: list[_NodeSpec]) -> tuple[str, ...]:
@@ -267,8 +280,9 @@ def trace_model(
             measured = _measure(model, specs, workload, allow_cast=allow_cast, notes=notes)
     traced = measured.tracker is not None
     if is_vision_language(model) and not workload.images_per_prompt:
-        notes.append("traced without images (images_per_prompt=0, or an image path that needs more than "
-                     "pixel_values): the vision tower did not run, its nodes hold weights only")
+        notes.append("traced without images (images_per_prompt=0: declared, or by default when one image's "
+                     "tokens do not fit the prompt; or an image path that needs more than pixel_values): "
+                     "the vision tower did not run, its nodes hold weights only")
     order = _execution_order(len(specs), measured.tracker.order if traced else [])
     graph_nodes = _graph_nodes(model, specs, order, workload, measured, notes, sizes)
     notes.extend(measured.memory.flop_notes)
