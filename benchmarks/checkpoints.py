@@ -52,7 +52,15 @@ def _published(name: str, method: str, dtype: str) -> tuple[float | None, str]:
     return None, ""
 
 
+def _context(name: str, wanted: int) -> int:
+    """``wanted`` tokens, or the model's own context where it is shorter (Whisper's decoder: 448)."""
+    text = catalog.lookup(name).to_config().get_text_config(decoder=True)
+    own = getattr(text, "max_position_embeddings", None) or getattr(text, "max_target_positions", None)
+    return min(wanted, own) if isinstance(own, int) else wanted
+
+
 def row(name: str, method: str, context: int) -> list[str]:
+    context = _context(name, context)
     started = time.perf_counter()
     with quiet():
         graph, _ = planner.trace(name, seq_len=context, quantization=None if method == "none" else method)

@@ -143,3 +143,32 @@ def test_whisper_split_over_cpu_and_disk_decodes_the_unsplit_tokens(whisper_dir,
         return tokens
 
     assert greedy(split) == greedy(reference)
+
+
+@pytest.fixture(scope="module")
+def vit_dir(tmp_path_factory) -> str:
+    config = AutoConfig.for_model("vit", architectures=["ViTForImageClassification"], hidden_size=32,
+                                  num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=32,
+                                  patch_size=8, num_labels=5)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vit")
+    transformers.ViTForImageClassification(config).eval().save_pretrained(path)
+    return str(path)
+
+
+def test_an_image_classifier_is_traced_on_its_images_and_split_gives_the_unsplit_logits(vit_dir, tmp_path):
+    graph, _ = planner.trace(vit_dir, batch_size=2)
+    assert not graph.notes, graph.notes  # traced, nothing estimated
+    assert all(n.executed and n.prefill_flops > 0 for n in graph.nodes if n.kind == "block")
+    into_first = next(e for e in graph.edges if e.consumers == ("vit.layers.0",))
+    assert into_first.shape == (2, (32 // 8) ** 2 + 1, 32)  # 16 patches and the CLS token per image
+    plan = planner.plan(graph, max_memory={"cpu": graph.total_bytes * 6 // 10, "disk": "1GB"},
+                        offload_folder=tmp_path / "offload")
+    assert set(plan.device_map.values()) == {"cpu", "disk"}
+    cls = transformers.ViTForImageClassification
+    reference = cls.from_pretrained(vit_dir).eval()
+    split = cls.from_pretrained(vit_dir, **plan.from_pretrained_kwargs()).eval()
+    torch.manual_seed(2)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(split(pixel_values=pixels).logits, reference(pixel_values=pixels).logits)

@@ -10,6 +10,8 @@
   ``WhisperFeatureExtractor`` pads every input to (``nb_max_frames = 3000``; the encoder's two
   convolutions halve it to ``max_source_positions`` frames, transformers ``modeling_whisper.py``);
   the decoder reads the ``prompt_len`` decoder-prompt tokens and its cache grows to the context.
+* **Image models** (``main_input_name == "pixel_values"``: ViT, ConvNeXt classifiers): ``batch``
+  images of ``num_channels x image_size x image_size``, nothing else; one forward, no decode.
 * **Vision-language decoders** (a config with ``vision_config`` and an image token, a model with
   ``get_image_features``: LLaVA, Gemma 3, PaliGemma, ...): ``pixel_values`` of ``batch *
   images_per_prompt`` images of ``num_channels x image_size x image_size`` (the size the image
@@ -75,8 +77,8 @@ def is_vision_language(model: nn.Module) -> bool:
             and callable(getattr(model, "get_image_features", None)))
 
 
-def _image_shape(model: nn.Module, images: int) -> tuple[int, ...]:
-    vision = _config(model).vision_config
+def _image_shape(model: nn.Module, images: int, vision: object | None = None) -> tuple[int, ...]:
+    vision = _config(model).vision_config if vision is None else vision
     size = getattr(vision, "image_size", 224)
     height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
     return (images, getattr(vision, "num_channels", 3), height, width)
@@ -122,6 +124,7 @@ class Feed:
         features: the non-token input and its shape, ``("pixel_values", (images, channels, height,
             width))`` or ``("input_features", (batch, mel bins, frames))``; None for text only.
         feature_dtype: dtype of ``features``.
+        image_only: the model reads ``pixel_values`` alone (an image classifier: ViT, ConvNeXt).
     """
 
     batch: int
@@ -129,6 +132,8 @@ class Feed:
     encoder_decoder: bool = False
     features: tuple[str, tuple[int, ...]] | None = None
     feature_dtype: torch.dtype = torch.float32
+
+    image_only: bool = False
 
     @property
     def speech(self) -> bool:
@@ -145,6 +150,8 @@ class Feed:
 
     def prefill(self, device: str) -> dict[str, object]:
         """The prefill forward's inputs (see the module docstring)."""
+        if self.image_only:
+            return self._features(device)
         if self.speech:
             return {**self._features(device), "decoder_input_ids": self._ids(self.prompt_len, device)}
         inputs: dict[str, object] = {"input_ids": self._ids(self.prompt_len, device), **self._features(device)}
@@ -179,6 +186,10 @@ def feed_for(model: nn.Module, workload: Workload) -> Feed:
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     features = None
     frames = _speech_frames(model)
+    if getattr(model, "main_input_name", None) == "pixel_values":
+        shape = _image_shape(model, workload.batch_size, vision=config)
+        return Feed(batch=workload.batch_size, prompt_len=workload.prompt_len, features=("pixel_values", shape),
+                    feature_dtype=workload.dtype, image_only=True)
     if frames is not None:
         features = ("input_features", (workload.batch_size, *frames))
     elif workload.images_per_prompt and is_vision_language(model):
