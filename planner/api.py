@@ -363,7 +363,7 @@ def _without_refused_offload(
     """``devices`` with cpu/disk caps set to 0 where the quantization cannot be loaded offloaded
     (:func:`layerplan.planner.model.quantization.refuses_offload`: with accelerators, nothing on cpu
     or disk; on the CPU alone, nothing on disk), and the note saying so."""
-    if not refuses_offload(graph.quantization):
+    if not refuses_offload(graph.quantization_method):
         return devices, ()
     on_accelerators = any(d.key not in ("cpu", "disk") for d in devices)
     refused = ("cpu", "disk") if on_accelerators else ("disk",)
@@ -399,7 +399,7 @@ def _with_offload_hint(
     """``exc``, plus whether offloading to host RAM would make it fit and at what estimated cost on
     the *declared* hardware (only when no ``cpu`` was declared: with one, the solver already tried).
     The RAM is this machine's (nothing else is known about a host), and the message says so."""
-    if any(d.key == "cpu" for d in devices) or not problem.accelerators or refuses_offload(graph.quantization):
+    if any(d.key == "cpu" for d in devices) or not problem.accelerators or refuses_offload(graph.quantization_method):
         return exc
     ram = detect_max_memory().get("cpu", 0)
     if ram <= 0:

@@ -20,7 +20,8 @@ __all__ = ["GraphNode", "GraphEdge", "LayerGraph", "TracedWorkload"]
 
 GRAPH_FORMAT_VERSION = 6
 #: Older formats :meth:`LayerGraph.from_dict` still reads. 2: no FLOPs, no decode-step edge sizes;
-#: 3: no ``empty_modules``; 5: no ``images_per_prompt`` / ``image_tokens`` in the workload (text only).
+#: 3: no ``empty_modules``; 5: no ``images_per_prompt`` / ``image_tokens`` in the workload (text only),
+#: no ``quantization_method``.
 _READABLE_FORMAT_VERSIONS = (2, 3, 4, 5, GRAPH_FORMAT_VERSION)
 
 
@@ -200,6 +201,9 @@ class LayerGraph:
         notes: how the graph was obtained where it deviates from a full meta trace.
         quantization: how quantized weights were sized (:meth:`layerplan.planner.model.quantization.Quantization.describe`),
             e.g. ``"gptq 4-bit, group 128 (from the config; ...)"``; empty when nothing is quantized.
+        quantization_method: the method alone (:attr:`~layerplan.planner.model.quantization.Quantization.method`:
+            ``"bitsandbytes"``, ``"gptq"``, ...), what loading rules are decided on; empty when
+            nothing is quantized. Graphs before format 6 take it from ``quantization``'s first word.
     """
 
     model: str
@@ -214,6 +218,7 @@ class LayerGraph:
     empty_modules: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     quantization: str = ""
+    quantization_method: str = ""
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -352,6 +357,8 @@ class LayerGraph:
         data["no_split_module_classes"] = tuple(data.get("no_split_module_classes", ()))
         data["empty_modules"] = tuple(data.get("empty_modules", ()))
         data["notes"] = notes
+        if version < 6 and data.get("quantization"):
+            data["quantization_method"] = data["quantization"].split(" ", 1)[0]
         return cls(**data)
 
     @classmethod

@@ -55,7 +55,8 @@ def check_graph_dict(data: Any, *, version: int) -> None:
     predates per-edge ``decode_size_bytes``; from format 3 on it is required.
     """
     optional = {"tied_parameters": list, "tied_groups": list, "no_split_module_classes": list,
-                "empty_modules": list, "notes": list, "quantization": str}
+                "empty_modules": list, "notes": list, "quantization": str,
+                "quantization_method": str}
     edge_required = {**_EDGE_REQUIRED, **({"decode_size_bytes": int} if version >= 3 else {})}
     _check_fields(data, "the top level", _TOP, optional)
     _check_fields(data["workload"], "workload", _WORKLOAD_REQUIRED,

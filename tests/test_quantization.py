@@ -3,6 +3,8 @@ published GPTQ checkpoint sizes and transformers' own FP8 layer; plans that load
 
 from __future__ import annotations
 
+import json
+
 import warnings
 
 import pytest
@@ -11,6 +13,7 @@ from accelerate.utils import check_device_map, compute_module_sizes
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from layerplan import planner
+from layerplan.planner.graph import LayerGraph
 from layerplan.planner.model import catalog
 from layerplan.planner.model.meta import build_meta_model
 from layerplan.planner.model.quantization import Quantization, from_config, quantized_bytes
@@ -86,6 +89,19 @@ def test_bnb_plan_keeps_weights_off_disk_and_loads_with_the_same_logits(bnb_chec
     ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
     with torch.no_grad():
         assert torch.equal(split(ids).logits, reference(ids).logits), name
+
+
+def test_the_graph_records_the_method_and_a_format_5_graph_takes_it_from_its_description(bnb_checkpoint):
+    _, path = bnb_checkpoint
+    graph, _ = planner.trace(path, seq_len=16)
+    assert graph.quantization_method == "bitsandbytes"
+    assert LayerGraph.from_json(graph.to_json()) == graph
+    old = json.loads(graph.to_json())
+    old["format_version"] = 5
+    del old["quantization_method"], old["workload"]["images_per_prompt"], old["workload"]["image_tokens"]
+    assert LayerGraph.from_dict(old).quantization_method == "bitsandbytes"
+    plain, _ = planner.trace(path, seq_len=16, quantization="none")
+    assert plain.quantization_method == "" and plain.quantization == ""
 
 
 def test_bnb_plan_on_gpus_passes_check_device_map_and_never_offloads(bnb_checkpoint):

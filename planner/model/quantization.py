@@ -143,14 +143,14 @@ class Quantization:
         return values + model_dtype_bytes * scales + zeros + (16 if self.packed else 0)
 
 
-def refuses_offload(description: str) -> bool:
-    """Whether weights quantized as ``description`` (:meth:`Quantization.describe`, as a
-    :class:`~layerplan.planner.graph.LayerGraph` records it) cannot be loaded on cpu or disk next
-    to accelerators: transformers' bitsandbytes quantizers (``quantizer_bnb_4bit.py`` /
+def refuses_offload(method: str) -> bool:
+    """Whether weights quantized by ``method`` (:attr:`Quantization.method`, a
+    :class:`~layerplan.planner.graph.LayerGraph`'s ``quantization_method``) cannot be loaded on cpu
+    or disk next to accelerators: transformers' bitsandbytes quantizers (``quantizer_bnb_4bit.py`` /
     ``quantizer_bnb_8bit.py`` ``validate_environment``) refuse a ``device_map`` with modules on
     cpu or disk unless every module is on cpu (or ``llm_int8_enable_fp32_cpu_offload``, which keeps
     those modules unquantized in fp32: not planned here)."""
-    return description.startswith("bitsandbytes ")
+    return method == "bitsandbytes"
 
 
 def _int(value: Any, what: str) -> int:

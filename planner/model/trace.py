@@ -305,6 +305,7 @@ def trace_model(
         empty_modules=_empty_modules(model, specs),
         notes=tuple(notes),
         quantization=quantization.describe() if quantization is not None else "",
+        quantization_method=quantization.method if quantization is not None else "",
     )
     return _with_tied_groups(graph)
 
