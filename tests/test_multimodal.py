@@ -75,7 +75,7 @@ def test_more_images_cost_more_vision_work_and_the_same_kv(llava_dir):
     assert three.total_kv_bytes == one.total_kv_bytes  # placeholders are prompt tokens like any other
     none, _ = planner.trace(llava_dir, prompt_len=40, max_new_tokens=8, images_per_prompt=0)
     assert not _node(none, layer).executed
-    assert any("without images" in note for note in none.notes)
+    assert any("without its vision inputs (images_per_prompt=0" in note for note in none.notes)
 
 
 def test_image_tokens_that_do_not_fit_the_prompt_and_images_for_a_text_model_are_refused(llava_dir, tiny_llama_dir):

@@ -113,6 +113,20 @@ def _find_nodes(model: nn.Module, no_split: tuple[str, ...]) -> list[_NodeSpec]:
     return nodes
 
 
+def _unfed_towers(model: nn.Module, workload: Workload) -> list[str]:
+    """A note when the model has a vision or audio tower (a ``vision_config`` / ``audio_config``)
+    that the traced forwards did not feed, so that its nodes hold weights only."""
+    config = getattr(model, "config", None)
+    towers = [name.removesuffix("_config") for name in ("vision_config", "audio_config")
+              if getattr(config, name, None) is not None]
+    if not towers or feed_for(model, workload).features is not None:
+        return []
+    why = ("images_per_prompt=0: declared, or by default when one image's tokens do not fit the prompt; or "
+           if is_vision_language(model) else "")
+    return [f"traced without its {' and '.join(towers)} inputs ({why}inputs this model needs beyond token ids, "
+            "which layerplan does not build for it): that tower did not run, its nodes hold weights only"]
+
+
 def _uses_own_parameters(module: nn.Module, no_split: tuple[str, ...]) -> bool:
     """A module with parameters of its own next to its children, and no block inside (Gemma 3's
     multimodal projector: a weight, a norm, a pooling): its forward computes with both, so it is
@@ -279,10 +293,7 @@ def trace_model(
         if measured is None:
             measured = _measure(model, specs, workload, allow_cast=allow_cast, notes=notes)
     traced = measured.tracker is not None
-    if is_vision_language(model) and not workload.images_per_prompt:
-        notes.append("traced without images (images_per_prompt=0: declared, or by default when one image's "
-                     "tokens do not fit the prompt; or an image path that needs more than pixel_values): "
-                     "the vision tower did not run, its nodes hold weights only")
+    notes.extend(_unfed_towers(model, workload))
     order = _execution_order(len(specs), measured.tracker.order if traced else [])
     graph_nodes = _graph_nodes(model, specs, order, workload, measured, notes, sizes)
     notes.extend(measured.memory.flop_notes)
