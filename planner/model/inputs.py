@@ -38,7 +38,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from layerplan.planner.model.workload import Phase, Workload
 
-__all__ = ["Feed", "feed_for", "image_tokens_per_image", "is_vision_language", "unchecked"]
+__all__ = ["Feed", "feed_for", "image_tokens_per_image", "is_vision_language", "kv_tokens", "unchecked"]
 
 
 @contextlib.contextmanager
@@ -95,7 +95,7 @@ def image_tokens_per_image(model: nn.Module, dtype: torch.dtype) -> int | None:
         with torch.no_grad(), unchecked(), FakeTensorMode(allow_non_fake_inputs=True):
             pixels = torch.zeros(_image_shape(model, 1), dtype=dtype, device="meta")
             out = model.get_image_features(pixel_values=pixels)
-    except Exception:  # a model whose image path needs more than pixel_values (image sizes, grids)
+    except Exception:  # noqa: BLE001 -- an image path that needs more than pixel_values (sizes, grids)
         return None
     features = getattr(out, "pooler_output", out)
     if isinstance(features, list | tuple):
