@@ -31,6 +31,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from layerplan import planner  # noqa: E402
+from layerplan.planner import api  # noqa: E402
 from layerplan.planner.model import catalog  # noqa: E402
 from layerplan.planner.quiet import quiet  # noqa: E402
 
@@ -54,9 +55,7 @@ def _published(name: str, method: str, dtype: str) -> tuple[float | None, str]:
 
 def _context(name: str, wanted: int) -> int:
     """``wanted`` tokens, or the model's own context where it is shorter (Whisper's decoder: 448)."""
-    text = catalog.lookup(name).to_config().get_text_config(decoder=True)
-    own = getattr(text, "max_position_embeddings", None) or getattr(text, "max_target_positions", None)
-    return min(wanted, own) if isinstance(own, int) else wanted
+    return min(wanted, api._model_context(catalog.lookup(name).to_config()) or wanted)
 
 
 def row(name: str, method: str, context: int) -> list[str]:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from accelerate.utils import check_device_map, compute_module_sizes, find_tied_parameters
 from layerplan import planner
+from layerplan.planner import api
 from layerplan.planner.model import catalog
 from layerplan.planner.model.quantization import from_config, quantized_bytes
 from layerplan.solver import violations
@@ -16,8 +17,7 @@ HARDWARE = {0: "40GiB", 1: "40GiB", 2: "40GiB", 3: "40GiB", "cpu": "2TiB"}
 
 def _context(name: str) -> int:
     """512 tokens, or the model's own context where it is shorter (Whisper's decoder: 448)."""
-    text = catalog.CATALOG[name].to_config().get_text_config(decoder=True)
-    return min(512, getattr(text, "max_position_embeddings", None) or getattr(text, "max_target_positions", 512))
+    return min(512, api._model_context(catalog.CATALOG[name].to_config()) or 512)
 
 
 @pytest.mark.parametrize("name", catalog.catalog_names())
