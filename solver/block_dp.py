@@ -52,7 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from layerplan.solver._symmetry import interchangeable_groups
+from layerplan.solver._symmetry import group_runs, interchangeable_groups
 from layerplan.solver.cost import CostModel, edge_time_ns, node_time_ns
 from layerplan.solver.goals import UTILISATION_SCALE, Goal, Measure, max_utilisation, score
 from layerplan.solver.problem import PlacementProblem
@@ -131,6 +131,35 @@ def _free_groups(problem: PlacementProblem, cost: CostModel | None) -> tuple[tup
     return tuple(sorted(grouped + alone))
 
 
+def _x_group(problem: PlacementProblem, cost: CostModel | None, offs: tuple[int, ...]) -> int:
+    """Free order with no offload device: the index in :func:`_free_groups` of the accelerators
+    interchangeable with the execution device ``x``, or -1. A placement then offloads nothing, so
+    ``x`` trades places with them (:mod:`layerplan.solver._symmetry`): relabelled, ``x`` (the
+    lowest index) holds the earliest of their blocks, and none of them starts a block before it."""
+    x = problem.execution_device
+    if problem.ordered or offs:
+        return -1
+    partners = next((g for g in interchangeable_groups(problem, cost) if x in g), None)
+    if partners is None:
+        return -1
+    return _free_groups(problem, cost).index(tuple(d for d in partners if d != x))
+
+
+def _run_starts(problem: PlacementProblem, cost: CostModel | None) -> tuple[bool, ...]:
+    """In device order: whether each accelerator after the execution device may start a block
+    after any earlier one, False for the second and later members of a run of consecutive
+    interchangeable accelerators (:func:`layerplan.solver._symmetry.group_runs`). Every placement
+    relabels, order kept, to one that uses the first members of each run (the canonical one), so
+    such a member only ever follows its predecessor in the run: one start per state instead of
+    one per later accelerator."""
+    x = problem.execution_device
+    later: set[int] = set()
+    for group in interchangeable_groups(problem, cost):
+        for run in group_runs(problem, [d for d in group if d != x]):
+            later.update(run[1:])
+    return tuple(d not in later for d in problem.accelerators[1:])
+
+
 @dataclass(frozen=True, slots=True)
 class _Data:
     """The problem's numbers as the DP reads them (see :func:`_data`)."""
@@ -139,6 +168,8 @@ class _Data:
     others: tuple[int, ...]  # the accelerators after the execution device, in listed order
     free: bool  # blocks in free order
     groups_free: tuple[tuple[int, ...], ...]  # free order: the others in interchangeable groups
+    run_start: tuple[bool, ...]  # device order: per other, whether it may follow any earlier block
+    x_group: int  # free order, nothing to offload to: the group interchangeable with x (-1: none)
     offs: tuple[int, ...]
     x: int
     runtime: bool
@@ -156,6 +187,7 @@ class _Data:
     thresholds: list[list[int]]  # [position] sorted producers/consumers a block start is compared with
     remaining: list[int]  # [position] weight bytes of nodes i..n-1
     min_time_after: list[int]  # [position] sum of each later node's fastest compute time
+    least_cut_after: list[tuple[int, int]]  # [position] least (bytes, ns) a block starting at a node i.. receives
     by_offload_cost: list[int]  # offload slots, cheapest per byte first
     min_stream_ns_per_byte: float  # weighted streaming ns per offloaded byte, fastest offload device
     pins: dict[int, int]
@@ -167,6 +199,7 @@ class _Data:
     followers_of: dict[int, tuple[int, ...]]  # anchor -> its followers
     anchors: tuple[int, ...]  # [group] its anchor
     inputs: dict[int, list[tuple[int, int, list[int]]]]  # follower -> (producer, bytes, ns per device)
+    room_cache: dict = dataclasses.field(default_factory=dict)  # _room_left's values (reset with the caps)
 
 
 def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
@@ -244,6 +277,12 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
         least_work[i] = min(least_work[i + 1], nodes[i].work_bytes) if holds else least_work[i + 1]
         fastest = min(t_on[i][d if devices[d].is_accelerator else x] for d in allowed[i])
         best[i] = best[i + 1] + (fastest if free else 0)
+    accs = problem.accelerators
+    least_cut = [(0, 0)] * (n + 1)
+    low = (1 << 62, 1 << 62)
+    for j in range(n - 1, -1, -1):  # the chain edge into node j: charged when a block starts there
+        low = (min(low[0], cut[j]), min(low[1], min(cut_t[j][d] for d in accs)))
+        least_cut[j] = low
     others = problem.accelerators[1:]
     offs = tuple(d for d in range(k) if not devices[d].is_accelerator)
     rates = [(p + q) * 1e9 / cost.speeds[o].read_bytes_per_s for o in offs
@@ -251,13 +290,15 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
     return _Data(
         n=n, others=others, free=not problem.ordered, offs=offs,
         groups_free=_free_groups(problem, cost) if not problem.ordered else (),
+        run_start=_run_starts(problem, cost) if problem.ordered else (),
+        x_group=_x_group(problem, cost, offs),
         by_offload_cost=sorted(range(len(offs)), key=lambda s: devices[offs[s]].offload_cost),
         min_stream_ns_per_byte=min(rates, default=0.0),
         x=problem.execution_device, runtime=problem.has_runtime_memory,
         w=[x.size_bytes for x in nodes], kv=[x.kv_bytes for x in nodes], work=[x.work_bytes for x in nodes],
         caps=[d.cap_bytes for d in devices], reserve=[d.reserve_bytes for d in devices],
         t_on=t_on, cut=cut, cut_t=cut_t, consumes=consumes, produces=produces, last_use=last_use,
-        thresholds=thresholds, remaining=remaining, min_time_after=best, pins=dict(problem.pins),
+        thresholds=thresholds, remaining=remaining, min_time_after=best, least_cut_after=least_cut, pins=dict(problem.pins),
         offload_cost=[d.offload_cost for d in devices],
         remaining_free=remaining_free, remaining_footprint=footprint,
         least_work_after=[0 if w == 1 << 62 else w for w in least_work],
@@ -417,26 +458,35 @@ def _closed_key(data: _Data, key: object) -> object:
     return (key[0], -1) if data.free else key
 
 
-def _starts(data: _Data, key: object) -> list[tuple[object, int]]:
+def _starts(data: _Data, key: object, xs: int) -> list[tuple[object, int]]:
     """``(key, device)`` of each block that may start next on another accelerator: any later one
-    in device order; in free order, the next unused member of any group."""
+    in device order (the next member of a run of interchangeable ones only right after the one
+    before it: :func:`_run_starts`); in free order, the next unused member of any group (of the
+    group interchangeable with the execution device only once its block started, ``xs`` > 0:
+    :func:`_x_group`)."""
     if not data.free:
-        return [(m, data.others[m]) for m in range(key + 1, len(data.others))]
+        return [(m, data.others[m]) for m in range(key + 1, len(data.others)) if m == key + 1 or data.run_start[m]]
     used = key[0]
     return [((used[:g] + (used[g] + 1,) + used[g + 1:], g), members[used[g]])
-            for g, members in enumerate(data.groups_free) if used[g] < len(members)]
+            for g, members in enumerate(data.groups_free) if used[g] < len(members) and (xs or g != data.x_group)]
 
 
-def _room_left(data: _Data, key: object, i: int) -> int:
-    """The weight bytes the other accelerators no block has used yet can take from nodes ``i..``:
-    each its cap less, with runtime memory, its reserve and the least working set of a node
-    with weights still to come (one of which it would hold)."""
+def _room_left(data: _Data, key: object, i: int) -> tuple[int, int]:
+    """The weight bytes the other accelerators no block has used yet can take from nodes ``i..``,
+    in all and on the roomiest one: each its cap less, with runtime memory, its reserve and the
+    least working set of a node with weights still to come (one of which it would hold)."""
+    less = data.least_work_after[i] if data.runtime else 0
+    cached = data.room_cache.get((key, less))
+    if cached is not None:
+        return cached
     unused = (data.others[key + 1:] if not data.free
               else [d for g, members in enumerate(data.groups_free) for d in members[key[0][g]:]])
     if not data.runtime:
-        return sum(data.caps[d] for d in unused)
-    less = data.least_work_after[i]
-    return sum(max(0, data.caps[d] - data.reserve[d] - less) for d in unused)
+        rooms = [data.caps[d] for d in unused]
+    else:
+        rooms = [max(0, data.caps[d] - data.reserve[d] - less) for d in unused]
+    data.room_cache[(key, less)] = found = (sum(rooms), max(rooms, default=0))
+    return found
 
 
 def solve_blocks(
@@ -540,7 +590,7 @@ def _capped(data: _Data, utilisation: int) -> _Data:
     caps = list(data.caps)
     for d in (data.x, *data.others):
         caps[d] = min(caps[d], utilisation * caps[d] // UTILISATION_SCALE)
-    return dataclasses.replace(data, caps=caps)
+    return dataclasses.replace(data, caps=caps, room_cache={})
 
 
 def _run(
@@ -559,6 +609,8 @@ def _run(
             raise OutOfTime
         states = {state: kept for state, labels in states.items()
                   if (kept := _settle(data, objective, limits, kept_measures, labels, i, state, max_labels, bound))}
+        if data.free and len(states) > 1:
+            states = _across_used(states)
         if i < data.n:
             states = _advance(data, i, states)
     finals = []
@@ -641,13 +693,40 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
                 if _on_x(data, i, v, x, charge):
                     put((after[0], 1, "x", anchors), v, label, x)
         # Start a block on another accelerator: any later one (ordered) or the next (free order).
-        for key, device in _starts(data, last):
+        for key, device in _starts(data, last, xs):
             if pin not in (None, device):
                 continue
             for label in closed:
                 v = list(label.vec)
                 if _on_block(data, i, v, device, True):
                     put((key, after[1], "o", anchors), v, label, device)
+    return out
+
+
+def _across_used(states: dict[_State, list[_Label]]) -> dict[_State, list[_Label]]:
+    """Free order: the labels no label of another state dominates, where states that differ only
+    in how many members of each group they used are compared with those counts as entries too.
+
+    Members of a group are interchangeable, so a state that used no more members of any group
+    can finish every way the other can (on the members it has not used yet, with the same
+    measures): a label of it that is also no larger dominates. Without this, every count of used
+    GPUs a position can be reached with (dozens, over 64 GPUs) would be its own state."""
+    by_rest: dict[tuple, list[_State]] = {}
+    for state in states:
+        by_rest.setdefault((state[0][1], *state[1:]), []).append(state)
+    out = dict(states)
+    for members in by_rest.values():
+        if len(members) < 2:
+            continue
+        rows = sorted(((label.vec + state[0][0], state, label) for state in members for label in states[state]),
+                      key=lambda row: row[0])
+        kept = {id(rows[r][2]) for r in _front([row[0] for row in rows])}
+        for state in members:
+            labels = [label for label in states[state] if id(label) in kept]
+            if labels:
+                out[state] = labels
+            else:
+                del out[state]
     return out
 
 
@@ -731,7 +810,11 @@ def _completion_bounds(
     cap_b = data.caps[open_device] if open_device is not None else 0
     reserve_b = data.reserve[open_device] if open_device is not None and data.runtime else 0
     reserve_x = data.reserve[x] if data.runtime else 0  # charged when it first computes (``XIDLE``)
-    room_left = _room_left(data, last, i)  # the other accelerators not used yet
+    room_left, roomiest = _room_left(data, last, i)  # the other accelerators not used yet
+    # With nowhere to offload, what the execution device and the open block cannot take needs new
+    # blocks, each holding at most ``roomiest`` and receiving at least the least cut.
+    to_place = data.remaining_footprint[i] if data.runtime else data.remaining_free[i]
+    cut_bytes, cut_ns = data.least_cut_after[i]
     base_overflow = data.remaining_free[i] - room_left
     footprint = data.remaining_footprint[i] - room_left if data.runtime and data.offs else None
     time_after = data.min_time_after[i]
@@ -747,7 +830,9 @@ def _completion_bounds(
         overflow = base_overflow - room
         if footprint is not None:  # the execution device takes the offloaded nodes' KV cache
             overflow = max(overflow, footprint - room - (0 if x_room else x_free))
-        stream = offload = 0
+        stream = offload = blocks = 0
+        if not offs and roomiest and to_place > room:
+            blocks = -(-(to_place - room) // roomiest)
         if overflow > 0:
             free = [data.caps[o] - v[u] for o, u in zip(offs, used)]
             if sum(free) < overflow:
@@ -761,11 +846,11 @@ def _completion_bounds(
         out = []
         for measure in wanted:
             if measure is Measure.TIME_NS:
-                out.append(v[TIME] + time_after + stream)
+                out.append(v[TIME] + time_after + stream + blocks * cut_ns)
             elif measure is Measure.OFFLOAD_COST:
                 out.append(v[OFF] + offload)
             elif measure is Measure.TRANSFER_BYTES:
-                out.append(v[TR])
+                out.append(v[TR] + blocks * cut_bytes)
             elif measure is Measure.BOTTLENECK_NS:
                 out.append(max(v[MSTAGE], v[XSTAGE] + stream, v[BSTAGE]))
             else:  # MAX_UTILISATION

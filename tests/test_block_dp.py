@@ -126,6 +126,37 @@ def test_block_dp_matches_brute_force_when_gpus_are_short(goal: Goal, data) -> N
     _check_against_brute_force(problem, cost, goal)
 
 
+@st.composite
+def identical_gpu_problems(draw: st.DrawFn):
+    """2-4 identical GPUs (same cap, reserve, speed and links: interchangeable), sometimes a
+    different one after them and sometimes a cpu, in device or free order: the symmetry the DP
+    prunes on (one block start per run of identical GPUs in device order; in free order the
+    execution device first when nothing can be offloaded, and states with fewer GPUs used
+    dominating)."""
+    base = _dp_shaped(draw(st.one_of(small_problems(max_nodes=6), runtime_problems(max_nodes=6))))
+    total = base.total_bytes + base.total_kv_bytes
+    cap, reserve = draw(st.integers(total // 3 + 4, total + 12)), draw(st.integers(0, 2))
+    gpus = [Device(name=str(g), kind=DeviceKind.ACCELERATOR, cap_bytes=cap, reserve_bytes=reserve)
+            for g in range(draw(st.integers(2, 4)))]
+    if draw(st.booleans()):
+        gpus.append(Device(name="odd", kind=DeviceKind.ACCELERATOR, cap_bytes=draw(st.integers(0, total)),
+                           reserve_bytes=reserve))
+    tiers = [Device(name="cpu", kind=DeviceKind.CPU, cap_bytes=draw(st.integers(0, total)))] if draw(st.booleans()) else []
+    problem = dataclasses.replace(base, devices=(*gpus, *tiers), pins=(), ordered=draw(st.booleans()))
+    cost = draw(cost_models(problem))
+    same = cost.speeds[0]
+    speeds = tuple(same if problem.devices[d].name != "odd" else s for d, s in enumerate(cost.speeds))
+    return problem, _uniform_links(dataclasses.replace(cost, speeds=speeds), draw(st.sampled_from([1e8, 1e9])))
+
+
+@pytest.mark.parametrize("goal", list(Goal))
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=identical_gpu_problems())
+def test_block_dp_matches_brute_force_on_identical_gpus(goal: Goal, data) -> None:
+    problem, cost = data
+    _check_against_brute_force(problem, cost, goal)
+
+
 def _llama_like(layers: int, *, kv: int, work: int, cpu: int, gpu: int, gpus: int = 2) -> PlacementProblem:
     """embed, rotary (a broadcast edge to every layer), layers, norm, head: the traced Llama shape."""
     names = ["embed", "rotary", *[f"layer{i}" for i in range(layers)], "norm", "head"]
