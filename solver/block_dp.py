@@ -84,7 +84,18 @@ _MEASURE_SLOTS = (
 
 
 class OutOfTime(Exception):
-    """The DP ran past its deadline."""
+    """The DP ran past its deadline.
+
+    Attributes:
+        placement: the best valid placement found before it (the optimum of the phases that
+            finished, improved by the utilisation probes that did), or None.
+        bound: the proven optimum of the goal's headline measure when its phase finished, else None.
+    """
+
+    def __init__(self, placement: tuple[int, ...] | None = None, bound: int | None = None) -> None:
+        super().__init__("the block DP ran past its deadline")
+        self.placement = placement
+        self.bound = bound
 
 
 class OutOfLabels(Exception):
@@ -514,7 +525,7 @@ def solve_blocks(
         The assignment (device index per node), or None when no placement is valid.
 
     Raises:
-        OutOfTime: past ``deadline``.
+        OutOfTime: past ``deadline``; it carries the best placement found so far, if any.
         OutOfLabels: a state needed more than :data:`MAX_LABELS` labels (the problem has too many
             trade-offs for this method; CP-SAT handles it).
     """
@@ -523,14 +534,18 @@ def solve_blocks(
     best: tuple[tuple[int, ...], int] | None = None
     previous = None
     for measure in goal.measures:
-        if measure is Measure.MAX_UTILISATION and _bisect_utilisation(data):
-            assert best is not None and previous is not None  # no goal starts with it
-            data, best = _least_utilisation(problem, data, best, previous, limits, deadline)
-            continue
-        # The optimum of the earlier measures is a placement within their limits: its value bounds
-        # this phase (the quick pass may still find a better one).
-        incumbent = score(problem, best[0], measure, cost) if best is not None else None
-        best = _phase(data, measure, limits, deadline, incumbent)
+        try:
+            if measure is Measure.MAX_UTILISATION and _bisect_utilisation(data):
+                assert best is not None and previous is not None  # no goal starts with it
+                data, best = _least_utilisation(problem, data, best, previous, limits, deadline)
+                continue
+            # The optimum of the earlier measures is a placement within their limits: its value
+            # bounds this phase (the quick pass may still find a better one).
+            incumbent = score(problem, best[0], measure, cost) if best is not None else None
+            best = _phase(data, measure, limits, deadline, incumbent)
+        except OutOfTime as exc:
+            placement = exc.placement or (best[0] if best is not None else None)
+            raise OutOfTime(placement, limits.get(goal.headline)) from None
         if best is None:
             return None
         limits[measure] = best[1]
@@ -576,7 +591,10 @@ def _least_utilisation(
     while low < high:
         middle = (low + high) // 2
         # ``limits`` already bounds ``previous`` by its optimum: no quick pass needed for a bound.
-        found = _run(_capped(data, middle), previous, limits, max_labels=None, deadline=deadline, bound=None)
+        try:
+            found = _run(_capped(data, middle), previous, limits, max_labels=None, deadline=deadline, bound=None)
+        except OutOfTime:
+            raise OutOfTime(best[0]) from None
         if found is None:
             low = middle + 1
         else:

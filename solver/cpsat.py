@@ -49,6 +49,9 @@ _RANDOM_SEED = 20240527
 _OFFLOAD_PHASE_SHARE = 0.5
 #: Share of the time limit the block DP may use before CP-SAT takes over.
 _DP_SHARE = 0.5
+#: Nodes x devices past which a timed-out block DP's placement is returned rather than handed to
+#: CP-SAT (whose model of such a problem takes minutes to build: :func:`_too_big_for_cpsat`).
+_CPSAT_MAX_CELLS = 100_000
 #: Most seconds spent looking for the least extra memory once a problem is known infeasible.
 _EXPLAIN_TIME_S = 10.0
 #: CP-SAT's deterministic interleaved search (see :func:`_solver`); about 2-6x slower than the
@@ -103,7 +106,10 @@ def solve(
             error) or ``"cp-sat"``.
 
     Returns:
-        A :class:`Solution` with ``solver="dp"`` (always OPTIMAL) or ``"cp-sat"``. ``status`` is OPTIMAL when every phase was
+        A :class:`Solution` with ``solver="dp"`` or ``"cp-sat"``. A DP solution is OPTIMAL unless
+        the DP ran out of its share of the time on a problem too large for CP-SAT's model
+        (nodes x devices > 100k) or with ``method="dp"``: then its best placement comes back
+        FEASIBLE, with ``bound`` the headline's proven optimum if that phase finished, else 0. ``status`` is OPTIMAL when every phase was
         proven optimal; FEASIBLE when a phase hit the time limit, with ``bound`` = CP-SAT's proven
         lower bound on the goal's headline measure (given the earlier measures). When CP-SAT finds
         nothing in time but the hint or an earlier phase gave a placement, that placement comes
@@ -175,7 +181,13 @@ def _solve_by_dp(
         return None  # :func:`_solve` raises it again, with the least extra memory when asked
     try:
         found = block_dp.solve_blocks(problem, goal, cost, deadline=started + (deadline - started) * _DP_SHARE)
-    except (block_dp.OutOfTime, block_dp.OutOfLabels):
+    except block_dp.OutOfTime as exc:
+        if required and exc.placement is None:
+            raise
+        if exc.placement is not None and (required or _too_big_for_cpsat(problem)):
+            return _unproven(problem, exc, goal=goal, cost=cost, started=started)
+        return None
+    except block_dp.OutOfLabels:
         if required:
             raise
         return None
@@ -187,6 +199,22 @@ def _solve_by_dp(
     headline = score(problem, placement, goal.headline, cost)
     return _solution(problem, placement, Status.OPTIMAL, goal=goal, cost=cost, bound=headline, started=started,
                      solver="dp")
+
+
+def _too_big_for_cpsat(problem: PlacementProblem) -> bool:
+    """Whether CP-SAT's model would take longer to build than a plan may (measured: 16k nodes
+    over 65 devices, 3.1M Booleans, over two minutes before its search starts)."""
+    return len(problem.nodes) * len(problem.devices) > _CPSAT_MAX_CELLS
+
+
+def _unproven(
+    problem: PlacementProblem, exc: block_dp.OutOfTime, *, goal: Goal, cost: CostModel | None, started: float
+) -> Solution:
+    """The timed-out block DP's best placement as a FEASIBLE solution: its bound is the headline's
+    proven optimum when that phase finished (gap 0 on it, a later measure unproven), else 0."""
+    placement = canonical_assignment(problem, exc.placement, cost=cost)
+    return _solution(problem, placement, Status.FEASIBLE, goal=goal, cost=cost,
+                     bound=exc.bound if exc.bound is not None else 0, started=started, solver="dp")
 
 
 def _solve(

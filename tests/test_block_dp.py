@@ -15,11 +15,13 @@ from layerplan.solver import (
     CostModel,
     Device,
     DeviceKind,
+    DeviceSpeed,
     Edge,
     Goal,
     InfeasiblePlanError,
     InvalidSpecError,
     Node,
+    NodeWork,
     PlacementProblem,
     Status,
     block_dp,
@@ -207,3 +209,47 @@ def test_an_infeasible_problem_is_still_explained_by_cpsat() -> None:
     with pytest.raises(InfeasiblePlanError) as caught:
         solve(problem, num_workers=2)
     assert caught.value.extra_bytes  # CP-SAT's least extra memory, as before the DP existed
+
+
+def _identical_gpu_chain() -> tuple[PlacementProblem, CostModel]:
+    """24 equal layers over 4 equal GPUs (a latency goal bisects the utilisation after the time)."""
+    nodes = tuple(Node(name=f"layers.{i}", size_bytes=10, kv_bytes=1, work_bytes=2) for i in range(24))
+    edges = tuple(Edge(producer=i, consumers=(i + 1,), size_bytes=4) for i in range(23))
+    devices = tuple(Device(name=str(g), kind=DeviceKind.ACCELERATOR, cap_bytes=90) for g in range(4))
+    problem = PlacementProblem(nodes=nodes, edges=edges, devices=devices, ordered=False)
+    cost = CostModel(
+        speeds=(DeviceSpeed(flops_per_s=1e12, mem_bytes_per_s=1e11),) * 4,
+        link_bytes_per_s=[[1e9] * 4 for _ in range(4)],
+        work=(NodeWork(prefill_flops=1000, decode_flops=10, prefill_bytes=10, decode_bytes=11),) * 24,
+        decode_steps=8,
+    )
+    return problem, cost
+
+
+@pytest.mark.parametrize("runs_before_deadline", [2, 4])
+def test_a_dp_past_its_deadline_returns_its_best_placement_unproven(monkeypatch, runs_before_deadline: int) -> None:
+    """The deadline passes during the utilisation bisection: the time phase's optimum comes back
+    FEASIBLE (valid, its time proven: bound = the optimal time), not an error and not CP-SAT."""
+    problem, cost = _identical_gpu_chain()
+    exact = solve(problem, goal=Goal.LATENCY, cost=cost, method="dp")
+    assert exact.status is Status.OPTIMAL
+    real_run, calls = block_dp._run, []
+
+    def run_then_time_out(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > runs_before_deadline:  # the time phase is a quick and an exact pass: 2 runs
+            raise block_dp.OutOfTime
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(block_dp, "_run", run_then_time_out)
+    cut = solve(problem, goal=Goal.LATENCY, cost=cost, method="dp")
+    assert (cut.solver, cut.status) == ("dp", Status.FEASIBLE)
+    assert violations(problem, cut.assignment) == []
+    assert cut.values["time_ns"] == exact.values["time_ns"] == cut.bound
+    assert cut.values["max_utilisation"] >= exact.values["max_utilisation"]
+    calls.clear()
+    auto = solve(problem, goal=Goal.LATENCY, cost=cost, num_workers=2)  # small enough for CP-SAT
+    assert auto.solver == "cp-sat"
+    calls.clear()
+    monkeypatch.setattr("layerplan.solver.cpsat._CPSAT_MAX_CELLS", 0)  # as if too big for CP-SAT
+    assert solve(problem, goal=Goal.LATENCY, cost=cost).assignment == cut.assignment

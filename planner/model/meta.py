@@ -4,6 +4,11 @@ Why not accelerate's ``init_empty_weights``: in transformers 5, a model class co
 does not tie its weights (BLOOM-176B then counts 179.8B parameters instead of 176.2B), whereas
 building under ``torch.device("meta")`` and calling ``tie_weights()`` keeps ``lm_head.weight`` the
 same Parameter as the input embedding, exactly as ``from_pretrained`` would.
+
+The model is built under transformers' own ``no_init_weights`` (``transformers/initialization.py``),
+as ``from_pretrained`` builds it: initialising meta tensors computes nothing, but each
+``kaiming_uniform_`` still dispatches through the meta device mode, which was half the build time
+of a deep model (6 of 11.5 s for 4096 Llama layers).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import torch
 import transformers
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
+from transformers.initialization import no_init_weights
 from transformers.models.auto import modeling_auto
 
 from layerplan.solver.errors import TraceError
@@ -61,7 +67,7 @@ def build_meta_model(
     """
     cls = auto_class or auto_class_for(config)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), no_init_weights():
             # Auto classes build with ``from_config``, concrete model classes with ``_from_config``
             build = cls.from_config if hasattr(cls, "from_config") else cls._from_config
             kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}

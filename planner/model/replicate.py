@@ -314,10 +314,15 @@ def _scalars(module: nn.Module) -> tuple:
                  if name not in _NOT_SIGNATURE and _is_scalar(v))
 
 
+_SCALAR_TYPES = (int, float, str, bool, torch.dtype, types.FunctionType, type(None))
+
+
 def _is_scalar(value: object) -> bool:
+    if type(value) in _SCALAR_TYPES:  # the common case, without isinstance's subclass walk
+        return True
     if isinstance(value, list | tuple):
         return all(_is_scalar(v) for v in value)
-    return value is None or isinstance(value, int | float | str | bool | torch.dtype | types.FunctionType)
+    return isinstance(value, _SCALAR_TYPES)
 
 
 def _frozen(value: object) -> object:

@@ -1,7 +1,8 @@
 """Turn a solver :class:`~solver.Solution` into an accelerate ``device_map`` and a :class:`Plan`.
 
 The device_map uses accelerate's value types (``int`` GPU ids, ``"cpu"``, ``"disk"``, ``"mps"``) and is
-collapsed to the coarsest prefixes with accelerate's own ``clean_device_map``; keys are then ordered
+collapsed to the coarsest prefixes as accelerate's ``clean_device_map`` collapses it (in linear time:
+:mod:`layerplan.planner.output.collapse`); keys are then ordered
 by execution so that the first accelerator in the map is the one offloaded modules run on
 (accelerate ``dispatch_model`` takes ``main_device`` as the first non-cpu/disk value).
 """
@@ -13,9 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from accelerate.utils.modeling import clean_device_map
-
 from layerplan.planner.graph import LayerGraph
+from layerplan.planner.output.collapse import collapse, first_positions
 from layerplan.planner.spec import PlanSpec
 from layerplan.solver import (
     InvalidSpecError,
@@ -54,15 +54,8 @@ def to_device_map(graph: LayerGraph, problem: PlacementProblem, solution: Soluti
         node.name: _accelerate_key(problem.devices[d].name)
         for node, d in zip(graph.nodes, solution.assignment, strict=True)
     }
-    cleaned = clean_device_map(dict(raw))  # accelerate mutates its argument: give it a copy
-
-    def first_position(key: str) -> int:
-        if key == "":
-            return 0
-        prefix = key + "."
-        return min(i for i, n in enumerate(graph.nodes) if n.name == key or n.name.startswith(prefix))
-
-    ordered = sorted(cleaned, key=first_position)
+    cleaned = collapse(raw)
+    ordered = sorted(cleaned, key=first_positions(node.name for node in graph.nodes).__getitem__)
     # accelerate's dispatch_model runs offloaded modules on the first accelerator of the map; the
     # solver assumed the problem's execution device: list one of its entries first when it differs.
     execution = _accelerate_key(problem.devices[problem.execution_device].name)
