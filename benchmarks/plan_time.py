@@ -128,7 +128,7 @@ def sweep_point(layers: int, gpus: int) -> dict:
 
     config = AutoConfig.for_model(**{**_TINY, "num_hidden_layers": layers})
     with quiet():
-        model = build_meta_model(config).to(torch.bfloat16)
+        model, build_s = _timed(lambda: build_meta_model(config).to(torch.bfloat16))
         workload = Workload.from_lengths(model_context=4096, seq_len=1024, dtype=torch.bfloat16)
         graph, trace_s = _timed(lambda: trace_model(model, name=f"llama-{layers}", workload=workload, allow_cast=True))
     share = sum(n.weight_bytes + n.buffer_bytes + n.kv_bytes for n in graph.nodes) // gpus
@@ -145,13 +145,13 @@ def sweep_point(layers: int, gpus: int) -> dict:
     _, accel_s = _timed(lambda: infer_auto_device_map(model, max_memory=caps, dtype=torch.bfloat16,
                                                       no_split_module_classes=list(no_split_classes(model))))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"nodes": len(graph.nodes), "trace": trace_s, "solve": solve_s, "status": status, "solver": solver,
+    return {"nodes": len(graph.nodes), "build": build_s, "trace": trace_s, "solve": solve_s, "status": status, "solver": solver,
             "accelerate": accel_s, "rss_mib": rss}
 
 
 def sweep_table(console: Console, depths: list[int], gpu_counts: list[int]) -> Table:
     table = Table(title="Synthetic depth sweep (tiny Llama layers; each point in a fresh process)")
-    for col in ("layers", "GPUs", "nodes", "trace s", "solve s", "status", "solver", "peak RSS", "accelerate s",
+    for col in ("layers", "GPUs", "nodes", "build s", "trace s", "solve s", "status", "solver", "peak RSS", "accelerate s",
                 "ours/acc"):
         table.add_column(col, justify="left" if col in ("status", "solver") else "right")
     for layers in depths:
@@ -160,11 +160,11 @@ def sweep_table(console: Console, depths: list[int], gpu_counts: list[int]) -> T
                 out = subprocess.run([sys.executable, __file__, "--point", str(layers), str(gpus)],
                                      capture_output=True, text=True, timeout=3600)
             if out.returncode != 0:
-                table.add_row(str(layers), str(gpus), "-", "-", "-", f"failed: {out.stderr.strip()[-60:]}", "-", "-", "-", "-")
+                table.add_row(str(layers), str(gpus), "-", "-", "-", "-", f"failed: {out.stderr.strip()[-60:]}", "-", "-", "-", "-")
                 continue
             point = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own repr, from our own child
             ours = point["trace"] + point["solve"]
-            table.add_row(str(layers), str(gpus), str(point["nodes"]), f"{point['trace']:.2f}", f"{point['solve']:.2f}",
+            table.add_row(str(layers), str(gpus), str(point["nodes"]), f"{point['build']:.2f}", f"{point['trace']:.2f}", f"{point['solve']:.2f}",
                           point["status"], point["solver"], f"{point['rss_mib']:.0f} MiB", f"{point['accelerate']:.2f}",
                           f"{ours / point['accelerate']:.1f}x")
             console.log(f"{layers} layers / {gpus} GPUs: {point}")

@@ -27,6 +27,7 @@ from layerplan.solver import (
     violations,
 )
 from layerplan.solver import solve as _solve_any
+from layerplan.testing import check_plan
 
 # These tests are CP-SAT's (tests/test_block_dp.py checks the block DP that solve() tries first).
 solve = partial(_solve_any, method="cp-sat")
@@ -79,11 +80,12 @@ def gpus(*caps: int, cpu: int | None = None, disk: int | None = None) -> tuple[D
 
 
 def check_placement(problem: PlacementProblem, assignment: tuple[int, ...]) -> None:
-    """Assert every placement rule directly (not only through :func:`violations`)."""
+    """Assert every placement rule: with :func:`layerplan.testing.check_plan` (the checker users'
+    suites import), then directly, not through :func:`violations`."""
     n, k = len(problem.nodes), len(problem.devices)
     assert len(assignment) == n, "every node is placed exactly once"
     assert all(isinstance(d, int) and 0 <= d < k for d in assignment)
-    assert violations(problem, assignment) == []
+    check_plan(assignment, problem)
     for d, device in enumerate(problem.devices):
         held = sum(node.size_bytes for node, on in zip(problem.nodes, assignment) if on == d)
         assert held <= device.cap_bytes, f"device {device.name!r} over its cap"

@@ -129,7 +129,7 @@ def test_block_dp_matches_brute_force_when_gpus_are_short(goal: Goal, data) -> N
 
 
 @st.composite
-def identical_gpu_problems(draw: st.DrawFn):
+def interchangeable_gpu_problems(draw: st.DrawFn):
     """2-4 identical GPUs (same cap, reserve, speed and links: interchangeable), sometimes a
     different one after them and sometimes a cpu, in device or free order: the symmetry the DP
     prunes on (one block start per run of identical GPUs in device order; in free order the
@@ -153,7 +153,7 @@ def identical_gpu_problems(draw: st.DrawFn):
 
 @pytest.mark.parametrize("goal", list(Goal))
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=identical_gpu_problems())
+@given(data=interchangeable_gpu_problems())
 def test_block_dp_matches_brute_force_on_identical_gpus(goal: Goal, data) -> None:
     problem, cost = data
     _check_against_brute_force(problem, cost, goal)

@@ -1,0 +1,145 @@
+"""layerplan.testing: the strategies users generate problems with, and check_plan's typed errors."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+
+import layerplan
+from layerplan.solver import Device, DeviceKind, Edge, Node, PlacementProblem, Rule, violations
+from layerplan.testing import (
+    CapError,
+    ContiguityError,
+    CoverageError,
+    ExecutionDeviceError,
+    LowZeroError,
+    OrderError,
+    PinsError,
+    PlanCheckError,
+    TiesError,
+    check_plan,
+    device_sets,
+    problems,
+)
+
+
+# The user's test from issue 13, as written there.
+@settings(max_examples=50, deadline=None)
+@given(problems())
+def test_any_generated_problem_solves_to_a_valid_plan(problem):
+    try:
+        solution = layerplan.solve(problem)
+    except layerplan.InfeasiblePlanError:
+        return
+    check_plan(solution, problem)
+
+
+def _gpu(name: str, cap: int) -> Device:
+    return Device(name=name, kind=DeviceKind.ACCELERATOR, cap_bytes=cap)
+
+
+def _problem(*, caps=(10, 10), cpu: int | None = None, **options) -> PlacementProblem:
+    devices = tuple(_gpu(str(g), c) for g, c in enumerate(caps))
+    if cpu is not None:
+        devices += (Device(name="cpu", kind=DeviceKind.CPU, cap_bytes=cpu),)
+    nodes = tuple(Node(name=f"layers.{i}", size_bytes=3) for i in range(4))
+    edges = tuple(Edge(producer=i, consumers=(i + 1,), size_bytes=1) for i in range(3))
+    return PlacementProblem(nodes=nodes, edges=edges, devices=devices, **options)
+
+
+@pytest.mark.parametrize(("problem", "assignment", "error"), [
+    (_problem(), (0, 0, 0), CoverageError),
+    (_problem(), (0, 0, 0, 7), CoverageError),
+    (_problem(caps=(5, 10)), (0, 0, 1, 1), CapError),
+    (_problem(tied_groups=((0, 3),)), (0, 0, 1, 1), TiesError),
+    (_problem(pins=((3, 0),)), (0, 0, 1, 1), PinsError),
+    (_problem(), (0, 1, 0, 0), ContiguityError),
+    (_problem(ordered=True), (1, 1, 0, 0), OrderError),
+    (_problem(cpu=20), (1, 2, 2, 2), ExecutionDeviceError),
+    (_problem(low_zero=True), (0, 0, 0, 1), LowZeroError),
+])
+def test_each_broken_rule_raises_its_own_error(problem, assignment, error) -> None:
+    with pytest.raises(error) as raised:
+        check_plan(assignment, problem)
+    assert raised.value.rule is error.rule
+    assert [v.rule for v in raised.value.violations] == [error.rule]
+    assert isinstance(raised.value, AssertionError)
+
+
+def test_several_broken_rules_raise_the_first_and_list_them_all() -> None:
+    problem = _problem(caps=(5, 10), pins=((3, 0),))
+    with pytest.raises(CapError) as raised:  # cap comes before pins in rule order
+        check_plan((0, 0, 1, 1), problem)
+    assert {v.rule for v in raised.value.violations} == {Rule.CAP, Rule.PINS}
+    assert "pins" in str(raised.value) and "cap" in str(raised.value)
+
+
+def test_a_valid_placement_passes_in_every_form() -> None:
+    problem = _problem(ordered=True)
+    solution = layerplan.solve(problem)
+    assert violations(problem, solution.assignment) == []
+    check_plan(solution, problem)
+    check_plan(list(solution.assignment), problem)
+    with pytest.raises(TypeError, match="PlacementProblem"):
+        check_plan(solution)
+    with pytest.raises(TypeError, match="device index"):
+        check_plan(("0", "1", "1", "1"), problem)
+    with pytest.raises(PlanCheckError):
+        check_plan((1, 1, 0, 0), problem)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(min_nodes=10_000, max_nodes=10_000, min_accelerators=64, max_accelerators=64))
+def test_problems_scale_to_10k_nodes_and_64_devices(problem) -> None:
+    assert len(problem.nodes) == 10_000
+    assert len(problem.accelerators) == 64
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_problems_keep_the_options_they_are_given(data) -> None:
+    low = data.draw(st.integers(1, 30))
+    high = data.draw(st.integers(low, 40))
+    gpus = data.draw(st.integers(0, 5))
+    problem = data.draw(problems(min_nodes=low, max_nodes=high, min_accelerators=gpus, max_accelerators=gpus,
+                                 offload_tiers=gpus == 0 or None, tied=False, pins=False, ordered=True,
+                                 runtime_memory=False, identical=True))
+    assert low <= len(problem.nodes) <= high
+    assert len(problem.accelerators) == gpus
+    assert problem.ordered and not problem.tied_groups and not problem.pins
+    assert not problem.has_runtime_memory
+    assert len({problem.devices[d].cap_bytes for d in problem.accelerators}) <= 1  # identical
+
+
+@settings(max_examples=60, deadline=None)
+@given(device_sets(total_bytes=1000, min_accelerators=2, max_accelerators=3, offload_tiers=True))
+def test_device_sets_have_accelerators_first_then_one_cpu(devices) -> None:
+    kinds = [d.kind for d in devices]
+    assert kinds[:kinds.count(DeviceKind.ACCELERATOR)] == [DeviceKind.ACCELERATOR] * kinds.count(DeviceKind.ACCELERATOR)
+    assert 2 <= kinds.count(DeviceKind.ACCELERATOR) <= 3
+    assert kinds.count(DeviceKind.CPU) == 1 and kinds.count(DeviceKind.DISK) <= 1
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"min_nodes": 0}, "min_nodes=0"),
+    ({"min_nodes": 5, "max_nodes": 2}, "min_nodes=5 > max_nodes=2"),
+    ({"max_accelerators": -1}, "max_accelerators=-1"),
+    ({"tied": "yes"}, "tied='yes'"),
+    ({"max_accelerators": 0, "min_accelerators": 0, "offload_tiers": False}, "no device"),
+    ({"broadcast_edges": None}, "broadcast_edges=None"),
+])
+def test_bad_arguments_are_refused_when_the_strategy_is_made(options, message) -> None:
+    with pytest.raises(InvalidArgument, match=message.replace("(", r"\(")):
+        problems(**options)
+
+
+def test_the_testing_surface_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, layerplan, layerplan.testing; layerplan.solve; layerplan.InfeasiblePlanError; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
