@@ -46,6 +46,7 @@ measure exceeds it (branch and bound, as in :mod:`layerplan.solver.dp`).
 from __future__ import annotations
 
 import bisect
+import itertools
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -143,16 +144,17 @@ def _free_groups(problem: PlacementProblem, cost: CostModel | None) -> tuple[tup
 
 
 def _x_group(problem: PlacementProblem, cost: CostModel | None, offs: tuple[int, ...]) -> int:
-    """Free order with no offload device: the index in :func:`_free_groups` of the accelerators
-    interchangeable with the execution device ``x``, or -1. A placement then offloads nothing, so
-    ``x`` trades places with them (:mod:`layerplan.solver._symmetry`): relabelled, ``x`` (the
-    lowest index) holds the earliest of their blocks, and none of them starts a block before it."""
+    """With no offload device, the accelerators interchangeable with the execution device ``x``:
+    in free order the index of their group in :func:`_free_groups`, in device order 0 when the
+    accelerator after ``x`` is one of them; else -1. A placement then offloads nothing, so ``x``
+    trades places with them (:mod:`layerplan.solver._symmetry`): relabelled, ``x`` (the lowest
+    index) holds the earliest of their blocks, and none of them starts a block before it."""
     x = problem.execution_device
-    if problem.ordered or offs:
-        return -1
-    partners = next((g for g in interchangeable_groups(problem, cost) if x in g), None)
+    partners = next((g for g in interchangeable_groups(problem, cost) if x in g), None) if not offs else None
     if partners is None:
         return -1
+    if problem.ordered:
+        return 0 if problem.accelerators[1] in partners else -1
     return _free_groups(problem, cost).index(tuple(d for d in partners if d != x))
 
 
@@ -180,7 +182,8 @@ class _Data:
     free: bool  # blocks in free order
     groups_free: tuple[tuple[int, ...], ...]  # free order: the others in interchangeable groups
     run_start: tuple[bool, ...]  # device order: per other, whether it may follow any earlier block
-    x_group: int  # free order, nothing to offload to: the group interchangeable with x (-1: none)
+    run_of: tuple[int, ...]  # device order: per other, the index of its run of interchangeable ones
+    x_group: int  # nothing to offload to: the group interchangeable with x (-1: none; _x_group)
     offs: tuple[int, ...]
     x: int
     runtime: bool
@@ -298,10 +301,11 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
     offs = tuple(d for d in range(k) if not devices[d].is_accelerator)
     rates = [(p + q) * 1e9 / cost.speeds[o].read_bytes_per_s for o in offs
              if cost is not None and cost.speeds[o].read_bytes_per_s > 0]
+    starts = _run_starts(problem, cost) if problem.ordered else ()
     return _Data(
         n=n, others=others, free=not problem.ordered, offs=offs,
         groups_free=_free_groups(problem, cost) if not problem.ordered else (),
-        run_start=_run_starts(problem, cost) if problem.ordered else (),
+        run_start=starts, run_of=tuple(r - 1 for r in itertools.accumulate(int(b) for b in starts)),
         x_group=_x_group(problem, cost, offs),
         by_offload_cost=sorted(range(len(offs)), key=lambda s: devices[offs[s]].offload_cost),
         min_stream_ns_per_byte=min(rates, default=0.0),
@@ -472,11 +476,12 @@ def _closed_key(data: _Data, key: object) -> object:
 def _starts(data: _Data, key: object, xs: int) -> list[tuple[object, int]]:
     """``(key, device)`` of each block that may start next on another accelerator: any later one
     in device order (the next member of a run of interchangeable ones only right after the one
-    before it: :func:`_run_starts`); in free order, the next unused member of any group (of the
-    group interchangeable with the execution device only once its block started, ``xs`` > 0:
+    before it: :func:`_run_starts`); in free order, the next unused member of any group. Those
+    interchangeable with the execution device start only once its block did (``xs`` > 0:
     :func:`_x_group`)."""
     if not data.free:
-        return [(m, data.others[m]) for m in range(key + 1, len(data.others)) if m == key + 1 or data.run_start[m]]
+        return [(m, data.others[m]) for m in range(key + 1, len(data.others))
+                if (m == key + 1 or data.run_start[m]) and (xs or m or data.x_group)]
     used = key[0]
     return [((used[:g] + (used[g] + 1,) + used[g + 1:], g), members[used[g]])
             for g, members in enumerate(data.groups_free) if used[g] < len(members) and (xs or g != data.x_group)]
@@ -627,8 +632,8 @@ def _run(
             raise OutOfTime
         states = {state: kept for state, labels in states.items()
                   if (kept := _settle(data, objective, limits, kept_measures, labels, i, state, max_labels, bound))}
-        if data.free and len(states) > 1:
-            states = _across_used(states)
+        if len(states) > 1:
+            states = _across_used(data, states)
         if i < data.n:
             states = _advance(data, i, states)
     finals = []
@@ -721,22 +726,27 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
     return out
 
 
-def _across_used(states: dict[_State, list[_Label]]) -> dict[_State, list[_Label]]:
-    """Free order: the labels no label of another state dominates, where states that differ only
-    in how many members of each group they used are compared with those counts as entries too.
+def _across_used(data: _Data, states: dict[_State, list[_Label]]) -> dict[_State, list[_Label]]:
+    """The labels no label of another state dominates, where states that differ only in how many
+    interchangeable GPUs they used are compared with those counts as entries too: in free order
+    the members of each group used; in device order the last accelerator used, within its run of
+    interchangeable ones (:func:`_run_starts`).
 
-    Members of a group are interchangeable, so a state that used no more members of any group
-    can finish every way the other can (on the members it has not used yet, with the same
-    measures): a label of it that is also no larger dominates. Without this, every count of used
-    GPUs a position can be reached with (dozens, over 64 GPUs) would be its own state."""
+    A state that used no more of them can finish every way the other can (on the ones it has not
+    used yet, the same measures; in device order, shifted down the run), so a label of it that is
+    also no larger dominates. Without this, every count of used GPUs a position can be reached
+    with (dozens, over 64 GPUs) would be its own state."""
     by_rest: dict[tuple, list[_State]] = {}
     for state in states:
-        by_rest.setdefault((state[0][1], *state[1:]), []).append(state)
+        last = state[0]
+        rest = (last[1], *state[1:]) if data.free else (data.run_of[last] if last >= 0 else -1, *state[1:])
+        by_rest.setdefault(rest, []).append(state)
     out = dict(states)
     for members in by_rest.values():
         if len(members) < 2:
             continue
-        rows = sorted(((label.vec + state[0][0], state, label) for state in members for label in states[state]),
+        used = (lambda state: state[0][0]) if data.free else (lambda state: (state[0],))
+        rows = sorted(((label.vec + used(state), state, label) for state in members for label in states[state]),
                       key=lambda row: row[0])
         kept = {id(rows[r][2]) for r in _front([row[0] for row in rows])}
         for state in members:

@@ -131,7 +131,7 @@ def test_block_dp_matches_brute_force_when_gpus_are_short(goal: Goal, data) -> N
 @st.composite
 def interchangeable_gpu_problems(draw: st.DrawFn):
     """2-4 identical GPUs (same cap, reserve, speed and links: interchangeable), sometimes a
-    different one after them and sometimes a cpu, in device or free order: the symmetry the DP
+    different one among them and sometimes a cpu, in device or free order: the symmetry the DP
     prunes on (one block start per run of identical GPUs in device order; in free order the
     execution device first when nothing can be offloaded, and states with fewer GPUs used
     dominating)."""
@@ -140,9 +140,9 @@ def interchangeable_gpu_problems(draw: st.DrawFn):
     cap, reserve = draw(st.integers(total // 3 + 4, total + 12)), draw(st.integers(0, 2))
     gpus = [Device(name=str(g), kind=DeviceKind.ACCELERATOR, cap_bytes=cap, reserve_bytes=reserve)
             for g in range(draw(st.integers(2, 4)))]
-    if draw(st.booleans()):
-        gpus.append(Device(name="odd", kind=DeviceKind.ACCELERATOR, cap_bytes=draw(st.integers(0, total)),
-                           reserve_bytes=reserve))
+    if draw(st.booleans()):  # anywhere in the device order: it splits the identical ones into runs
+        gpus.insert(draw(st.integers(0, len(gpus))), Device(
+            name="odd", kind=DeviceKind.ACCELERATOR, cap_bytes=draw(st.integers(0, total)), reserve_bytes=reserve))
     tiers = [Device(name="cpu", kind=DeviceKind.CPU, cap_bytes=draw(st.integers(0, total)))] if draw(st.booleans()) else []
     problem = dataclasses.replace(base, devices=(*gpus, *tiers), pins=(), ordered=draw(st.booleans()))
     cost = draw(cost_models(problem))
@@ -253,3 +253,17 @@ def test_a_dp_past_its_deadline_returns_its_best_placement_unproven(monkeypatch,
     calls.clear()
     monkeypatch.setattr("layerplan.solver.cpsat._CPSAT_MAX_CELLS", 0)  # as if too big for CP-SAT
     assert solve(problem, goal=Goal.LATENCY, cost=cost).assignment == cut.assignment
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_smaller_gpu_between_identical_ones_is_not_taken_for_them(ordered: bool) -> None:
+    """Device order 0 (20 B), a small GPU (10 B), two identical 40 B GPUs: the best split skips the
+    small one (one cut). Its open block and an identical GPU's look alike in a label, but only the
+    identical GPU's can grow: the DP must not let one stand for the other."""
+    nodes = tuple(Node(name=f"layers.{i}", size_bytes=10) for i in range(6))
+    edges = tuple(Edge(producer=i, consumers=(i + 1,), size_bytes=1) for i in range(5))
+    devices = tuple(Device(name=str(g), kind=DeviceKind.ACCELERATOR, cap_bytes=c) for g, c in enumerate((20, 10, 40, 40)))
+    problem = PlacementProblem(nodes=nodes, edges=edges, devices=devices, ordered=ordered)
+    dp = solve(problem, goal=Goal.TRANSFERS, method="dp")
+    assert dp.values["transfer_bytes"] == 1
+    assert dp.assignment == (0, 0, 2, 2, 2, 2)
