@@ -352,7 +352,8 @@ def _solve_graph(graph: LayerGraph, spec: PlanSpec) -> Plan:
     try:
         solution = solve(problem, goal=options.goal, cost=cost, time_limit_s=options.time_limit_s)
     except InfeasiblePlanError as exc:
-        raise _with_offload_hint(exc, graph, spec.devices, devices, problem, options) from None
+        raise _with_reasons(_with_offload_hint(exc, graph, spec.devices, devices, problem, options),
+                            graph, kept_note) from None
     return build_plan(graph, problem, solution, offload_folder=spec.devices.offload_folder,
                       strategy=strategy.value, hardware_notes=(*hardware.notes, *kept_note), spec=spec)
 
@@ -386,6 +387,16 @@ def _given_map_fits(result: Plan) -> Plan:
             missing_bytes=sum(-u.free_bytes for u in over),
         )
     return result
+
+
+def _with_reasons(exc: InfeasiblePlanError, graph: LayerGraph, kept_note: tuple[str, ...]) -> InfeasiblePlanError:
+    """``exc`` with what made the model this large or these devices this small, when the plan's
+    own notes say so: cpu/disk refused to bitsandbytes weights, and MoE experts it leaves unquantized."""
+    reasons = [*kept_note, *(n for n in graph.notes if "packed MoE experts" in n)]
+    if not reasons:
+        return exc
+    return InfeasiblePlanError(f"{exc} ({'; '.join(reasons)})", missing_bytes=exc.missing_bytes, node=exc.node,
+                               extra_bytes=exc.extra_bytes)
 
 
 def _with_offload_hint(

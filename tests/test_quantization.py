@@ -223,3 +223,24 @@ def test_an_asked_bnb_plan_loads_quantized_with_its_own_kwargs(tiny_llama_dir, n
     ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
     with torch.no_grad():
         assert torch.equal(split(ids).logits, direct(ids).logits)
+
+
+def test_bnb_leaves_packed_moe_experts_unquantized_and_the_graph_says_so(tmp_path):
+    """bitsandbytes replaces nn.Linear only, so a 4-bit Mixtral keeps its packed experts at full
+    width: the predicted bytes follow the real load (the oracle), and a note says why."""
+    config = AutoConfig.for_model("mixtral", hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                  num_key_value_heads=2, num_hidden_layers=2, num_local_experts=4,
+                                  num_experts_per_tok=2, vocab_size=128)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    graph, _ = planner.trace(str(tmp_path), seq_len=16, quantization="nf4")
+    loaded = _loaded(str(tmp_path), quantization_config=BNB["nf4"], device_map="cpu")
+    experts = sum(p.numel() * p.element_size() for name, p in loaded.named_parameters() if ".experts." in name)
+    assert experts > 0 and graph.total_expert_bytes == experts
+    predicted = sum(n.weight_bytes for n in graph.nodes)
+    assert abs(predicted - _stored_bytes(loaded)) <= 0.01 * _stored_bytes(loaded)
+    assert any("packed MoE experts" in note and "unquantized" in note for note in graph.notes)
+    dense, _ = planner.trace(str(tmp_path), seq_len=16, quantization="none")
+    assert not any("packed MoE experts" in note for note in dense.notes)
+    with pytest.raises(planner.InfeasiblePlanError, match="not offloaded to cpu.*packed MoE experts"):
+        planner.plan(graph, max_memory={0: "64KB", "cpu": "1GB"})  # bnb refuses cpu next to a GPU

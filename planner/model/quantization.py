@@ -51,12 +51,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from layerplan.planner.spec.quantization import METHODS, quantization_name
 from layerplan.solver.errors import InvalidSpecError
 
-__all__ = ["Quantization", "from_config", "is_expert_module", "parse_quantization", "quantized_bytes", "refuses_offload"]
+__all__ = ["Quantization", "from_config", "is_expert_module", "parse_quantization", "quantized_bytes", "refuses_offload",
+           "unquantized_experts"]
 
 #: bitsandbytes 4-bit: values per absmax, and absmax values per nested absmax (double quant).
 _BNB_BLOCK, _BNB_NESTED_BLOCK = 64, 256
@@ -285,3 +287,23 @@ def quantized_bytes(model: nn.Module, q: Quantization, model_dtype_bytes: int) -
             experts, rows, cols = param.shape  # one [rows, cols] weight per expert
             out[key] = experts * q.linear_bytes(rows, cols, model_dtype_bytes)
     return out
+
+
+def unquantized_experts(model: nn.Module, q: Quantization, model_dtype: torch.dtype) -> str | None:
+    """A note when ``q`` leaves the packed MoE experts in ``model_dtype``, else None.
+
+    bitsandbytes replaces ``nn.Linear`` layers only (``transformers/integrations/bitsandbytes.py``),
+    and transformers 5 packs a layer's experts into 3-D parameters, so a bitsandbytes load keeps
+    them at full width: planning DeepSeek-V3 "in 4-bit" comes out at twice its FP8 checkpoint.
+    """
+    if q.method != "bitsandbytes":
+        return None
+    kept = _kept(model, q)
+    expert_bytes = sum(p.numel() * model_dtype.itemsize for m, _, p in _expert_tensors(model) if _converted(m, kept))
+    if not expert_bytes:
+        return None
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    dtype = str(model_dtype).removeprefix("torch.")
+    return (f"bitsandbytes quantizes nn.Linear layers only: the packed MoE experts "
+            f"({expert_bytes / 2**30:.1f} GiB at {dtype}, {100 * expert_bytes / max(total, 1):.0f}% of the "
+            f"model's parameters) stay unquantized, as transformers loads them")

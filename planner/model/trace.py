@@ -49,7 +49,7 @@ from layerplan.planner.model.estimate import (
 )
 from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
 from layerplan.planner.model.measure import NodeMemory, decodes, input_tensors, measure_node_memory
-from layerplan.planner.model.quantization import Quantization, is_expert_module, quantized_bytes
+from layerplan.planner.model.quantization import Quantization, is_expert_module, quantized_bytes, unquantized_experts
 from layerplan.planner.model.inputs import feed_for, is_vision_language, unchecked
 from layerplan.planner.model.replicate import NodeMap, NotReplicable, plan_replication, reduced_model
 from layerplan.planner.model.workload import Workload
@@ -284,6 +284,8 @@ def trace_model(
     no_split = no_split_classes(model, no_split_module_classes)
     specs = _find_nodes(model, no_split)
     notes: list[str] = []
+    if quantization is not None and (note := unquantized_experts(model, quantization, dtype)):
+        notes.append(note)
     # Sized before measuring: a failed forward may cast the model to bfloat16 to measure again.
     sizes = (_weight_sizes(model, dtype, quantization), compute_module_sizes(model, dtype=dtype, buffers_only=True))
     with budget.time_budget(time_limit_s):
