@@ -1,5 +1,6 @@
 """layerplan's testing surface for users' property suites: Hypothesis strategies that generate
-placement problems (:func:`problems`, :func:`device_sets`) and :func:`check_plan`, the invariant
+placement problems (:func:`problems`, :func:`device_sets`), traced workloads and Llama-shaped
+LayerGraphs (:func:`workloads`, :func:`layer_graphs`), and :func:`check_plan`, the invariant
 checker our own solver tests use (one typed error per broken rule)::
 
     from hypothesis import given, settings
@@ -33,6 +34,7 @@ from layerplan.testing.check import (
 )
 
 try:
+    from layerplan.testing.graphs import layer_graphs, workloads
     from layerplan.testing.strategies import device_sets, problems
 except ModuleNotFoundError as exc:  # hypothesis is the optional [testing] extra
     if exc.name != "hypothesis":
@@ -44,7 +46,7 @@ except ModuleNotFoundError as exc:  # hypothesis is the optional [testing] extra
             "layerplan.testing's strategies need hypothesis; install it with: pip install 'layerplan[testing]'"
         ) from _MISSING
 
-    device_sets = problems = _needs_hypothesis
+    device_sets = problems = layer_graphs = workloads = _needs_hypothesis
 
 __all__ = [
     "CapError",
@@ -58,5 +60,7 @@ __all__ = [
     "TiesError",
     "check_plan",
     "device_sets",
+    "layer_graphs",
     "problems",
+    "workloads",
 ]

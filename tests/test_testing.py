@@ -21,7 +21,9 @@ from layerplan.testing import (
     TiesError,
     check_plan,
     device_sets,
+    layer_graphs,
     problems,
+    workloads,
 )
 
 
@@ -143,3 +145,39 @@ def test_the_testing_surface_imports_no_torch() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layer_graphs(max_layers=12))
+def test_generated_layer_graphs_round_trip_and_plan_to_a_valid_map(graph) -> None:
+    from layerplan.planner.graph import LayerGraph
+
+    assert LayerGraph.from_json(graph.to_json()) == graph  # the graph file schema accepts it
+    share = (graph.total_bytes + graph.total_kv_bytes) // 2
+    room = max(n.work_bytes for n in graph.nodes) + 2 * max(e.size_bytes for e in graph.edges) + (1 << 20)
+    plan = layerplan.plan(graph, max_memory={0: share + room, 1: share + room, "cpu": 4 * graph.total_bytes + room},
+                          reserve=0)
+    check_plan(plan)
+    for node in graph.nodes:  # every node is covered by a key of the map (itself or a dotted prefix)
+        assert any(k == "" or node.name == k or node.name.startswith(f"{k}.") for k in plan.device_map), node.name
+    kv = sum(n.kv_bytes for n in graph.nodes if n.kind == "block")
+    w = graph.workload
+    assert kv == graph.total_kv_bytes and kv % (2 * w.batch_size * w.context_len) == 0
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layer_graphs(min_layers=10_000, max_layers=10_000))
+def test_layer_graphs_scale_to_10k_layers(graph) -> None:
+    assert len(graph.nodes) == 10_004
+
+
+@pytest.mark.parametrize(("strategy", "options", "message"), [
+    (layer_graphs, {"min_layers": 0}, "min_layers=0"),
+    (layer_graphs, {"min_layers": 3, "max_layers": 2}, "min_layers=3 > max_layers=2"),
+    (layer_graphs, {"workload": 3}, "workload=3"),
+    (workloads, {"max_batch_size": 0}, "max_batch_size=0"),
+    (workloads, {"dtypes": ("int4",)}, "dtypes="),
+])
+def test_graph_strategies_refuse_bad_arguments(strategy, options, message) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        strategy(**options)
