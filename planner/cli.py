@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "plan", "solve a placement and print it (table or JSON)", cmd_plan)
     _add_solve_args(p)
     _add_output_args(p)
+    p.add_argument("--export", choices=["vllm", "sglang"], metavar="{vllm,sglang}",
+                   help="print the plan as a pipeline engine's settings instead (per-stage layer partition "
+                        "variable, CUDA_VISIBLE_DEVICES, --pipeline-parallel-size), as shell lines or with "
+                        "--format json")
     t = _subcommand(sub, "trace", "trace a model on the meta device and write its layer graph as JSON",
                     cmd_trace, devices=False)
     _add_output_args(t, formats=False)
@@ -314,8 +318,18 @@ def cmd_plan(args: argparse.Namespace, err: Console) -> int:
 
     with err.status(f"Planning {_name(spec)}: tracing on the meta device, then solving ({spec.solve.strategy.value}) ..."):
         result = plan(spec)
+    if getattr(args, "export", None):
+        settings = result.export(args.export)
+        _emit(spec, lambda: json.dumps(settings.to_dict(), indent=2), lambda c: _render_export(settings, c))
+        return EXIT_OK
     _emit(spec, result.to_json, lambda c: render_plan(result, c))
     return EXIT_OK
+
+
+def _render_export(settings, console: Console) -> None:  # noqa: ANN001 - an EngineExport
+    console.print(settings.shell(), markup=False, highlight=False, soft_wrap=True)
+    for note in settings.notes:
+        console.print(f"# note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 def cmd_evaluate(args: argparse.Namespace, err: Console) -> int:

@@ -271,6 +271,14 @@ class Plan:
             "spec": None if self.spec is None else self.spec.to_dict(),
         }
 
+    def export(self, engine: str) -> Any:
+        """The plan as ``engine``'s (``"vllm"``, ``"sglang"``) pipeline settings: an
+        :class:`~layerplan.planner.output.export.EngineExport`. Raises InvalidSpecError where the
+        engine cannot run this plan (offloaded layers, no single decoder stack)."""
+        from layerplan.planner.output.export import export
+
+        return export(self, engine)
+
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 

@@ -1,0 +1,114 @@
+"""A plan as a pipeline engine takes it: vLLM's and SGLang's per-stage layer partition.
+
+Both engines split one decoder stack into ``pipeline_parallel_size`` stages of contiguous layers,
+read from an environment variable of comma-separated layer counts, and check it the same way
+(``vllm/distributed/utils.py`` and ``python/sglang/srt/distributed/utils.py``, ``get_pp_indices``):
+one count per stage, the counts summing to ``num_hidden_layers``; stage ``r`` holds layers
+``sum(counts[:r]) .. sum(counts[:r+1]) - 1``. The first stage also holds the input embedding, the
+last one the final norm and the LM head. Stages are GPUs, one per rank in ``CUDA_VISIBLE_DEVICES``
+order. :func:`export` checks the plan against those rules and says where the engine will place
+something differently from the plan.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from layerplan.solver import InvalidSpecError, format_bytes
+
+__all__ = ["ENGINES", "EngineExport", "export"]
+
+#: engine -> the environment variable its ``get_pp_indices`` reads.
+ENGINES = {"vllm": "VLLM_PP_LAYER_PARTITION", "sglang": "SGLANG_PP_LAYER_PARTITION"}
+
+_LAYER = re.compile(r"^(?P<stack>.+)\.(?P<index>\d+)$")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EngineExport:
+    """A plan as a pipeline engine's launch settings.
+
+    Attributes:
+        engine: ``"vllm"`` or ``"sglang"``.
+        env: environment variables to set (the layer partition, ``CUDA_VISIBLE_DEVICES``).
+        args: command-line arguments for the engine (``--pipeline-parallel-size N``).
+        stages: per stage: its GPU, its first and last layer, layer count, and the KV-cache bytes of
+            its layers at the planned workload (bytes).
+        notes: where the engine's rules place something differently from the plan.
+    """
+
+    engine: str
+    env: dict[str, str]
+    args: tuple[str, ...]
+    stages: tuple[dict[str, Any], ...]
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": self.engine, "env": dict(self.env), "args": list(self.args),
+                "stages": [dict(s) for s in self.stages], "notes": list(self.notes)}
+
+    def shell(self) -> str:
+        """The settings as shell lines (``export ...`` then the arguments)."""
+        lines = [f"export {k}={v}" for k, v in self.env.items()]
+        return "\n".join([*lines, " ".join(self.args)])
+
+
+def export(plan: Any, engine: str) -> EngineExport:
+    """``plan`` (a :class:`layerplan.Plan`) as ``engine``'s pipeline settings (module docstring).
+
+    Raises:
+        InvalidSpecError: an unknown engine; a model without exactly one stack of numbered
+            decoder layers (``model.layers.0`` ...); a plan that offloads layers to ``cpu`` or
+            ``disk`` (engine stages are GPUs).
+    """
+    if engine not in ENGINES:
+        raise InvalidSpecError(f"export format {engine!r}; expected one of {', '.join(ENGINES)}")
+    graph, problem, assignment = plan.graph, plan.problem, plan.solution.assignment
+    device = [problem.devices[d].name for d in assignment]
+    layers = _decoder_layers(graph)
+    off = [graph.nodes[i].name for i in layers if not problem.devices[assignment[i]].is_accelerator]
+    if off:
+        raise InvalidSpecError(f"{len(off)} decoder layer(s) are offloaded to cpu/disk ({off[0]}, ...); {engine} "
+                               "pipeline stages are GPUs: plan without cpu/disk (or use the accelerate device_map)")
+    stages: list[dict[str, Any]] = []
+    for i in layers:
+        if not stages or stages[-1]["device"] != device[i]:
+            stages.append({"device": device[i], "first": graph.nodes[i].name, "layers": 0, "kv_bytes": 0})
+        stages[-1].update(last=graph.nodes[i].name, layers=stages[-1]["layers"] + 1,
+                          kv_bytes=stages[-1]["kv_bytes"] + graph.nodes[i].kv_bytes)
+    counts = [s["layers"] for s in stages]
+    assert len(counts) == len({s["device"] for s in stages}) and sum(counts) == len(layers)  # the engines' checks
+    env = {ENGINES[engine]: ",".join(map(str, counts)), "CUDA_VISIBLE_DEVICES": ",".join(s["device"] for s in stages)}
+    return EngineExport(engine=engine, env=env, args=("--pipeline-parallel-size", str(len(stages))),
+                        stages=tuple(stages), notes=tuple(_differences(graph, device, layers, stages, engine)))
+
+
+def _decoder_layers(graph: Any) -> list[int]:
+    """Indices of the nodes of the one stack of numbered blocks (``<stack>.<i>``), in order."""
+    stacks: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.nodes):
+        match = _LAYER.match(node.name)
+        if node.kind == "block" and match:
+            stacks.setdefault(match["stack"], []).append(i)
+    if len(stacks) != 1:
+        found = ", ".join(sorted(stacks)) or "none"
+        raise InvalidSpecError(f"a pipeline engine splits one stack of decoder layers; this model has {found}: "
+                               "export the accelerate device_map instead")
+    return next(iter(stacks.values()))
+
+
+def _differences(graph: Any, device: list[str], layers: list[int], stages: list[dict], engine: str) -> list[str]:
+    """Notes for the nodes outside the stack that the engine places on its first or last stage."""
+    notes = []
+    first, last = stages[0]["device"], stages[-1]["device"]
+    for i, node in enumerate(graph.nodes):
+        if i in layers or not node.size_bytes:
+            continue
+        wanted = first if i < layers[0] else last
+        if device[i] != wanted:
+            where = "first" if i < layers[0] else "last"
+            notes.append(f"{engine} puts {node.name} ({format_bytes(node.size_bytes)}) on the {where} stage "
+                         f"(GPU {wanted}); the plan had it on {device[i]}, so that stage holds more than planned")
+    return notes

@@ -1,0 +1,108 @@
+"""Exports to pipeline engines (vLLM, SGLang), checked against the engines' own partition rule.
+
+vLLM and SGLang are not installed here; the oracle is their ``get_pp_indices`` rule as written in
+``vllm/distributed/utils.py`` / ``python/sglang/srt/distributed/utils.py`` (re-stated in
+:func:`_engine_layer_range`), applied to the exported variable and compared with the accelerate
+device_map of the same plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import layerplan
+from layerplan.testing import layer_graphs
+from tests.cli_helpers import one_line, run
+
+
+def _engine_layer_range(partition: str, num_hidden_layers: int, pp_rank: int, pp_size: int) -> tuple[int, int]:
+    """The engines' rule: comma-separated ints, one per stage, summing to the layer count."""
+    partitions = [int(layer) for layer in partition.split(",")]
+    if len(partitions) != pp_size:
+        raise ValueError(f"{len(partitions)=} does not match {pp_size=}.")
+    if sum(partitions) != num_hidden_layers:
+        raise ValueError(f"{sum(partitions)=} does not match {num_hidden_layers=}.")
+    start = sum(partitions[:pp_rank])
+    return start, start + partitions[pp_rank]
+
+
+def _device_of(device_map: dict, name: str):
+    key = max((k for k in device_map if k == "" or name == k or name.startswith(f"{k}.")), key=len)
+    return device_map[key]
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graph=layer_graphs(min_layers=4, max_layers=24))
+def test_each_stage_gets_the_layers_the_device_map_gives_its_gpu(engine, graph) -> None:
+    third = (graph.total_bytes + graph.total_kv_bytes) // 3
+    room = max(n.work_bytes for n in graph.nodes) + 2 * max(e.size_bytes for e in graph.edges) + (1 << 16)
+    plan = layerplan.plan(graph, max_memory={g: int(1.2 * third) + room for g in range(3)}, reserve=0)
+    out = plan.export(engine)
+    variable = {"vllm": "VLLM_PP_LAYER_PARTITION", "sglang": "SGLANG_PP_LAYER_PARTITION"}[engine]
+    pp_size = int(out.args[out.args.index("--pipeline-parallel-size") + 1])
+    gpus = out.env["CUDA_VISIBLE_DEVICES"].split(",")
+    assert len(gpus) == pp_size
+    layers = [n.name for n in graph.nodes if n.kind == "block"]
+    for rank, gpu in enumerate(gpus):
+        start, end = _engine_layer_range(out.env[variable], len(layers), rank, pp_size)
+        assert {str(_device_of(plan.device_map, name)) for name in layers[start:end]} == {gpu}
+    assert json.loads(json.dumps(out.to_dict()))["env"] == out.env
+
+
+def test_a_head_the_plan_offloads_is_noted_as_moved_to_the_last_stage() -> None:
+    """With one block per GPU, only an offloaded embedding or head can sit off the engine's stage
+    for it: vLLM would load the head on the last stage's GPU, which the note says."""
+    from hypothesis import find
+
+    graph = find(layer_graphs(min_layers=6, max_layers=6, tied=False), lambda g: g.nodes[-1].size_bytes > 0)
+    half = (graph.total_bytes + graph.total_kv_bytes) // 2
+    room = max(n.work_bytes for n in graph.nodes) + 2 * max(e.size_bytes for e in graph.edges)
+    plan = layerplan.plan(graph, max_memory={0: int(0.8 * half) + room, 1: int(1.5 * half) + room, "cpu": "1GB"},
+                          reserve=0, pins={"lm_head": "cpu"}, objective="transfers")  # offload the least
+    out = plan.export("vllm")
+    assert len(out.stages) == 2  # GPU 0 holds 80 % of half the model: the layers need both
+    assert _device_of(plan.device_map, "lm_head") == "cpu"
+    assert [note for note in out.notes if "lm_head" in note and "last stage" in note and "cpu" in note]
+
+
+def test_offloaded_layers_and_two_stacks_are_refused() -> None:
+    from hypothesis import find
+
+    graph = find(layer_graphs(min_layers=4, max_layers=4), lambda g: True)
+    room = max(n.work_bytes for n in graph.nodes) + 2 * max(e.size_bytes for e in graph.edges) + graph.total_kv_bytes
+    offloaded = layerplan.plan(graph, max_memory={0: graph.nodes[2].size_bytes + room, "cpu": "1GB"}, reserve=0)
+    assert any(_device_of(offloaded.device_map, f"model.layers.{i}") == "cpu" for i in range(4))
+    with pytest.raises(layerplan.InvalidSpecError, match="offloaded to cpu/disk"):
+        offloaded.export("vllm")
+    renamed = tuple(dataclasses.replace(n, name=re.sub(r"^model\.layers\.([01])$", r"encoder.block.\1", n.name))
+                    for n in graph.nodes)
+    edges = tuple(dataclasses.replace(e, producer=_renamed(e.producer), consumers=tuple(map(_renamed, e.consumers)))
+                  for e in graph.edges)
+    two = dataclasses.replace(graph, nodes=renamed, edges=edges)
+    with pytest.raises(layerplan.InvalidSpecError, match="encoder.block, model.layers"):
+        layerplan.plan(two, max_memory={0: "1GB"}, reserve=0).export("sglang")
+    with pytest.raises(layerplan.InvalidSpecError, match="expected one of vllm, sglang"):
+        layerplan.plan(graph, max_memory={0: "1GB"}, reserve=0).export("deepspeed")
+
+
+def _renamed(name: str) -> str:
+    return re.sub(r"^model\.layers\.([01])$", r"encoder.block.\1", name)
+
+
+def test_cli_export_prints_shell_lines_or_json(capsys) -> None:
+    argv = ["plan", "llama-3-8b", "--max-memory", "0=10GiB", "1=10GiB", "--reserve", "0"]
+    code, out, err = run([*argv, "--export", "vllm"], capsys)
+    assert code == 0, err
+    assert re.search(r"^export VLLM_PP_LAYER_PARTITION=\d+,\d+$", out, re.M)
+    assert "--pipeline-parallel-size 2" in out
+    code, out, err = run([*argv, "--export", "sglang", "--format", "json"], capsys)
+    assert code == 0, err
+    assert sum(map(int, json.loads(out)["env"]["SGLANG_PP_LAYER_PARTITION"].split(","))) == 32  # Llama-3-8B's layers
+    code, out, err = run([*argv, "--export", "llamacpp"], capsys)
+    assert code == 2 and "llamacpp" in one_line(err)
