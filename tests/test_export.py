@@ -106,3 +106,35 @@ def test_cli_export_prints_shell_lines_or_json(capsys) -> None:
     assert sum(map(int, json.loads(out)["env"]["SGLANG_PP_LAYER_PARTITION"].split(","))) == 32  # Llama-3-8B's layers
     code, out, err = run([*argv, "--export", "llamacpp"], capsys)
     assert code == 2 and "llamacpp" in one_line(err)
+
+
+def test_the_pipelining_split_runs_a_tiny_llama_with_the_unsplit_logits(tmp_path) -> None:
+    """torch.distributed.pipelining splits a real tiny Llama at the exported points (on CPU): one
+    stage module per planned stage, and the split program gives the unsplit model's logits."""
+    import torch
+    from torch.distributed.pipelining import pipeline
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                  num_key_value_heads=2, num_hidden_layers=6, vocab_size=128, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(tmp_path)
+    graph, _ = layerplan.trace(str(tmp_path), seq_len=8)
+    third = graph.total_bytes // 3
+    room = max(n.work_bytes for n in graph.nodes) + 2 * max(e.size_bytes for e in graph.edges) + graph.total_kv_bytes
+    plan = layerplan.plan(graph, max_memory={g: int(1.1 * third) + room for g in range(3)}, reserve=0)
+    out = plan.export("pipelining")
+    assert len(out.stages) >= 2 and len(out.split_spec) == len(out.stages) - 1
+    for stage, name in zip(out.stages[1:], out.split_spec):
+        assert stage["first"] == name and _device_of(plan.device_map, name) != _device_of(
+            plan.device_map, graph.nodes[graph.index(name) - 1].name)  # a device change starts each stage
+    ids = torch.randint(0, 128, (1, 8))
+    pipe = pipeline(model, mb_args=(), mb_kwargs={"input_ids": ids, "use_cache": False},
+                    split_spec=out.torch_split_spec())
+    assert pipe.num_stages == len(out.stages)
+    placeholders = [n.target for n in pipe.split_gm.graph.nodes if n.op == "placeholder"]
+    with torch.no_grad():  # the split program calls the stage modules in order, routing their tensors
+        split = torch.fx.Interpreter(pipe.split_gm).run(*[{"input_ids": ids, "use_cache": False}[p] for p in placeholders])
+        logits = split[0] if isinstance(split, tuple | list) else split
+        assert torch.equal(logits, model(input_ids=ids, use_cache=False).logits)

@@ -1,4 +1,5 @@
-"""A plan as a pipeline engine takes it: vLLM's and SGLang's per-stage layer partition.
+"""A plan as a pipeline engine takes it: vLLM's and SGLang's per-stage layer partition, and
+``torch.distributed.pipelining``'s split points.
 
 Both engines split one decoder stack into ``pipeline_parallel_size`` stages of contiguous layers,
 read from an environment variable of comma-separated layer counts, and check it the same way
@@ -8,6 +9,11 @@ one count per stage, the counts summing to ``num_hidden_layers``; stage ``r`` ho
 last one the final norm and the LM head. Stages are GPUs, one per rank in ``CUDA_VISIBLE_DEVICES``
 order. :func:`export` checks the plan against those rules and says where the engine will place
 something differently from the plan.
+
+``torch.distributed.pipelining.pipeline(module, mb_args, split_spec=...)`` cuts the traced program
+before each module named in ``split_spec`` (``SplitPoint.BEGINNING``): :func:`export` with
+``"pipelining"`` names the first node of every stage after the first, a stage being a run of
+nodes on one GPU in execution order.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 
 from layerplan.solver import InvalidSpecError, format_bytes
 
-__all__ = ["ENGINES", "EngineExport", "export"]
+__all__ = ["ENGINES", "EngineExport", "PipeliningExport", "export"]
 
 #: engine -> the environment variable its ``get_pp_indices`` reads.
 ENGINES = {"vllm": "VLLM_PP_LAYER_PARTITION", "sglang": "SGLANG_PP_LAYER_PARTITION"}
@@ -55,16 +61,50 @@ class EngineExport:
         return "\n".join([*lines, " ".join(self.args)])
 
 
-def export(plan: Any, engine: str) -> EngineExport:
-    """``plan`` (a :class:`layerplan.Plan`) as ``engine``'s pipeline settings (module docstring).
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PipeliningExport:
+    """A plan as ``torch.distributed.pipelining`` split points.
+
+    Attributes:
+        split_spec: module name -> ``"beginning"``: the first node of each stage after the first
+            (:meth:`torch_split_spec` gives the ``SplitPoint`` values ``pipeline`` takes).
+        stages: per stage, in order: its device and its first and last node.
+        notes: stages that share a GPU (a tied head on the first GPU, after the last stage).
+    """
+
+    split_spec: dict[str, str]
+    stages: tuple[dict[str, Any], ...]
+    notes: tuple[str, ...] = ()
+
+    def torch_split_spec(self) -> dict[str, Any]:
+        """``{module name: SplitPoint.BEGINNING}`` for ``torch.distributed.pipelining.pipeline``."""
+        from torch.distributed.pipelining import SplitPoint
+
+        return dict.fromkeys(self.split_spec, SplitPoint.BEGINNING)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": "pipelining", "split_spec": dict(self.split_spec), "stages": [dict(s) for s in self.stages],
+                "notes": list(self.notes)}
+
+    def shell(self) -> str:
+        """The split points as Python, for ``pipeline(..., split_spec=split_spec)``."""
+        items = ", ".join(f"{name!r}: SplitPoint.BEGINNING" for name in self.split_spec)
+        return f"from torch.distributed.pipelining import SplitPoint\nsplit_spec = {{{items}}}"
+
+
+def export(plan: Any, engine: str) -> EngineExport | PipeliningExport:
+    """``plan`` (a :class:`layerplan.Plan`) as ``engine``'s pipeline settings (module docstring):
+    ``"vllm"``, ``"sglang"`` or ``"pipelining"``.
 
     Raises:
-        InvalidSpecError: an unknown engine; a model without exactly one stack of numbered
-            decoder layers (``model.layers.0`` ...); a plan that offloads layers to ``cpu`` or
-            ``disk`` (engine stages are GPUs).
+        InvalidSpecError: an unknown engine; for vLLM and SGLang a model without exactly one stack
+            of numbered decoder layers (``model.layers.0`` ...); a plan that offloads layers to
+            ``cpu`` or ``disk`` (engine stages are GPUs; for pipelining, any node).
     """
+    if engine == "pipelining":
+        return _pipelining(plan)
     if engine not in ENGINES:
-        raise InvalidSpecError(f"export format {engine!r}; expected one of {', '.join(ENGINES)}")
+        raise InvalidSpecError(f"export format {engine!r}; expected one of {', '.join([*ENGINES, 'pipelining'])}")
     graph, problem, assignment = plan.graph, plan.problem, plan.solution.assignment
     device = [problem.devices[d].name for d in assignment]
     layers = _decoder_layers(graph)
@@ -112,3 +152,23 @@ def _differences(graph: Any, device: list[str], layers: list[int], stages: list[
             notes.append(f"{engine} puts {node.name} ({format_bytes(node.size_bytes)}) on the {where} stage "
                          f"(GPU {wanted}); the plan had it on {device[i]}, so that stage holds more than planned")
     return notes
+
+
+def _pipelining(plan: Any) -> PipeliningExport:
+    graph, problem, assignment = plan.graph, plan.problem, plan.solution.assignment
+    off = [n.name for n, d in zip(graph.nodes, assignment) if not problem.devices[d].is_accelerator]
+    if off:
+        raise InvalidSpecError(f"{len(off)} node(s) are offloaded to cpu/disk ({off[0]}, ...); pipeline stages "
+                               "run on one GPU each: plan without cpu/disk (or use the accelerate device_map)")
+    stages: list[dict[str, Any]] = []
+    for node, d in zip(graph.nodes, assignment):
+        name = problem.devices[d].name
+        if not stages or stages[-1]["device"] != name:
+            stages.append({"device": name, "first": node.name})
+        stages[-1]["last"] = node.name
+    devices = [s["device"] for s in stages]
+    notes = [f"stages {', '.join(str(i) for i, x in enumerate(devices) if x == d)} share GPU {d} (a tied module "
+             "there): run them with a schedule that places several stages per rank, or untie the weights"
+             for d in dict.fromkeys(devices) if devices.count(d) > 1]
+    return PipeliningExport(split_spec={s["first"]: "beginning" for s in stages[1:]}, stages=tuple(stages),
+                            notes=tuple(notes))
