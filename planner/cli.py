@@ -201,10 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "plan", "solve a placement and print it (table or JSON)", cmd_plan)
     _add_solve_args(p)
     _add_output_args(p)
-    p.add_argument("--export", choices=["vllm", "sglang", "pipelining"], metavar="{vllm,sglang,pipelining}",
-                   help="print the plan as a pipeline engine's settings instead: vllm/sglang: the per-stage "
-                        "layer partition variable, CUDA_VISIBLE_DEVICES, --pipeline-parallel-size (shell lines); "
-                        "pipelining: torch.distributed.pipelining split_spec (Python); or --format json")
+    p.add_argument("--export", choices=["vllm", "sglang", "pipelining", "llama.cpp"],
+                   metavar="{vllm,sglang,pipelining,llama.cpp}",
+                   help="print the plan as an engine's settings instead: vllm/sglang: the per-stage layer "
+                        "partition variable, CUDA_VISIBLE_DEVICES, --pipeline-parallel-size (shell lines); "
+                        "pipelining: torch.distributed.pipelining split_spec (Python); llama.cpp: -ngl, "
+                        "--tensor-split and -ot overrides; or --format json")
     t = _subcommand(sub, "trace", "trace a model on the meta device and write its layer graph as JSON",
                     cmd_trace, devices=False)
     _add_output_args(t, formats=False)

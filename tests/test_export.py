@@ -87,7 +87,7 @@ def test_offloaded_layers_and_two_stacks_are_refused() -> None:
     two = dataclasses.replace(graph, nodes=renamed, edges=edges)
     with pytest.raises(layerplan.InvalidSpecError, match="encoder.block, model.layers"):
         layerplan.plan(two, max_memory={0: "1GB"}, reserve=0).export("sglang")
-    with pytest.raises(layerplan.InvalidSpecError, match="expected one of vllm, sglang"):
+    with pytest.raises(layerplan.InvalidSpecError, match="expected one of vllm, sglang, pipelining, llama.cpp"):
         layerplan.plan(graph, max_memory={0: "1GB"}, reserve=0).export("deepspeed")
 
 
@@ -138,3 +138,44 @@ def test_the_pipelining_split_runs_a_tiny_llama_with_the_unsplit_logits(tmp_path
         split = torch.fx.Interpreter(pipe.split_gm).run(*[{"input_ids": ids, "use_cache": False}[p] for p in placeholders])
         logits = split[0] if isinstance(split, tuple | list) else split
         assert torch.equal(logits, model(input_ids=ids, use_cache=False).logits)
+
+
+_GGUF_LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
+                       "ffn_down")
+
+
+def _llamacpp_buffer(overrides, name: str) -> str | None:
+    """llama.cpp's rule: the first override whose regex is found in the tensor name decides."""
+    return next((buf for pattern, buf in overrides if re.search(pattern, name)), None)
+
+
+def _llamacpp_layer_gpu(split: list[int], i: int) -> int:
+    """llama.cpp's rule: layer i goes to the first GPU whose cumulative share exceeds i / n_layer."""
+    total, cumulative = sum(split), 0.0
+    for k, share in enumerate(split):
+        cumulative += share / total
+        if cumulative > i / total:
+            return k
+    return len(split) - 1
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graph=layer_graphs(min_layers=4, max_layers=24, tied=False))
+def test_llamacpp_overrides_put_every_gguf_tensor_where_the_plan_put_its_module(graph) -> None:
+    quarter = (graph.total_bytes + graph.total_kv_bytes) // 4
+    room = max(n.work_bytes for n in graph.nodes) + 2 * max(e.size_bytes for e in graph.edges) + graph.total_kv_bytes
+    plan = layerplan.plan(graph, max_memory={0: quarter + room, 1: quarter + room, "cpu": "1GB"}, reserve=0,
+                          objective="transfers")  # offload the least: half the model on the GPUs, the rest on cpu
+    out = plan.export("llama.cpp")
+    visible = out.env["CUDA_VISIBLE_DEVICES"].split(",")
+    readable = {f"CUDA{k}": gpu for k, gpu in enumerate(visible)} | {"CPU": "cpu"}
+    layers = [n.name for n in graph.nodes if n.kind == "block"]
+    for i, name in enumerate(layers):
+        planned = str(_device_of(plan.device_map, name))
+        for tensor in _GGUF_LAYER_TENSORS:
+            assert readable[_llamacpp_buffer(out.overrides, f"blk.{i}.{tensor}.weight")] == planned
+        if planned != "cpu":  # its KV cache follows --tensor-split
+            assert visible[_llamacpp_layer_gpu(list(out.tensor_split), i)] == planned
+    assert readable[_llamacpp_buffer(out.overrides, "output.weight")] == str(_device_of(plan.device_map, "lm_head"))
+    assert _llamacpp_buffer(out.overrides, "token_embd.weight") is None  # llama.cpp's input device: the CPU
+    assert sum(out.tensor_split) == len(layers)

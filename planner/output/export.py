@@ -22,12 +22,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from layerplan.planner.output.llamacpp import LlamaCppExport, llamacpp
 from layerplan.solver import InvalidSpecError, format_bytes
 
-__all__ = ["ENGINES", "EngineExport", "PipeliningExport", "export"]
+__all__ = ["ENGINES", "FORMATS", "EngineExport", "PipeliningExport", "export"]
 
 #: engine -> the environment variable its ``get_pp_indices`` reads.
 ENGINES = {"vllm": "VLLM_PP_LAYER_PARTITION", "sglang": "SGLANG_PP_LAYER_PARTITION"}
+#: Every format :func:`export` writes.
+FORMATS = (*ENGINES, "pipelining", "llama.cpp")
 
 _LAYER = re.compile(r"^(?P<stack>.+)\.(?P<index>\d+)$")
 
@@ -92,19 +95,22 @@ class PipeliningExport:
         return f"from torch.distributed.pipelining import SplitPoint\nsplit_spec = {{{items}}}"
 
 
-def export(plan: Any, engine: str) -> EngineExport | PipeliningExport:
-    """``plan`` (a :class:`layerplan.Plan`) as ``engine``'s pipeline settings (module docstring):
-    ``"vllm"``, ``"sglang"`` or ``"pipelining"``.
+def export(plan: Any, engine: str) -> EngineExport | PipeliningExport | LlamaCppExport:
+    """``plan`` (a :class:`layerplan.Plan`) as ``engine``'s settings (module docstring): ``"vllm"``,
+    ``"sglang"``, ``"pipelining"`` or ``"llama.cpp"`` (:mod:`layerplan.planner.output.llamacpp`).
 
     Raises:
         InvalidSpecError: an unknown engine; for vLLM and SGLang a model without exactly one stack
-            of numbered decoder layers (``model.layers.0`` ...); a plan that offloads layers to
-            ``cpu`` or ``disk`` (engine stages are GPUs; for pipelining, any node).
+            of numbered decoder layers (``model.layers.0`` ...), for llama.cpp too; a plan that
+            offloads layers to ``cpu`` or ``disk`` (engine stages are GPUs; for pipelining, any
+            node; llama.cpp takes it).
     """
     if engine == "pipelining":
         return _pipelining(plan)
+    if engine == "llama.cpp":
+        return llamacpp(plan, _decoder_layers(plan.graph))
     if engine not in ENGINES:
-        raise InvalidSpecError(f"export format {engine!r}; expected one of {', '.join([*ENGINES, 'pipelining'])}")
+        raise InvalidSpecError(f"export format {engine!r}; expected one of {', '.join(FORMATS)}")
     graph, problem, assignment = plan.graph, plan.problem, plan.solution.assignment
     device = [problem.devices[d].name for d in assignment]
     layers = _decoder_layers(graph)
