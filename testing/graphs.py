@@ -11,6 +11,8 @@ with ``layerplan.plan(graph, max_memory=...)`` as a traced one does, without tor
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
@@ -112,7 +114,7 @@ def _layer_graphs(draw: st.DrawFn, low: int, high: int, tied: bool | None,
 
     edges = [edge("model.embed_tokens", (names[0],), hidden_shape, act),
              edge("model.rotary_emb", tuple(names), (1, work.prompt_len, head_dim), 2 * work.prompt_len * head_dim * item),
-             *(edge(a, (b,), hidden_shape, act) for a, b in zip(names, names[1:])),
+             *(edge(a, (b,), hidden_shape, act) for a, b in itertools.pairwise(names)),
              edge(names[-1], ("model.norm",), hidden_shape, act),
              edge("model.norm", ("lm_head",), (batch, 1, hidden), batch * hidden * item)]
     return LayerGraph(

@@ -131,10 +131,9 @@ def problems(
         raise InvalidArgument(f"broadcast_edges={broadcast_edges!r}; expected True or False")
     device_sets(min_accelerators=min_accelerators, max_accelerators=max_accelerators,
                 offload_tiers=offload_tiers, identical=identical)  # checks those arguments
-    options = dict(low=min_nodes, high=max_nodes, gpus=(min_accelerators, max_accelerators), tiers=offload_tiers,
-                   identical=identical, broadcast=broadcast_edges, tied=tied, pins=pins, runtime=runtime_memory,
-                   ordered=ordered, size=max_layer_bytes)
-    return _problems(**options)
+    return _problems(low=min_nodes, high=max_nodes, gpus=(min_accelerators, max_accelerators), tiers=offload_tiers,
+                     identical=identical, broadcast=broadcast_edges, tied=tied, pins=pins, runtime=runtime_memory,
+                     ordered=ordered, size=max_layer_bytes)
 
 
 def _maybe(draw: st.DrawFn, flag: bool | None) -> bool:

@@ -16,7 +16,7 @@ _MIXED = object()  # the keys below a module go to more than one device
 
 
 class _Module:
-    __slots__ = ("children", "has_value", "value", "below", "uniform")
+    __slots__ = ("below", "children", "has_value", "uniform", "value")
 
     def __init__(self) -> None:
         self.children: dict[str, _Module] = {}

@@ -25,7 +25,7 @@ from typing import Any
 
 from layerplan.solver import InvalidSpecError, format_bytes
 
-__all__ = ["LlamaCppExport", "GGUF_NAMES", "llamacpp"]
+__all__ = ["GGUF_NAMES", "LlamaCppExport", "llamacpp"]
 
 #: HF node name (Llama-style) -> its GGUF tensor-name prefix; ``{i}``: the layer index.
 GGUF_NAMES = {"model.embed_tokens": "token_embd.", "model.layers.{i}": "blk.{i}.", "model.norm": "output_norm.",
