@@ -46,8 +46,8 @@ measure exceeds it (branch and bound, as in :mod:`layerplan.solver.dp`).
 from __future__ import annotations
 
 import bisect
-import itertools
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -481,7 +481,7 @@ def _starts(data: _Data, key: object, xs: int) -> list[tuple[object, int]]:
     :func:`_x_group`)."""
     if not data.free:
         return [(m, data.others[m]) for m in range(key + 1, len(data.others))
-                if (m == key + 1 or data.run_start[m]) and (xs or m or data.x_group)]
+                if (m == key + 1 or data.run_start[m]) and (xs or m or data.x_group != 0)]
     used = key[0]
     return [((used[:g] + (used[g] + 1,) + used[g + 1:], g), members[used[g]])
             for g, members in enumerate(data.groups_free) if used[g] < len(members) and (xs or g != data.x_group)]
