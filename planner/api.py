@@ -25,7 +25,13 @@ from layerplan.planner.hardware.presets import lookup_accelerator
 from layerplan.planner.model.cache import cache_dir, graph_key, load_cached, store
 from layerplan.planner.model.inputs import image_tokens_per_image, is_vision_language
 from layerplan.planner.model.measure import generates
-from layerplan.planner.model.quantization import Quantization, from_config, parse_quantization, refuses_offload
+from layerplan.planner.model.quantization import (
+    UNQUANTIZED_EXPERTS,
+    Quantization,
+    from_config,
+    parse_quantization,
+    refuses_offload,
+)
 from layerplan.planner.model.source import ModelSource, resolve_source
 from layerplan.planner.model.trace import trace_model
 from layerplan.planner.model.workload import Workload
@@ -392,7 +398,7 @@ def _given_map_fits(result: Plan) -> Plan:
 def _with_reasons(exc: InfeasiblePlanError, graph: LayerGraph, kept_note: tuple[str, ...]) -> InfeasiblePlanError:
     """``exc`` with what made the model this large or these devices this small, when the plan's
     own notes say so: cpu/disk refused to bitsandbytes weights, and MoE experts it leaves unquantized."""
-    reasons = [*kept_note, *(n for n in graph.notes if "packed MoE experts" in n)]
+    reasons = [*kept_note, *(n for n in graph.notes if n.startswith(UNQUANTIZED_EXPERTS))]
     if not reasons:
         return exc
     return InfeasiblePlanError(f"{exc} ({'; '.join(reasons)})", missing_bytes=exc.missing_bytes, node=exc.node,

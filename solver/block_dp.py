@@ -15,7 +15,9 @@ members of each group of interchangeable GPUs, used lowest index first, as any p
 relabelled to), whether the execution device's block is to come, open or closed, what node ``i-1``
 is on (that block, another accelerator's open block, or offloaded) and where each tied group's
 anchor went. Node ``i`` extends the open block, is offloaded to a cpu/disk device, or starts a
-block on an accelerator not used yet; a tied copy goes where its anchor went.
+block on an accelerator not used yet; a tied copy goes where its anchor went. Of interchangeable
+GPUs (:mod:`layerplan.solver._symmetry`) only the canonical relabelling is built, and states that
+differ only in how many of them were used are compared as one (:func:`_across_used`).
 
 Each state keeps a Pareto set of *labels*: vectors of integer accumulators (layout below) that
 only ever grow, and whose growth and final measures are non-decreasing in each of them, so a label
@@ -741,11 +743,11 @@ def _across_used(data: _Data, states: dict[_State, list[_Label]]) -> dict[_State
         last = state[0]
         rest = (last[1], *state[1:]) if data.free else (data.run_of[last] if last >= 0 else -1, *state[1:])
         by_rest.setdefault(rest, []).append(state)
+    used = (lambda state: state[0][0]) if data.free else (lambda state: (state[0],))
     out = dict(states)
     for members in by_rest.values():
         if len(members) < 2:
             continue
-        used = (lambda state: state[0][0]) if data.free else (lambda state: (state[0],))
         rows = sorted(((label.vec + used(state), state, label) for state in members for label in states[state]),
                       key=lambda row: row[0])
         kept = {id(rows[r][2]) for r in _front([row[0] for row in rows])}

@@ -57,8 +57,11 @@ from torch import nn
 from layerplan.planner.spec.quantization import METHODS, quantization_name
 from layerplan.solver.errors import InvalidSpecError
 
-__all__ = ["Quantization", "from_config", "is_expert_module", "parse_quantization", "quantized_bytes", "refuses_offload",
-           "unquantized_experts"]
+__all__ = ["UNQUANTIZED_EXPERTS", "Quantization", "from_config", "is_expert_module", "parse_quantization",
+           "quantized_bytes", "refuses_offload", "unquantized_experts"]
+
+#: How the note of :func:`unquantized_experts` starts (the planner finds it in a graph's notes by it).
+UNQUANTIZED_EXPERTS = "bitsandbytes quantizes nn.Linear layers only: the packed MoE experts"
 
 #: bitsandbytes 4-bit: values per absmax, and absmax values per nested absmax (double quant).
 _BNB_BLOCK, _BNB_NESTED_BLOCK = 64, 256
@@ -304,6 +307,6 @@ def unquantized_experts(model: nn.Module, q: Quantization, model_dtype: torch.dt
         return None
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     dtype = str(model_dtype).removeprefix("torch.")
-    return (f"bitsandbytes quantizes nn.Linear layers only: the packed MoE experts "
-            f"({expert_bytes / 2**30:.1f} GiB at {dtype}, {100 * expert_bytes / max(total, 1):.0f}% of the "
-            f"model's parameters) stay unquantized, as transformers loads them")
+    share = 100 * expert_bytes / max(total, 1)
+    return (f"{UNQUANTIZED_EXPERTS} ({expert_bytes / 2**30:.1f} GiB at {dtype}, {share:.0f}% of the model's "
+            "parameters) stay unquantized, as transformers loads them")
