@@ -55,6 +55,7 @@ class EngineExport:
     notes: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: engine, env, args, stages (bytes in ``kv_bytes``), notes."""
         return {"engine": self.engine, "env": dict(self.env), "args": list(self.args),
                 "stages": [dict(s) for s in self.stages], "notes": list(self.notes)}
 
@@ -86,6 +87,7 @@ class PipeliningExport:
         return dict.fromkeys(self.split_spec, SplitPoint.BEGINNING)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``split_spec`` (module name -> ``"beginning"``), stages, notes."""
         return {"engine": "pipelining", "split_spec": dict(self.split_spec), "stages": [dict(s) for s in self.stages],
                 "notes": list(self.notes)}
 

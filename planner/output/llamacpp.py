@@ -51,11 +51,13 @@ class LlamaCppExport:
     notes: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: env, args, overrides (``[pattern, buffer]``), tensor_split, notes."""
         return {"engine": "llama.cpp", "env": dict(self.env), "args": list(self.args),
                 "overrides": [list(o) for o in self.overrides], "tensor_split": list(self.tensor_split),
                 "notes": list(self.notes)}
 
     def shell(self) -> str:
+        """The settings as shell lines, regexes quoted."""
         quoted = [f'"{a}"' if "\\" in a or "|" in a else a for a in self.args]
         return "\n".join([*(f"export {k}={v}" for k, v in self.env.items()), " ".join(quoted)])
 
