@@ -18,6 +18,7 @@ import torch
 from accelerate.utils import check_device_map
 from torch import nn
 
+from layerplan.planner.calibrate.apply import calibrated_hardware
 from layerplan.planner.graph import LayerGraph
 from layerplan.planner.hardware import HardwareSpec, build_hardware, detect_device_names, detect_max_memory
 from layerplan.planner.hardware.costing import cost_model
@@ -66,7 +67,10 @@ from layerplan.solver import (
     violations,
 )
 
-__all__ = ["as_spec", "evaluate_map", "load_graph", "plan", "plan_graph", "resolve_max_memory", "trace"]
+__all__ = [
+    "as_spec", "evaluate_map", "load_graph", "model_context", "plan", "plan_graph", "resolve_max_memory", "solve_graph",
+    "trace",
+]
 
 
 def as_spec(model: Any, **options: Any) -> PlanSpec:
@@ -120,6 +124,20 @@ def _context_field(config) -> tuple[int, str] | None:  # noqa: ANN001
 def _model_context(config) -> int | None:  # noqa: ANN001
     found = _context_field(config)
     return found[0] if found is not None else None
+
+
+def model_context(model: Any) -> int | None:
+    """The model's positions (its text decoder's ``max_position_embeddings`` or the like), or None
+    when its config does not say (or ``model`` is a graph).
+
+    Args:
+        model: what ``[model] source`` takes, or a :class:`PlanSpec`.
+
+    Raises:
+        InvalidSpecError: the source cannot be resolved.
+    """
+    source = resolve_source(model.model.source if isinstance(model, PlanSpec) else model)
+    return _model_context(source.config)
 
 
 def _check_context(source: ModelSource, workload: WorkloadSpec) -> None:
@@ -308,8 +326,10 @@ def resolve_max_memory(devices: DevicesSpec) -> dict[int | str, int]:
 
 
 def _hardware(keys: list[int | str], dtype: str, devices: DevicesSpec) -> HardwareSpec:
-    """The declared hardware of ``keys`` (device types, links, host link, disk, overrides)."""
-    return build_hardware(keys, dtype=dtype, reported_names=detect_device_names(), **devices.hardware)
+    """The declared hardware of ``keys`` (device types, links, host link, disk, overrides), with the
+    calibration profile's measured figures when ``devices.calibration`` names one."""
+    return calibrated_hardware(keys, dtype=dtype, devices=devices, profile=devices.calibration,
+                               reported_names=detect_device_names())
 
 
 def _declared(
@@ -337,8 +357,20 @@ def _pin_indices(graph: LayerGraph, pins: Mapping[str, int | str], keys: list[in
 
 
 # -- solve -------------------------------------------------------------------------------------------
-def _solve_graph(graph: LayerGraph, spec: PlanSpec) -> Plan:
-    """Solve the placement of ``graph`` under ``spec.devices`` and ``spec.solve`` (see :func:`plan`)."""
+def solve_graph(graph: LayerGraph, spec: PlanSpec, *, explain: bool = True, check_disk: bool = True) -> Plan:
+    """Solve the placement of ``graph`` under ``spec.devices`` and ``spec.solve`` (see :func:`plan`).
+
+    Args:
+        explain: on infeasibility, also find the least extra memory that would make it fit and
+            whether offloading to host RAM would (two more solves); capacity studies, which make
+            many plans and only need the verdict, pass False.
+        check_disk: require ``offload_folder`` when the plan puts weights on ``disk`` (a plan that
+            is not going to be loaded does not need one).
+
+    Raises:
+        InvalidSpecError, InfeasiblePlanError: see :func:`plan`.
+        LayerplanError: the solver neither found a placement nor proved there is none in time.
+    """
     options: SolveSpec = spec.solve
     given = dict(options.device_map) if options.device_map is not None else None
     if given is not None and is_full(graph, given):
@@ -356,11 +388,12 @@ def _solve_graph(graph: LayerGraph, spec: PlanSpec) -> Plan:
     )
     cost = cost_model(graph, problem, hardware)
     try:
-        solution = solve(problem, goal=options.goal, cost=cost, time_limit_s=options.time_limit_s)
+        solution = solve(problem, goal=options.goal, cost=cost, time_limit_s=options.time_limit_s, explain=explain)
     except InfeasiblePlanError as exc:
-        raise _with_reasons(_with_offload_hint(exc, graph, spec.devices, devices, problem, options),
-                            graph, kept_note) from None
-    return build_plan(graph, problem, solution, offload_folder=spec.devices.offload_folder,
+        if explain:
+            exc = _with_offload_hint(exc, graph, spec.devices, devices, problem, options)
+        raise _with_reasons(exc, graph, kept_note) from None
+    return build_plan(graph, problem, solution, offload_folder=spec.devices.offload_folder, check_disk=check_disk,
                       strategy=strategy.value, hardware_notes=(*hardware.notes, *kept_note), spec=spec)
 
 
@@ -507,7 +540,7 @@ def plan_graph(graph: LayerGraph, spec: PlanSpec | None = None, **options: Any) 
     """
     spec = as_spec(graph, **options) if spec is None else spec
     with quiet():
-        return _solve_graph(graph, spec)
+        return solve_graph(graph, spec)
 
 
 def plan(model: Any, **options: Any) -> Plan:
@@ -553,7 +586,7 @@ def plan(model: Any, **options: Any) -> Plan:
     graph, meta_model = load_graph(spec)
     trace_time_s = time.perf_counter() - start
     with quiet():
-        result = _solve_graph(graph, spec)
+        result = solve_graph(graph, spec)
         if meta_model is not None:
             check_device_map(meta_model, result.device_map)  # accelerate's own coverage check
     return dataclasses.replace(result, trace_time_s=trace_time_s)

@@ -47,6 +47,9 @@ examples:
   layerplan plan mixtral-8x7b --max-memory 0=24GiB 1=24GiB cpu=64GiB disk=1TB --offload-folder /tmp/off
   layerplan compare llama-2-13b --max-memory 0=16GiB 1=16GiB cpu=64GiB --device-type 0,1=l4
   layerplan evaluate llama-2-13b --device-map map.json --max-memory 0=16GiB 1=16GiB cpu=64GiB
+  layerplan capacity min-devices llama-2-70b --device-type h100-sxm l4 --batch-size 8   (see capacity --help)
+  layerplan calibrate ./my-model --max-memory cpu=8GiB --calibration-out cpu.json
+  layerplan plan ./my-model --max-memory cpu=8GiB --calibration cpu.json
 
 strategies (accelerate's device_map strings, solved instead of filled greedily):
   auto            any GPU may hold any block; objective latency
@@ -153,6 +156,9 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
                    help="bytes kept free on each accelerator for the CUDA context and allocator slack "
                         "(default 1GiB); one SIZE for all, or DEVICE=SIZE each")
     g.add_argument("--offload-folder", metavar="DIR", help="folder for disk-offloaded weights (needed if disk is used)")
+    g.add_argument("--calibration", metavar="FILE",
+                   help="calibration profile from `layerplan calibrate --calibration-out`: measured device "
+                        "figures for the cost model instead of the datasheet presets")
 
 
 def _add_solve_args(p: argparse.ArgumentParser, *, pins: bool = True) -> None:
@@ -207,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "partition variable, CUDA_VISIBLE_DEVICES, --pipeline-parallel-size (shell lines); "
                         "pipelining: torch.distributed.pipelining split_spec (Python); llama.cpp: -ngl, "
                         "--tensor-split and -ot overrides; or --format json")
+    p.add_argument("--plot", metavar="DIR", help="also draw the plan (memory per device, layer layout) as PNG and "
+                                                 "SVG into DIR")
     t = _subcommand(sub, "trace", "trace a model on the meta device and write its layer graph as JSON",
                     cmd_trace, devices=False)
     _add_output_args(t, formats=False)
@@ -220,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strategies to compare (default all four)")
     _add_solve_args(c, pins=False)
     _add_output_args(c)
+    # These build on this module's flag groups, so they are imported here, after it is loaded.
+    from layerplan.planner.cli_calibrate import add_calibrate_parser
+    from layerplan.planner.cli_capacity import add_capacity_parser
+
+    add_calibrate_parser(sub)
+    add_capacity_parser(sub)
     sub.add_parser("models", help="list the built-in catalog of published model configs").set_defaults(func=cmd_models)
     sub.add_parser("devices", help="list the accelerator, host-link and disk presets with their sources"
                    ).set_defaults(func=cmd_devices)
@@ -263,7 +277,7 @@ def _flag_tables(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "types": _key_values(get("device_type"), flag="--device-type", example="0,1=a100-80gb") or None,
             "links": _key_values(get("link"), flag="--link", example="0-1=nvlink") or None,
             "reserve": _reserve(get("reserve")),
-            **{k: get(k) for k in ("interconnect", "host_link", "disk_read", "offload_folder")},
+            **{k: get(k) for k in ("interconnect", "host_link", "disk_read", "offload_folder", "calibration")},
         },
         "solve": {"strategy": get("strategy"), "objective": get("objective"), "time_limit_s": get("time_limit"),
                   "device_map": get("device_map"),
@@ -315,11 +329,20 @@ def _prepared(args: argparse.Namespace) -> PlanSpec:
 # -- subcommands -------------------------------------------------------------------------------------
 def cmd_plan(args: argparse.Namespace, err: Console) -> int:
     spec = _prepared(args)
+    if getattr(args, "plot", None) is not None:
+        from layerplan.planner.output.plots import check_plot_dir
+
+        check_plot_dir(args.plot)
     from layerplan.planner.api import plan
     from layerplan.planner.output.report import render_plan
 
     with err.status(f"Planning {_name(spec)}: tracing on the meta device, then solving ({spec.solve.strategy.value}) ..."):
         result = plan(spec)
+    if getattr(args, "plot", None) is not None:
+        from layerplan.planner.output.plots import plot_layout, plot_memory
+
+        for path in [*plot_memory(result, args.plot), *plot_layout(result, args.plot)]:
+            err.print(f"wrote {path}")
     if getattr(args, "export", None):
         settings = result.export(args.export)
         _emit(spec, lambda: json.dumps(settings.to_dict(), indent=2), lambda c: _render_export(settings, c))

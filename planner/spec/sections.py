@@ -255,6 +255,9 @@ class DevicesSpec(_Section):
         overrides: device -> ``{flops_per_s, mem_bytes_per_s, memory_bytes, read_bytes_per_s}``.
         offload_folder: where ``from_pretrained`` writes disk-offloaded weights; must be a
             directory or creatable as one (it is not created here).
+        calibration: a calibration profile (JSON, ``layerplan calibrate --calibration-out``) whose
+            measured figures replace the presets' in the cost model (the user's ``overrides``
+            win); read once here, so a bad file is an error before any tracing.
 
     Raises:
         InvalidSpecError: a bad size, device key, preset or rate; a type, reserve, link or override
@@ -272,6 +275,7 @@ class DevicesSpec(_Section):
     disk_read: str | float | None = None
     overrides: Mapping[int | str, Mapping[str, float | int]] = field(default_factory=dict)
     offload_folder: str | None = None
+    calibration: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_memory is not None:
@@ -290,6 +294,11 @@ class DevicesSpec(_Section):
         _set(self, "overrides", _overrides(self.overrides))
         if self.offload_folder is not None:
             _set(self, "offload_folder", check_folder(self.offload_folder, what="offload_folder"))
+        if self.calibration is not None:
+            from layerplan.planner.calibrate.profile import CalibrationProfile  # torch-free
+
+            CalibrationProfile.load(self.calibration)
+            _set(self, "calibration", os.fspath(self.calibration))
         self._check_declared()
 
     def _check_declared(self) -> None:
