@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 from layerplan.solver import InvalidSpecError
 
 if TYPE_CHECKING:
-    from layerplan.planner.capacity import Cheapest, Frontier
+    from layerplan.planner.capacity import Cheapest, Frontier, SweepResult
     from layerplan.planner.output.adapter import Plan
 
 __all__ = [
     "KINDS", "check_plot_dir", "cost_latency_data", "frontier_data", "layout_data", "memory_data",
-    "plot_cost_latency", "plot_frontier", "plot_layout", "plot_memory",
+    "plot_cost_latency", "plot_frontier", "plot_layout", "plot_memory", "plot_sweep_fits", "plot_sweep_latency",
+    "sweep_fits_data", "sweep_latency_data",
 ]
 
 #: The stacked kinds of bytes of :func:`memory_data`, bottom to top (:class:`DeviceUsage` fields).
@@ -167,4 +168,113 @@ def plot_cost_latency(result: Cheapest, folder: str | os.PathLike, *, stem: str 
     ax.set_ylabel("ms per generated token")
     ax.set_title(f"{result.model}: cost vs latency ({result.target})")
     ax.legend(fontsize="small")
+    return _save(fig, folder, stem)
+
+
+# -- sweeps ------------------------------------------------------------------------------------------
+def _groups(result: SweepResult, placed: tuple[str, ...]) -> list[tuple[str, list[Any]]]:
+    """The rows grouped by the swept axes other than ``placed`` (which a plot's axes show), in
+    grid order, each group titled by those axes' values (its setup when no other axis is swept)."""
+    rest = [a for a in result.grid.names if a not in placed]
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for row in result.rows:
+        groups.setdefault(tuple(getattr(row, a) for a in rest), []).append(row)
+
+    def title(row: Any) -> str:
+        parts = [f"{a}={getattr(row, a)}" for a in rest if a != "setup"]
+        return " ".join([str(row.setup), *parts] if "setup" in rest or not parts else parts)
+
+    return [(title(members[0]), members) for members in groups.values()]
+
+
+def _panels(count: int, width: float, height: float) -> tuple[Any, Any]:
+    """``count`` axes side by side, each ``width`` x ``height`` inches (Agg, as :func:`_figure`)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, count, squeeze=False, figsize=(width * count + 0.6, height))
+    return fig, axes[0]
+
+
+def sweep_fits_data(result: SweepResult) -> list[dict[str, Any]]:
+    """Per panel (one per setup, and per value of any other swept axis but the lengths): whether
+    each (batch size, context) point fits.
+
+    Args:
+        result: a :class:`~layerplan.planner.capacity.sweep.SweepResult`.
+
+    Returns:
+        ``[{"title": str, "batch_sizes": [...], "contexts": [...], "fits": [[...], ...]}]`` where
+        ``fits[i][j]`` is True, False, or None (an error, or no such point) at ``contexts[i]``
+        tokens (``seq_len``) and ``batch_sizes[j]`` sequences. Rows without a batch size or
+        context are left out.
+    """
+    panels = []
+    for title, members in _groups(result, ("batch_size", "seq_len", "prompt_len")):
+        members = [r for r in members if r.batch_size is not None and r.seq_len is not None]
+        if not members:
+            continue
+        batches = sorted({r.batch_size for r in members})
+        contexts = sorted({r.seq_len for r in members})
+        cell = {(r.seq_len, r.batch_size): (r.fits if r.status != "error" else None) for r in members}
+        panels.append({"title": title, "batch_sizes": batches, "contexts": contexts,
+                       "fits": [[cell.get((c, b)) for b in batches] for c in contexts]})
+    return panels
+
+
+def plot_sweep_fits(result: SweepResult, folder: str | os.PathLike, *, stem: str = "sweep_fits") -> list[Path]:
+    """:func:`sweep_fits_data` as heatmaps side by side: green fits, red does not, grey no answer."""
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    panels = sweep_fits_data(result)
+    if not panels:
+        raise InvalidSpecError("no sweep point has a batch size and a context to draw")
+    fig, axes = _panels(len(panels), 3.6, 3.6)
+    colours = ListedColormap(["#d62728", "#2ca02c"]).with_extremes(bad="#bbbbbb")
+    for ax, panel in zip(axes, panels):
+        grid = np.array([[np.nan if v is None else float(v) for v in line] for line in panel["fits"]])
+        ax.imshow(np.ma.masked_invalid(grid), cmap=colours, vmin=0, vmax=1, origin="lower", aspect="auto")
+        ax.set_xticks(range(len(panel["batch_sizes"])), [str(b) for b in panel["batch_sizes"]])
+        ax.set_yticks(range(len(panel["contexts"])), [str(c) for c in panel["contexts"]])
+        ax.set_xlabel("batch size")
+        ax.set_title(panel["title"], fontsize="small")
+    axes[0].set_ylabel("context (tokens)")
+    fig.suptitle("fits (green) or not (red); grey: no answer", fontsize="small")
+    return _save(fig, folder, stem)
+
+
+def sweep_latency_data(result: SweepResult) -> list[dict[str, Any]]:
+    """Per line (one per setup, and per value of any other swept axis but the batch size): the
+    cost model's milliseconds per generated token at each batch size that fits (``result``: a
+    :class:`~layerplan.planner.capacity.sweep.SweepResult`).
+
+    Returns:
+        ``[{"label": str, "batch_sizes": [...], "ms_per_token": [...]}]``, batch sizes
+        increasing; lines without a fitting point are left out.
+    """
+    lines = []
+    for label, members in _groups(result, ("batch_size",)):
+        members = sorted((r for r in members if r.fits and r.ms_per_token is not None), key=lambda r: r.batch_size)
+        if not members:
+            continue
+        lines.append({"label": label, "batch_sizes": [r.batch_size for r in members],
+                      "ms_per_token": [r.ms_per_token for r in members]})
+    return lines
+
+
+def plot_sweep_latency(result: SweepResult, folder: str | os.PathLike, *, stem: str = "sweep_latency") -> list[Path]:
+    """:func:`sweep_latency_data` as lines on log2 batch size."""
+    lines = sweep_latency_data(result)
+    fig, ax = _figure()
+    for line in lines:
+        ax.plot(line["batch_sizes"], line["ms_per_token"], marker="o", label=line["label"])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("ms per generated token (estimate)")
+    ax.set_title(f"{result.model}: latency of the points that fit", fontsize="small")
+    if lines:
+        ax.legend(fontsize="small")
     return _save(fig, folder, stem)

@@ -44,6 +44,10 @@ _SECTIONS: dict[str, type] = {
     "model": ModelSpec, "devices": DevicesSpec, "workload": WorkloadSpec, "solve": SolveSpec, "output": OutputSpec,
 }
 
+#: A spec file's ``[sweep]`` table spans many plans: it is read by ``layerplan sweep``
+#: (:mod:`layerplan.planner.capacity.sweep`), which builds this spec from the other tables.
+SWEEP_SECTION = "sweep"
+
 #: Keyword names :meth:`PlanSpec.from_kwargs` also takes, as the earlier keyword API spelled them.
 _ALIASES = {"device_types": ("devices", "types")}
 
@@ -94,10 +98,14 @@ class PlanSpec:
 
         Raises:
             InvalidSpecError: an unknown section or key (the valid ones listed, the closest
-                suggested), a missing ``[model] source``, or any field's error.
+                suggested), a ``[sweep]`` table (one plan is not a sweep), a missing ``[model]
+                source``, or any field's error.
         """
         if not isinstance(data, Mapping):
             raise InvalidSpecError(f"a spec is a mapping of sections ({', '.join(_SECTIONS)}), not {type(data).__name__}")
+        if SWEEP_SECTION in data:
+            raise InvalidSpecError("[sweep] is read by `layerplan sweep spec.toml`, which plans every point of its "
+                                   "grid; to plan one point, remove [sweep] or copy its values into [workload]")
         for name in data:
             if name not in _SECTIONS:
                 raise InvalidSpecError(
