@@ -40,8 +40,15 @@ class GraphNode:
         buffer_bytes: buffer bytes (persistent or not), same dtype rule.
         kv_bytes: KV cache the node holds at the end of the workload (its attention layers' keys and
             values, :mod:`layerplan.planner.model.measure`); charged to the node's execution device.
-        prefill_work_bytes: peak transient working set of the node's forward during prefill.
+        prefill_work_bytes: peak transient working set of the node's forward during prefill
+            (bytes above those live at its entry).
         decode_work_bytes: the same for one decode step.
+        prefill_live_bytes: activation bytes live at the node's prefill peak besides its working
+            set: what the forward allocated earlier and still holds when the node runs (the
+            model's inputs, ``inputs_embeds``, the node's input hidden states, rotary cos/sin,
+            masks built outside every node), KV cache excluded (it is ``kv_bytes``);
+            :mod:`layerplan.planner.model.measure`. 0 in graphs written before it was measured.
+        decode_live_bytes: the same for one decode step.
         prefill_flops: floating-point operations (a multiply-add counts 2) of the node's forward in
             one prefill pass over the prompt (``batch * prompt_len`` tokens; logits for the last
             position only unless ``prefill_logits``), counted per op with PyTorch's formulas
@@ -67,6 +74,8 @@ class GraphNode:
     kv_bytes: int = 0
     prefill_work_bytes: int = 0
     decode_work_bytes: int = 0
+    prefill_live_bytes: int = 0
+    decode_live_bytes: int = 0
     prefill_flops: int = 0
     decode_flops: int = 0
     executed: bool = True
@@ -75,8 +84,12 @@ class GraphNode:
 
     @property
     def work_bytes(self) -> int:
-        """Largest working set over the phases measured (bytes)."""
-        return max(self.prefill_work_bytes, self.decode_work_bytes)
+        """Activation bytes the node's device holds at the node's peak, over the phases measured:
+        ``max(prefill_work + prefill_live, decode_work + decode_live)`` bytes. On one device the
+        forward's peak is then weights + KV cache + the largest ``work_bytes``; across devices a
+        node's live bytes include tensors that another device holds or sent (charged there, or as
+        a transfer, too: conservative)."""
+        return max(self.prefill_work_bytes + self.prefill_live_bytes, self.decode_work_bytes + self.decode_live_bytes)
 
     @property
     def size_bytes(self) -> int:

@@ -12,7 +12,8 @@ __all__ = ["check_graph_dict"]
 
 _TOP = {"model": str, "model_class": str, "dtype": str, "workload": Mapping, "nodes": list, "edges": list}
 _NODE_REQUIRED = {"name": str, "kind": str, "module_class": str, "weight_bytes": int, "buffer_bytes": int}
-_NODE_OPTIONAL = {"kv_bytes": int, "prefill_work_bytes": int, "decode_work_bytes": int, "prefill_flops": int,
+_NODE_OPTIONAL = {"kv_bytes": int, "prefill_work_bytes": int, "decode_work_bytes": int,
+                  "prefill_live_bytes": int, "decode_live_bytes": int, "prefill_flops": int,
                   "decode_flops": int, "executed": bool, "estimated": bool, "expert_bytes": int}
 _EDGE_REQUIRED = {"producer": str, "consumers": list, "shape": list, "dtype": str, "size_bytes": int}
 _EDGE_OPTIONAL = {"decode_size_bytes": int}

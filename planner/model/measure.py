@@ -6,7 +6,18 @@ the declared workload, and
 * the **working set** of a node is ``peak - live-at-entry`` bytes while its forward runs, from a
   ``TorchDispatchMode`` that follows every storage allocated and freed (fake tensors included). It
   holds the node's temporaries and its output, and in decode the fresh copy ``DynamicCache`` makes
-  when it concatenates one token to a layer's cache. (PyTorch's
+  when it concatenates one token to a layer's cache.
+* the **live bytes** of a node are the activation bytes live at its peak that are not its working
+  set: what was allocated during the forward and is still referenced when the node starts. That is
+  the model's inputs, the ``inputs_embeds`` the model's forward keeps for the whole pass, the node's
+  input hidden states, rotary ``cos``/``sin``, attention masks built by glue code outside every
+  node (Gemma-2 eager: two float32 ``batch x seq^2`` masks; Falcon SDPA: a boolean one), an
+  encoder-decoder's encoder output. Weights and buffers are swapped in before tracking, and every
+  storage a cache's ``update`` hands back (the KV cache, charged as ``kv_bytes``) leaves the count
+  when it is handed back, so neither is counted twice; the transient a decode step's
+  ``torch.cat`` makes while the previous cache tensor is still alive stays in the working set. On
+  one device, ``weights + KV + max over nodes of (working set + live bytes)`` is the forward's peak.
+  (PyTorch's
   ``torch.distributed._tools.mem_tracker.MemTracker`` measures the same under ``FakeTensorMode``,
   but updates every module's peak on every op: O(ops x modules), minutes for a 405B model; this
   tracker only follows the nodes.)
@@ -67,6 +78,11 @@ class NodeMemory:
         kv_bytes: KV cache held by the node at the end of the workload.
         prefill_work_bytes: peak transient working set during prefill.
         decode_work_bytes: peak transient working set during one decode step (0 if not measured).
+        prefill_live_bytes: activation bytes live at the node's prefill peak besides its working set
+            (what the forward had allocated and still held when the node started, KV cache
+            excluded: see the module docstring); over several calls of one node, the largest peak
+            less ``prefill_work_bytes``. ``()`` when not measured.
+        decode_live_bytes: the same in the decode step (``()`` when not measured).
         prefill_flops: floating-point operations of the node's forward(s) in the prefill pass
             (``torch.utils.flop_counter`` formulas, see the module docstring).
         decode_flops: the same for one decode step at full context (0 without a decode step:
@@ -85,16 +101,21 @@ class NodeMemory:
     prefill_flops: tuple[int, ...]
     decode_flops: tuple[int, ...]
     decode_input_bytes: tuple[Mapping[str, int], ...] = ()
+    prefill_live_bytes: tuple[int, ...] = ()
+    decode_live_bytes: tuple[int, ...] = ()
     notes: tuple[str, ...] = ()
     flop_notes: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
 class _Recorder:
-    """Which node is running, and the K+V bytes each cache hands back to it (self / cross)."""
+    """Which node is running, the K+V bytes each cache hands back to it (self / cross), and who is
+    told of the tensors handed back (``on_update``: the meter measuring now, which stops counting
+    them as activations)."""
 
     current: list[int] = field(default_factory=list)
     kv: dict[tuple[str, int], int] = field(default_factory=dict)
+    on_update: list[Callable[[tuple[torch.Tensor, ...]], None]] = field(default_factory=list)
 
     def wrap(self, cache: object, tag: str) -> None:
         original = cache.update  # type: ignore[attr-defined]
@@ -104,6 +125,8 @@ class _Recorder:
             if self.current:
                 key = (tag, self.current[-1])
                 self.kv[key] = self.kv.get(key, 0) + keys.nbytes + values.nbytes
+            for told in self.on_update:
+                told((keys, values))
             return keys, values
 
         cache.update = update  # type: ignore[attr-defined]
@@ -180,13 +203,14 @@ def _flop_formulas() -> dict[object, Callable[..., int]]:
 
 
 class _NodeMeter(TorchDispatchMode):
-    """Per node, while its forward runs: the peak of live storage bytes above entry, its FLOPs and
-    (``record_inputs``) the bytes of the tensors it receives.
+    """Per node, while its forward runs: the peak of live storage bytes above entry and in all, its
+    FLOPs and (``record_inputs``) the bytes of the tensors it receives.
 
     A storage is counted once, when an op returns it without having received it (a fresh
     allocation, not a view or an in-place result), and released by a weakref finalizer when the last
-    tensor on it dies (CPython frees at once, so the count follows the real program). An op's FLOPs
-    go to the innermost running node; ops outside every node (glue code) to ``outside_flops``.
+    tensor on it dies (CPython frees at once, so the count follows the real program); a storage a
+    cache hands back (:meth:`to_cache`) leaves the count then. An op's FLOPs go to the innermost
+    running node; ops outside every node (glue code) to ``outside_flops``.
     """
 
     def __init__(self, num_nodes: int, *, record_inputs: bool = False) -> None:
@@ -194,12 +218,13 @@ class _NodeMeter(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self.work = [0] * num_nodes
+        self.total = [0] * num_nodes  # the largest peak of live bytes while the node ran, entry included
         self.flops = [0] * num_nodes
         self.outside_flops = 0
         self.uncounted: dict[str, str] = {}  # op -> why its FLOPs are not counted
         self.inputs: list[dict[str, int]] | None = [{} for _ in range(num_nodes)] if record_inputs else None
         self._formulas = _flop_formulas()
-        self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()  # storage -> its finalizer
         self._stack: list[tuple[int, int, int]] = []  # (node, live at entry, outer peak)
 
     def _free(self, nbytes: int) -> None:
@@ -214,8 +239,7 @@ class _NodeMeter(TorchDispatchMode):
                 storage = leaf.untyped_storage()
                 if id(storage) not in inputs and storage not in self._seen:
                     nbytes = storage.nbytes()
-                    self._seen[storage] = nbytes
-                    weakref.finalize(storage, self._free, nbytes)
+                    self._seen[storage] = weakref.finalize(storage, self._free, nbytes)
                     self.live += nbytes
         self.peak = max(self.peak, self.live)
         formula = self._formulas.get(func._overloadpacket)
@@ -240,7 +264,22 @@ class _NodeMeter(TorchDispatchMode):
     def leave(self) -> None:
         node, entry, outer_peak = self._stack.pop()
         self.work[node] = max(self.work[node], self.peak - entry)
+        self.total[node] = max(self.total[node], self.peak)
         self.peak = max(outer_peak, self.peak)
+
+    def to_cache(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        """The storages behind ``tensors`` now hold KV cache (charged as ``kv_bytes``): no longer
+        counted as live activations. Peaks already reached keep them (a decode step's ``cat`` peak
+        holds the new cache tensor next to the old one)."""
+        for t in tensors:
+            finalizer = self._seen.get(t.untyped_storage())
+            if finalizer is not None and finalizer.alive:
+                _, _, (nbytes,), _ = finalizer.detach()
+                self.live -= nbytes
+
+    def live_bytes(self) -> list[int]:
+        """Per node, its largest peak less its working set: bytes live beside the working set."""
+        return [total - work for total, work in zip(self.total, self.work)]
 
 
 def _make_cache(config, recorder: _Recorder):  # noqa: ANN001, ANN202
@@ -299,12 +338,14 @@ def measure_node_memory(
 
     def tracked(phase: str, run: Callable[[], object], *, record_inputs: bool = False) -> _NodeMeter:
         trackers.append(_NodeMeter(n, record_inputs=record_inputs))
+        recorder.on_update.append(trackers[-1].to_cache)
         try:
             with trackers[-1]:
                 run()
             meter = trackers[-1]
         finally:
             trackers.pop()
+            recorder.on_update.clear()
         for op, why in meter.uncounted.items():
             flop_notes.append(f"{phase} FLOPs of {op} not counted ({why})")
         if meter.outside_flops:
@@ -358,6 +399,8 @@ def measure_node_memory(
         prefill_flops=tuple(prefill.flops) if prefill else zeros,
         decode_flops=tuple(decode.flops) if decode else zeros,
         decode_input_bytes=tuple(decode.inputs) if decode and decode.inputs is not None else (),
+        prefill_live_bytes=tuple(prefill.live_bytes()) if prefill else (),
+        decode_live_bytes=tuple(decode.live_bytes()) if decode else (),
         notes=tuple(notes),
         flop_notes=tuple(flop_notes),
     )

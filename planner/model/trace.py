@@ -419,6 +419,8 @@ def _expanded_memory(memory: NodeMemory, nodes: NodeMap) -> NodeMemory:
         kv_bytes=nodes.values(memory.kv_bytes),
         prefill_work_bytes=nodes.values(memory.prefill_work_bytes),
         decode_work_bytes=nodes.values(memory.decode_work_bytes),
+        prefill_live_bytes=nodes.values(memory.prefill_live_bytes) if memory.prefill_live_bytes else (),
+        decode_live_bytes=nodes.values(memory.decode_live_bytes) if memory.decode_live_bytes else (),
         prefill_flops=nodes.values(memory.prefill_flops),
         decode_flops=nodes.values(memory.decode_flops),
         decode_input_bytes=nodes.values(memory.decode_input_bytes) if memory.decode_input_bytes else (),
@@ -448,11 +450,14 @@ def _graph_nodes(
 
     def node(i: int) -> GraphNode:
         kv, pre, dec = memory.kv_bytes[i], memory.prefill_work_bytes[i], memory.decode_work_bytes[i]
+        pre_live = memory.prefill_live_bytes[i] if memory.prefill_live_bytes else 0
+        dec_live = memory.decode_live_bytes[i] if memory.decode_live_bytes else 0
         if i in estimated:
             kv, pre = estimated[i]
-            dec = 0
+            dec = pre_live = dec_live = 0
         else:
             kv, pre, dec = int(kv * measured.kv_scale), int(pre * measured.scale), int(dec * measured.scale)
+            pre_live, dec_live = int(pre_live * measured.scale), int(dec_live * measured.scale)
         # FLOPs do not depend on the dtype measured in
         pre_flops, dec_flops = estimated_flops.get(i, (memory.prefill_flops[i], memory.decode_flops[i]))
         return GraphNode(
@@ -464,6 +469,8 @@ def _graph_nodes(
             kv_bytes=kv,
             prefill_work_bytes=pre,
             decode_work_bytes=dec,
+            prefill_live_bytes=pre_live,
+            decode_live_bytes=dec_live,
             prefill_flops=pre_flops,
             decode_flops=dec_flops,
             executed=i in executed,
