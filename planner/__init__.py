@@ -33,6 +33,7 @@ _PUBLIC = {
     "compare_setups": "layerplan.planner.capacity",
     "Setup": "layerplan.planner.capacity",
     "parse_setup": "layerplan.planner.capacity",
+    "sweep": "layerplan.planner.capacity",
     "calibrate": "layerplan.planner.calibrate",
     "PlanSpec": "layerplan.planner.spec",
     "ModelSpec": "layerplan.planner.spec",

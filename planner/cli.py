@@ -48,6 +48,7 @@ examples:
   layerplan compare llama-2-13b --max-memory 0=16GiB 1=16GiB cpu=64GiB --device-type 0,1=l4
   layerplan evaluate llama-2-13b --device-map map.json --max-memory 0=16GiB 1=16GiB cpu=64GiB
   layerplan capacity min-devices llama-2-70b --device-type h100-sxm l4 --batch-size 8   (see capacity --help)
+  layerplan sweep spec.toml --out runs/ --jobs 2   (a [sweep] grid; see sweep --help)
   layerplan calibrate ./my-model --max-memory cpu=8GiB --calibration-out cpu.json
   layerplan plan ./my-model --max-memory cpu=8GiB --calibration cpu.json
 
@@ -231,9 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     # These build on this module's flag groups, so they are imported here, after it is loaded.
     from layerplan.planner.cli_calibrate import add_calibrate_parser
     from layerplan.planner.cli_capacity import add_capacity_parser
+    from layerplan.planner.cli_sweep import add_sweep_parser
 
     add_calibrate_parser(sub)
     add_capacity_parser(sub)
+    add_sweep_parser(sub)
     sub.add_parser("models", help="list the built-in catalog of published model configs").set_defaults(func=cmd_models)
     sub.add_parser("devices", help="list the accelerator, host-link and disk presets with their sources"
                    ).set_defaults(func=cmd_devices)
