@@ -295,16 +295,17 @@ def _spec_file(args: argparse.Namespace) -> str | None:
     return source if source is not None and source.lower().endswith(".toml") else None
 
 
-def spec_from_args(args: argparse.Namespace) -> PlanSpec:
+def spec_from_args(args: argparse.Namespace, *, besides: Sequence[str] = ()) -> PlanSpec:
     """The :class:`PlanSpec` of a command line: the spec file's tables (if SOURCE is one), the
-    model SOURCE otherwise, then every flag given replacing its field.
+    model SOURCE otherwise, then every flag given replacing its field. Tables named in
+    ``besides`` belong to the subcommand (``capacity``'s ``[prices]``) and are left out.
 
     Raises:
         InvalidSpecError: the file or any field is invalid, or no model is given.
     """
     path = _spec_file(args)
     tables: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v
-                              for k, v in (read_toml(path) if path else {}).items()}
+                              for k, v in (read_toml(path) if path else {}).items() if k not in besides}
     if path is None and args.source is not None:
         tables.setdefault("model", {})["source"] = args.source
     for name, table in _flag_tables(args).items():
@@ -321,9 +322,9 @@ def _inputs(args: argparse.Namespace, spec: PlanSpec) -> tuple[str, ...]:
     return tuple(p for p in (_spec_file(args), source, getattr(args, "device_map", None)) if p)
 
 
-def _prepared(args: argparse.Namespace) -> PlanSpec:
+def _prepared(args: argparse.Namespace, *, besides: Sequence[str] = ()) -> PlanSpec:
     """The spec, with the output path checked: everything a mistake can be found in, before tracing."""
-    spec = spec_from_args(args)
+    spec = spec_from_args(args, besides=besides)
     if spec.output.path is not None:
         check_output(spec.output.path, inputs=_inputs(args, spec))
     return spec

@@ -22,7 +22,8 @@ _EPILOG = """\
 Every answer is made of plans the solver proves: the fewest GPUs N fits and N-1 is proven not to
 (by the solver, or because their memory cannot hold the weights and KV cache); the largest batch
 or context fits and the next step is proven not to. The model, workload and solve options are the
-ones of `layerplan plan` (a spec file works too). Setups are written TYPE*COUNT[+TYPE*COUNT][+cpu=SIZE]
+ones of `layerplan plan` (a spec file works too; its [prices] table, preset = US dollars per GPU-hour,
+gives cheapest and compare their prices, and --price overrides it). Setups are written TYPE*COUNT[+TYPE*COUNT][+cpu=SIZE]
 [+disk=SIZE], optionally NAME:..., with the presets of `layerplan devices`.
 
 examples:
@@ -107,7 +108,7 @@ def _type_names(args: argparse.Namespace) -> list[str]:
 
 
 def _spec(args: argparse.Namespace):  # noqa: ANN202 - a PlanSpec
-    return _cli._prepared(args)
+    return _cli._prepared(args, besides=("prices",))
 
 
 def _setups(args: argparse.Namespace) -> list[Any]:
@@ -116,8 +117,13 @@ def _setups(args: argparse.Namespace) -> list[Any]:
     return [parse_setup(s) for s in (args.setup or [])]
 
 
-def _prices(args: argparse.Namespace) -> dict[str, str]:
-    return _cli._key_values(getattr(args, "price", None), flag="--price", example="h100-sxm=2.49")
+def _prices(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec file's ``[prices]`` table (preset = US dollars per GPU-hour), then ``--price`` over it."""
+    path = _cli._spec_file(args)
+    table = _cli.read_toml(path).get("prices", {}) if path else {}
+    if not isinstance(table, dict):
+        raise InvalidSpecError(f"[prices] in {path} is not a table; write e.g. [prices] h100-sxm = 2.49")
+    return {**table, **_cli._key_values(getattr(args, "price", None), flag="--price", example="h100-sxm=2.49")}
 
 
 def _write(spec, result, render) -> None:  # noqa: ANN001

@@ -231,3 +231,18 @@ def test_cli_max_workload_and_compare(tiny_llama_dir, capsys, tmp_path) -> None:
                         str(found["value"] + 1), "--seq-len", "128", "--format", "json"], capsys)
     assert code == 3  # one more sequence than the largest batch fits neither setup
     assert [s["verdict"] for s in json.loads(out)["setups"]] != ["fits", "fits"]
+
+
+def test_cli_cheapest_reads_the_spec_files_prices_and_price_flags_override_them(tiny_llama_dir, capsys,
+                                                                               tmp_path) -> None:  # noqa: ANN001
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'[model]\nsource = "{tiny_llama_dir}"\n\n[prices]\nrtx-4090 = 5.0\nl40s = 0.1\n')
+    argv = ["capacity", "cheapest", str(spec), "--device-type", "rtx-4090", "l40s", "--max-devices", "2",
+            "--format", "json"]
+    code, out, _ = run(argv, capsys)
+    best = json.loads(out)["best"]
+    assert code == 0 and best["setup"] == "1x l40s" and best["price_per_hour"] == 0.1
+    code, out, _ = run([*argv, "--price", "l40s=9"], capsys)
+    assert code == 0 and json.loads(out)["best"]["setup"] == "1x rtx-4090"
+    code, _, err = run(["plan", str(spec)], capsys)
+    assert code == 2 and "prices" in one_line(err)
