@@ -67,7 +67,7 @@ from layerplan.planner.model import budget
 from layerplan.planner.model.inputs import Feed, feed_for, kv_tokens, unchecked
 from layerplan.planner.model.workload import Phase, Workload
 
-__all__ = ["NodeMemory", "decodes", "generates", "input_tensors", "measure_node_memory"]
+__all__ = ["FakeGroupedMM", "NodeMemory", "decodes", "generates", "input_tensors", "measure_node_memory"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -184,6 +184,41 @@ def _grouped_mm_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int: 
     if len(a_shape) == 2 and len(b_shape) == 2:
         return mm_flop(a_shape, b_shape)
     raise ValueError(f"grouped_mm of {tuple(a_shape)} x {tuple(b_shape)}: layout without a FLOP formula")
+
+
+def _grouped_mm_shape(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor | None) -> tuple[int, ...]:
+    """The output shape of ``_grouped_mm(a, b, offs)``, per layout (torch's
+    ``_meta_registrations._create_grouped_mm_output_tensor``): 2D x 3D ``(S, N)``; 3D x 3D (a
+    batched matmul) ``(G, M, N)``; 2D x 2D (groups split ``K``) ``(groups, M, N)``; 3D x 2D ``(M, N)``."""
+    if a.dim() == 2:
+        if b.dim() == 2:
+            assert offs is not None  # the op requires offsets for a 2D operand
+            return (offs.shape[0], a.shape[0], b.shape[1])
+        return (a.shape[0], b.shape[-1])
+    if b.dim() == 2:
+        return (a.shape[1], b.shape[1])
+    return (a.shape[0], a.shape[1], b.shape[-1])
+
+
+class FakeGroupedMM(TorchDispatchMode):
+    """``aten._grouped_mm`` in float32 / float16 on fake tensors: the output, contiguous, of the
+    shape the real kernel returns (:func:`_grouped_mm_shape`), in ``out_dtype`` or the inputs' dtype.
+
+    PyTorch's meta kernel, which fake tensors run, implements the CUDA kernel's checks and refuses
+    anything but bfloat16 ("Expected inputs of BF16 type"), while the CPU kernel multiplies float32
+    (and transformers calls it for MoE experts on the CPU, ``integrations/moe.py``). Every other
+    call, bfloat16 ones included, goes to the meta kernel unchanged.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._grouped_mm.default:
+            a, b = args[0], args[1]
+            offs = args[2] if len(args) > 2 else kwargs.get("offs")
+            out_dtype = (args[4] if len(args) > 4 else kwargs.get("out_dtype")) or a.dtype
+            if a.dtype == b.dtype and a.dtype in (torch.float32, torch.float16) and out_dtype == a.dtype:
+                return torch.empty(_grouped_mm_shape(a, b, offs), dtype=out_dtype, device=a.device)
+        return func(*args, **kwargs)
 
 
 def _flop_formulas() -> dict[object, Callable[..., int]]:
@@ -364,7 +399,7 @@ def measure_node_memory(
 
     prefill, decode, kv = None, None, zeros
     try:
-        with torch.no_grad(), unchecked(), FakeTensorMode(allow_non_fake_inputs=True):
+        with torch.no_grad(), unchecked(), FakeTensorMode(allow_non_fake_inputs=True), FakeGroupedMM():
             # Swap in fake copies of the weights *before* tracking: otherwise each meta weight is
             # converted to a fake tensor at first use and counted as a working-set allocation.
             # They are fake *CPU* tensors so that SDPA dispatches to a fused kernel (as on a GPU)

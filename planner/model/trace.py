@@ -48,7 +48,7 @@ from layerplan.planner.model.estimate import (
     is_recurrent,
 )
 from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
-from layerplan.planner.model.measure import NodeMemory, decodes, input_tensors, measure_node_memory
+from layerplan.planner.model.measure import FakeGroupedMM, NodeMemory, decodes, input_tensors, measure_node_memory
 from layerplan.planner.model.quantization import Quantization, is_expert_module, quantized_bytes, unquantized_experts
 from layerplan.planner.model.inputs import feed_for, is_vision_language, unchecked
 from layerplan.planner.model.replicate import NodeMap, NotReplicable, plan_replication, reduced_model
@@ -712,7 +712,9 @@ def _run_meta_forward(model, specs, module_to_node, tracker: _FlowTracker, workl
     try:
         # FakeTensorMode on top of meta: transformers treats fake tensors as "tracing" and skips the
         # data-dependent checks (``Tensor.item()``) that plain meta tensors cannot answer.
-        with torch.no_grad(), unchecked(), FakeTensorMode(allow_non_fake_inputs=True), _FlowMode(tracker):
+        # FakeGroupedMM: float32 MoE experts, which the fake grouped matmul refuses (its docstring).
+        with (torch.no_grad(), unchecked(), FakeTensorMode(allow_non_fake_inputs=True), FakeGroupedMM(),
+              _FlowMode(tracker)):
             model(**_example_inputs(model, workload))
     finally:
         for handle in handles:
