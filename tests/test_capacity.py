@@ -26,6 +26,7 @@ from layerplan.planner.capacity import (
     parse_prices,
     parse_setup,
 )
+from layerplan.planner.capacity.probe import probe
 from layerplan.planner.spec import PlanSpec, WorkloadSpec, build_devices
 from layerplan.solver import InvalidSpecError
 from layerplan.testing import check_plan
@@ -72,6 +73,43 @@ def test_more_memory_per_gpu_never_needs_more_gpus(graph, fraction) -> None:  # 
               for m in (small, 2 * small)]
     if counts[0] is not None:
         assert counts[1] is not None and counts[1] <= counts[0]
+
+
+@_SMALL
+@given(graph=layer_graphs(min_layers=4, max_layers=24), fraction=st.floats(0.02, 0.5))
+def test_the_count_search_finds_the_first_count_a_linear_scan_finds(graph, fraction) -> None:  # noqa: ANN001
+    spec = as_spec(graph, reserve=0)
+    memory = max(int(graph.total_bytes * fraction), 1)
+    answer = min_devices_on_graph(graph, spec, "l4", gpu_memory=memory, max_devices=16)
+    setup = lambda n: Setup((("l4", n),), gpu_memory={"l4": memory})  # noqa: E731
+    linear = next((n for n in range(1, 17) if probe(graph, setup(n), spec).fits), None)
+    assert answer.num_devices == linear
+    if linear is not None:
+        assert answer.proven and answer.plan is not None and len(answer.plan.problem.devices) == linear
+
+
+@pytest.mark.parametrize("first", [3, 4, 7, 8, 13, 29, 64])
+def test_the_count_search_doubles_then_bisects_to_the_first_fitting_count(monkeypatch, first) -> None:  # noqa: ANN001
+    import importlib
+
+    from layerplan.planner.capacity.probe import Probe
+
+    search = importlib.import_module("layerplan.planner.capacity.min_devices")  # the module, not the function
+
+    asked = []
+
+    def fake_probe(graph, setup, spec, *, value):  # noqa: ANN001, ANN202 - fits from ``first`` GPUs on
+        asked.append(value)
+        return Probe(setup, "fits" if value >= first else "infeasible", "fake", value=value)
+
+    monkeypatch.setattr(search, "probe", fake_probe)
+    monkeypatch.setattr(search, "_start", lambda graph, one, spec: 3)
+    monkeypatch.setattr(search, "memory_bound", lambda graph, setup, spec: "below the bound")
+    spec = PlanSpec.from_dict({"model": {"source": "llama-2-7b"}})
+    answer = search.min_devices_on_graph(None, spec, "l4", max_devices=64)
+    assert answer.num_devices == first and answer.proven
+    assert first - 1 in asked or first == 3  # the count below was decided (3 - 1 by the bound)
+    assert len(asked) == len(set(asked)) and len(asked) <= 4 + 2 * 6  # linear steps, then logarithmic
 
 
 def test_min_devices_of_llama_2_70b_starts_at_its_memory_bound() -> None:
@@ -187,7 +225,8 @@ def test_plots_draw_the_numbers_of_the_tables(tiny_llama_dir, tmp_path) -> None:
         for kind in ("weights", "kv", "activation", "streaming", "reserve"):
             assert data[kind][d] == row[f"{kind}_bytes"]
     runs = layout_data(result)
-    assert sum(count for _, count, _ in runs) == len(result.graph.nodes) == sum(r["num_nodes"] for r in table["devices"])
+    assert sum(count for _, count, _ in runs) == len(result.graph.nodes)
+    assert len(result.graph.nodes) == sum(r["num_nodes"] for r in table["devices"])
     for row in table["devices"]:
         mine = [(start, count) for start, count, device in runs if device == str(row["device"])]
         assert sum(count for _, count in mine) == row["num_nodes"]

@@ -2,7 +2,9 @@
 
 The search starts at the memory bound (the fewest GPUs whose memory beyond their reserves holds
 the KV cache, and without offload the weights too: :func:`layerplan.planner.capacity.probe.memory_bound`)
-and adds one GPU at a time until a plan is found. Feasibility is monotone in the count (a plan
+and adds one GPU at a time, then doubles, until a plan is found (or a node is shown to fit on no
+single GPU of the type, which no count changes); a bisection then finds the first count that fits.
+Feasibility is monotone in the count (a plan
 for N GPUs is a plan for N+1 that leaves one empty), so the first count that fits is the answer,
 and the count before it is proven not to fit: by the solver, or by the bound when the search
 started there. With host RAM (``cpu`` in ``max_memory``) the same search runs again with it.
@@ -11,10 +13,11 @@ started there. With host RAM (``cpu`` in ``max_memory``) the same search runs ag
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from layerplan.planner.capacity.probe import BOUND, Probe, fewest_for, memory_bound, probe, usable_gpu_bytes
+from layerplan.planner.capacity.probe import BOUND, UNKNOWN, Probe, fewest_for, memory_bound, probe, usable_gpu_bytes
 from layerplan.planner.capacity.setups import Setup
 from layerplan.planner.hardware.presets import lookup_accelerator
 from layerplan.planner.spec import PlanSpec
@@ -123,14 +126,40 @@ def min_devices_on_graph(
     if start > 1:
         below = setup(start - 1)
         probes.append(Probe(below, BOUND, memory_bound(graph, below, spec) or "", value=start - 1))
-    for count in range(min(start, max_devices), max_devices + 1):
-        found = probe(graph, setup(count), spec, value=count)
-        probes.append(found)
-        if found.fits:
-            return _answer(name, offload, count, probes)
-    last = probes[-1]
-    return DeviceCount(name, offload, None, last.proven_not, f"{max_devices} GPUs do not fit: {last.reason}", None,
-                       tuple(probes))
+    if start > max_devices:
+        return DeviceCount(name, offload, None, True, f"{max_devices} GPUs do not fit: {probes[-1].reason}", None,
+                           tuple(probes))
+    failed, fitted = start - 1, _grow(graph, spec, setup, start, max_devices, probes)
+    if fitted is None:
+        last = probes[-1]
+        proof = f"no count fits: {last.reason}" if last.unit else f"{max_devices} GPUs do not fit: {last.reason}"
+        return DeviceCount(name, offload, None, last.proven_not, proof, None, tuple(probes))
+    failed = max([p.value for p in probes if p.value is not None and p.value < fitted], default=failed)
+    while fitted - failed > 1:  # bisection: fitting is monotone in the count
+        mid = (failed + fitted) // 2
+        probes.append(probe(graph, setup(mid), spec, value=mid))
+        failed, fitted = (failed, mid) if probes[-1].fits else (mid, fitted)
+    return _answer(name, offload, fitted, probes)
+
+
+#: Counts tried one by one above the memory bound before the search doubles.
+_LINEAR_STEPS = 4
+
+
+def _grow(graph: LayerGraph, spec: PlanSpec, setup: Callable[[int], Setup], start: int, limit: int,
+          probes: list[Probe]) -> int | None:
+    """Counts from ``start``: one by one for :data:`_LINEAR_STEPS`, then doubling, up to ``limit``;
+    the first that fits (its probe appended with the others), or None. Stops early when one node
+    fits on no single GPU of the setup, which no count changes."""
+    count, steps = start, 0
+    while True:
+        probes.append(probe(graph, setup(count), spec, value=count))
+        if probes[-1].fits:
+            return count
+        if (probes[-1].verdict != UNKNOWN and probes[-1].unit is not None) or count >= limit:
+            return None
+        steps += 1
+        count = min(count + 1 if steps < _LINEAR_STEPS else 2 * count, limit)
 
 
 def _start(graph: LayerGraph, one: Setup, spec: PlanSpec) -> int:
@@ -141,15 +170,16 @@ def _start(graph: LayerGraph, one: Setup, spec: PlanSpec) -> int:
 
 def _answer(name: str, offload: bool, count: int, probes: list[Probe]) -> DeviceCount:
     below = [p for p in probes if p.value is not None and p.value < count]
-    proven = all(p.proven_not for p in below)
+    previous = next((p for p in below if p.value == count - 1), None)
     if count == 1:
         proof = "one GPU fits"
-    elif below and below[-1].value == count - 1:
-        proof = f"{count - 1} GPU(s): {below[-1].reason}"
-    else:
+    elif previous is not None:
+        proof = f"{count - 1} GPU(s): {previous.reason}"
+    else:  # pragma: no cover - the search always decides count - 1
         proof = "not proven minimal"
-    return DeviceCount(name, offload, count, proven and (count == 1 or bool(below)), proof, probes[-1].plan,
-                       tuple(probes))
+    proven = all(p.proven_not for p in below) and (count == 1 or previous is not None)
+    plan = next(p.plan for p in probes if p.value == count and p.fits)
+    return DeviceCount(name, offload, count, proven, proof, plan, tuple(probes))
 
 
 def _offload_sizes(spec: PlanSpec) -> tuple[int | None, int | None]:

@@ -43,6 +43,9 @@ class Probe:
         plan: the plan when it fits, else None.
         seconds: wall time of the probe (solve only; tracing is not counted).
         value: what was varied to reach this point (a GPU count, batch size, context), if anything.
+        unit: for ``infeasible``, the node that fits on none of the setup's devices by itself (its
+            weights, KV cache and working set against one cap), when that is the proof: then more
+            devices of the same kinds cannot help either.
     """
 
     setup: Setup
@@ -51,6 +54,7 @@ class Probe:
     plan: Plan | None = None
     seconds: float = 0.0
     value: int | None = None
+    unit: str | None = None
 
     @property
     def fits(self) -> bool:
@@ -115,7 +119,8 @@ def probe(graph: LayerGraph, setup: Setup, spec: PlanSpec, *, value: int | None 
         with quiet():
             plan = solve_graph(graph, trial, explain=False, check_disk=False)
     except InfeasiblePlanError as exc:
-        return Probe(setup, INFEASIBLE, _first_clause(exc), seconds=time.perf_counter() - started, value=value)
+        return Probe(setup, INFEASIBLE, _first_clause(exc), seconds=time.perf_counter() - started, value=value,
+                     unit=exc.node)
     except LayerplanError as exc:
         if type(exc) is not LayerplanError:
             raise

@@ -79,7 +79,8 @@ class Setup:
     def __post_init__(self) -> None:
         gpus = tuple((lookup_accelerator(t).name, _count(n, what=f"the count of {t}")) for t, n in self.gpus)
         object.__setattr__(self, "gpus", tuple((t, n) for t, n in gpus if n))
-        memory = {lookup_accelerator(t).name: parse_size(b, what=f"the memory of {t}") for t, b in self.gpu_memory.items()}
+        memory = {lookup_accelerator(t).name: parse_size(b, what=f"the memory of {t}")
+                  for t, b in self.gpu_memory.items()}
         object.__setattr__(self, "gpu_memory", memory)
         if not self.gpus:
             raise InvalidSpecError(f"setup {self.name or gpus!r} has no GPU; give at least one, e.g. h100-sxm*1")
@@ -176,7 +177,8 @@ def parse_setup(text: str) -> Setup:
                                    "write e.g. h100-sxm*8+cpu=512GiB")
         gpus.append((match.group(1), int(match.group(3) or 1)))
         if match.group(2):
-            memory[match.group(1)] = parse_size(match.group(2).strip(), what=f"setup {text!r} memory of {match.group(1)}")
+            what = f"setup {text!r} memory of {match.group(1)}"
+            memory[match.group(1)] = parse_size(match.group(2).strip(), what=what)
     return Setup(tuple(gpus), host_bytes=sizes.get("cpu"), disk_bytes=sizes.get("disk"), name=name.strip(),
                  gpu_memory=memory)
 
