@@ -124,7 +124,8 @@ def test_llava_split_over_cpu_and_disk_generates_the_unsplit_tokens(llava_dir, t
 
 
 def test_whisper_split_over_cpu_and_disk_decodes_the_unsplit_tokens(whisper_dir, tmp_path):
-    plan = _split(whisper_dir, tmp_path, 0.6)
+    # 0.75: the cpu also holds what is live at each node's entry (the encoder output, the decoder's inputs)
+    plan = _split(whisper_dir, tmp_path, 0.75)
     cls = transformers.WhisperForConditionalGeneration
     reference = cls.from_pretrained(whisper_dir).eval()
     split = cls.from_pretrained(whisper_dir, **plan.from_pretrained_kwargs()).eval()
