@@ -39,7 +39,9 @@ class GraphNode:
             node that registers them first (accelerate ``compute_module_sizes`` semantics).
         buffer_bytes: buffer bytes (persistent or not), same dtype rule.
         kv_bytes: KV cache the node holds at the end of the workload (its attention layers' keys and
-            values, :mod:`layerplan.planner.model.measure`); charged to the node's execution device.
+            values, :mod:`layerplan.planner.model.measure`), or more where a sliding-window layer
+            held more after the prompt (the storage behind its window's view of the prompt's K/V);
+            charged to the node's execution device.
         prefill_work_bytes: peak transient working set of the node's forward during prefill
             (bytes above those live at its entry).
         decode_work_bytes: the same for one decode step.

@@ -67,21 +67,29 @@ def test_kv_formula_mqa():
     assert _kv_by_block(graph) == [2 * 1 * 16 * 4 * 10] * 2
 
 
-def test_kv_formula_sliding_window_caps_at_the_window():
-    # Mistral: window 8 < context 20, so each layer holds 8 tokens: 2 x 2 x 16 x 4 B x 8 = 2,048 B
+def test_kv_sliding_window_holds_the_prompts_storage_until_the_first_step():
+    # Mistral: window 8 < context 20, so each layer ends holding 8 tokens (2 x 2 x 16 x 4 B x 8 =
+    # 2,048 B); but transformers' DynamicSlidingWindowLayer keeps after the 16-token prompt a view of
+    # the prompt's K/V (its last 7 tokens), whose storage is all 16 until the first decode step:
+    # 2 x 2 x 16 x 4 B x 16 = 4,096 B held, and charged.
     cfg = MistralConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, sliding_window=8)
     graph = _trace_config(cfg, prompt_len=16, max_new_tokens=4)
+    assert _kv_by_block(graph) == [2 * 2 * 16 * 4 * 16] * 2
+    # prompt 6 < window 8: the prompt's storage is less than the window's at the end (8 tokens)
+    graph = _trace_config(cfg, prompt_len=6, max_new_tokens=14)
     assert _kv_by_block(graph) == [2 * 2 * 16 * 4 * 8] * 2
 
 
 def test_kv_formula_gemma2_alternates_sliding_and_full_layers():
-    # Gemma-2: layer_types alternate sliding (window 8) and full (context 20), head_dim 16, 2 KV heads
+    # Gemma-2: layer_types alternate sliding (window 8) and full (context 20), head_dim 16, 2 KV heads;
+    # a sliding layer holds the 16-token prompt's storage behind its window's view until the first
+    # decode step (see the Mistral test above), more than the window's 8 tokens at the end
     cfg = Gemma2Config(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=4,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8)
     graph = _trace_config(cfg, prompt_len=16, max_new_tokens=4)
     per_token = 2 * 2 * 16 * 4
-    expected = [per_token * (8 if t == "sliding_attention" else 20) for t in cfg.layer_types]
+    expected = [per_token * (16 if t == "sliding_attention" else 20) for t in cfg.layer_types]
     assert _kv_by_block(graph) == expected
     assert len(set(expected)) == 2
 

@@ -151,9 +151,10 @@ def test_layers_that_differ_get_their_own_representatives(monkeypatch):
     assert replicated == _full_trace(model, torch.float32)
     (stack,) = replication.stacks
     assert stack.representative == (0, 1, 1, 3, 3, 3, 6, 7)
-    # the sliding layers keep a 16-token window of the 32-token context: half the KV cache
+    # the sliding layers end with a 16-token window of the 32-token context, but hold the storage of
+    # the 24-token prompt behind their window's view until the first decode step: 3/4 of the KV cache
     kv = {n.name: n.kv_bytes for n in replicated.nodes}
-    assert kv["model.layers.4"] * 2 == kv["model.layers.2"] > 0
+    assert kv["model.layers.4"] * 4 == kv["model.layers.2"] * 3 > 0
 
 
 def test_layers_of_different_shapes_get_their_own_representatives(monkeypatch):

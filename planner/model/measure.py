@@ -21,11 +21,15 @@ the declared workload, and
   ``torch.distributed._tools.mem_tracker.MemTracker`` measures the same under ``FakeTensorMode``,
   but updates every module's peak on every op: O(ops x modules), minutes for a 405B model; this
   tracker only follows the nodes.)
-* the **KV cache** of a node is the bytes of keys + values its attention modules hand back from
-  ``Cache.update`` at the last decode step of the workload, i.e. ``2 * n_kv_heads * head_dim *
-  dtype_bytes * tokens`` per attention layer (vLLM ``kv_cache_interface.py``) with ``tokens`` the
-  context, or the window for sliding-window layers (transformers ``DynamicSlidingWindowLayer``), and
-  the encoder length for cross-attention. Encoder layers and layers without attention never call it.
+* the **KV cache** of a node is the largest storage behind the keys + values its attention modules
+  hand back from ``Cache.update`` (and the cache keeps, or keeps a view of) over the workload: at
+  the last decode step, ``2 * n_kv_heads * head_dim * dtype_bytes * tokens`` per attention layer
+  (vLLM ``kv_cache_interface.py``) with ``tokens`` the context, or the window for sliding-window
+  layers, and the encoder length for cross-attention. A sliding-window layer (transformers
+  ``DynamicSlidingWindowLayer``) keeps after the prompt a window-long *view* of the prompt's K/V,
+  whose storage is the whole prompt's until its first decode step replaces it: when the prompt is
+  longer than the window that layer is charged the prompt's tokens (see :func:`_decode`). Encoder
+  layers and layers without attention never call it.
 * the **FLOPs** of a node are those of the ops that run while it is the innermost running node,
   each counted with PyTorch's own per-op formula (``torch.utils.flop_counter.flop_registry``, keyed
   by ``func._overloadpacket``, as ``FlopCounterMode`` does): matmuls (``mm``, ``addmm``, ``bmm``,
@@ -75,7 +79,8 @@ class NodeMemory:
     """Per node (in the order of the ``modules`` given): bytes and FLOPs at the workload.
 
     Attributes:
-        kv_bytes: KV cache held by the node at the end of the workload.
+        kv_bytes: the largest KV cache storage the node holds over the workload (the end, or
+            a sliding-window layer's prompt: see the module docstring).
         prefill_work_bytes: peak transient working set during prefill.
         decode_work_bytes: peak transient working set during one decode step (0 if not measured).
         prefill_live_bytes: activation bytes live at the node's prefill peak besides its working set
@@ -109,9 +114,14 @@ class NodeMemory:
 
 @dataclass(slots=True)
 class _Recorder:
-    """Which node is running, the K+V bytes each cache hands back to it (self / cross), and who is
-    told of the tensors handed back (``on_update``: the meter measuring now, which stops counting
-    them as activations)."""
+    """Which node is running, the storage bytes behind the K+V each cache hands back to it (self /
+    cross), and who is told of the tensors handed back (``on_update``: the meter measuring now,
+    which stops counting them as activations).
+
+    The storage, not the tensor: transformers' cache layers keep what ``update`` returns
+    (``DynamicLayer``: ``self.keys = torch.cat(...)``, returned) or a slice of it
+    (``DynamicSlidingWindowLayer``: returns the ``cat`` and keeps ``[:, :, -sliding_window + 1:]``,
+    a view whose storage is the whole ``cat``), so that storage is what the cache holds."""
 
     current: list[int] = field(default_factory=list)
     kv: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -124,12 +134,17 @@ class _Recorder:
             keys, values = original(key_states, value_states, layer_idx, *args, **kwargs)
             if self.current:
                 key = (tag, self.current[-1])
-                self.kv[key] = self.kv.get(key, 0) + keys.nbytes + values.nbytes
+                self.kv[key] = self.kv.get(key, 0) + _storage_bytes(keys) + _storage_bytes(values)
             for told in self.on_update:
                 told((keys, values))
             return keys, values
 
         cache.update = update  # type: ignore[attr-defined]
+
+
+def _storage_bytes(t: torch.Tensor) -> int:
+    """Bytes of the storage behind ``t`` (all of it, for a view of a larger tensor)."""
+    return t.untyped_storage().nbytes()
 
 
 def _accepts(model: nn.Module, name: str) -> bool:
@@ -444,14 +459,35 @@ def measure_node_memory(
 def _decode(call, tracked, feed: Feed, tokens: int, recorder: _Recorder, n: int, causal_kwargs, cache):  # noqa: ANN001, ANN202
     """Fill ``cache`` so that one more token makes ``tokens`` of context, then measure that decode
     step: ``(kv_bytes, meter)``. An encoder-decoder's cross-attention cache is filled once, from
-    the encoder output (the prompt, or the audio frames)."""
+    the encoder output (the prompt, or the audio frames).
+
+    ``kv_bytes`` is, per node, the largest storage its cache holds: at the last step, or after the
+    prompt where that is more. A sliding-window layer (transformers ``DynamicSlidingWindowLayer``)
+    keeps, from ``generate()``'s prefill until its first decode step, a window-long view of the
+    prompt's whole K/V, so that when the prompt is longer than the window the fill runs in two
+    forwards, as ``generate()`` does: the prompt, then the rest of the context; the second holds
+    ``window - 1 + rest`` tokens, which no real run does, and is not counted. A cache without
+    sliding layers holds at most the last step's storage and is filled in one forward.
+    """
     kwargs = {} if feed.encoder_decoder else causal_kwargs
-    filled = call(**feed.fill("cpu", tokens), past_key_values=cache, use_cache=True, **kwargs)
+    prompt_tokens = min(feed.prompt_len, tokens - 1)  # a prefill-only workload fills prompt - 1
+    windows = [layer.sliding_window for layer in getattr(cache, "layers", ())
+               if getattr(layer, "is_sliding", False) and hasattr(layer, "sliding_window")]
+    after_prompt: dict[int, int] = {}
+    if not feed.encoder_decoder and any(window < prompt_tokens for window in windows):
+        filled = call(**feed.fill("cpu", prompt_tokens + 1), past_key_values=cache, use_cache=True, **kwargs)
+        after_prompt = {node: size for (tag, node), size in recorder.kv.items() if tag == "self"}
+        recorder.kv.clear()
+        if prompt_tokens < tokens - 1:
+            filled = call(**feed.fill("cpu", tokens - prompt_tokens), past_key_values=cache, use_cache=True, **kwargs)
+    else:
+        filled = call(**feed.fill("cpu", tokens), past_key_values=cache, use_cache=True, **kwargs)
     step = feed.step("cpu", filled)
     cross = {node: size for (tag, node), size in recorder.kv.items() if tag == "cross"}
     recorder.kv.clear()
     meter = tracked("decode", lambda: call(**step, past_key_values=cache, use_cache=True, **causal_kwargs),
                     record_inputs=True)
-    # the last step's self-attention K/V: the whole context (or the window); cross-attention from the fill
-    kv = [recorder.kv.get(("self", i), 0) + cross.get(i, 0) for i in range(n)]
+    # the last step's self-attention K/V (the whole context, or the window's storage), or the
+    # prompt's where a sliding layer held more after it; cross-attention from the fill
+    kv = [max(recorder.kv.get(("self", i), 0), after_prompt.get(i, 0)) + cross.get(i, 0) for i in range(n)]
     return kv, meter
