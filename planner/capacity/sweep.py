@@ -30,6 +30,7 @@ from layerplan.planner.capacity.probe import probe
 from layerplan.planner.capacity.sweep_grid import DECLARED, Point, SweepGrid, base_setup, point_spec, read_sweep
 from layerplan.planner.capacity.sweep_table import ERROR, Journal, SweepRow, write_csv
 from layerplan.planner.spec import PlanSpec
+from layerplan.planner.spec.paths import make_folder
 from layerplan.solver import InvalidSpecError, LayerplanError
 
 if TYPE_CHECKING:
@@ -241,15 +242,7 @@ def _run_pool(base: PlanSpec, todo: Todo, finished: Callable[[SweepRow], None], 
 
 # -- output ------------------------------------------------------------------------------------------
 def _out_folder(folder: str | os.PathLike) -> Path:
-    path = Path(folder)
-    if path.exists() and not path.is_dir():
-        raise InvalidSpecError(f"sweep output {os.fspath(folder)!r} is a file; give a folder for its table and journal")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidSpecError(f"sweep output {os.fspath(folder)!r} cannot be created ({exc.strerror}); "
-                               "give a writable folder") from None
-    return path
+    return make_folder(folder, what="sweep output", holds="its table and journal")
 
 
 def _written(result: SweepResult, folder: str | os.PathLike) -> SweepResult:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from layerplan.planner.spec.paths import make_folder
 from layerplan.solver import InvalidSpecError
 
 if TYPE_CHECKING:
@@ -35,15 +36,7 @@ def check_plot_dir(folder: str | os.PathLike) -> Path:
     Raises:
         InvalidSpecError: it is a file, or cannot be created.
     """
-    path = Path(folder)
-    if path.exists() and not path.is_dir():
-        raise InvalidSpecError(f"--plot {str(folder)!r} is a file; give a folder for the PNG and SVG files")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidSpecError(f"--plot {str(folder)!r} cannot be created ({exc.strerror}); "
-                               "give a writable folder") from None
-    return path
+    return make_folder(folder, what="--plot", holds="the PNG and SVG files")
 
 
 def _save(fig: Any, folder: str | os.PathLike, stem: str) -> list[Path]:

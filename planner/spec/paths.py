@@ -4,10 +4,11 @@ output files that must be writable and must not overwrite an input."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from layerplan.solver import InvalidSpecError
 
-__all__ = ["check_folder", "check_output"]
+__all__ = ["check_folder", "check_output", "make_folder"]
 
 
 def _nearest_existing(path: str) -> str:
@@ -60,3 +61,23 @@ def check_output(path: str | os.PathLike, *, inputs: tuple[str, ...] = ()) -> st
         if given and os.path.exists(given) and os.path.exists(text) and os.path.samefile(given, text):
             raise InvalidSpecError(f"output {text!r} is also an input ({given!r}); writing it would destroy it")
     return text
+
+
+def make_folder(folder: str | os.PathLike, *, what: str, holds: str) -> Path:
+    """``folder`` as a directory to write into, created (with its parents) if missing.
+
+    Args:
+        what: how the message names it (``"--plot"``); holds: what goes in it, for the message.
+
+    Raises:
+        InvalidSpecError: it is a file, or cannot be created.
+    """
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise InvalidSpecError(f"{what} {os.fspath(folder)!r} is a file; give a folder for {holds}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidSpecError(f"{what} {os.fspath(folder)!r} cannot be created ({exc.strerror}); "
+                               "give a writable folder") from None
+    return path
