@@ -46,7 +46,7 @@ def test_another_workload_or_dtype_is_another_entry(tiny_llama_dir, tmp_path, tr
 
 def test_new_library_versions_miss(tiny_llama_dir, tmp_path, traces, monkeypatch):
     layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
-    monkeypatch.setattr(cache, "_versions", lambda: {"torch": "9.9"})
+    monkeypatch.setattr(cache, "library_versions", lambda: {"torch": "9.9"})
     layerplan.plan(tiny_llama_dir, cache_dir=str(tmp_path), **OPTIONS)
     assert traces == [1, 1]
 

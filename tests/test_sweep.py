@@ -318,3 +318,14 @@ def test_cli_interrupt_keeps_the_finished_points(cli, tiny_llama_dir, tmp_path, 
     monkeypatch.setattr(sweep_module, "probe", probe)
     code, out, _ = cli(["sweep", spec], capsys)
     assert code == 0 and "2 read from the journal" in out
+
+
+def test_a_journal_written_by_another_layerplan_is_not_reused(tiny_grid, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The point key carries layerplan's code and library versions (planner_digest): a journal
+    from another build is planned again, not read back."""
+    grid_module = importlib.import_module("layerplan.planner.capacity.sweep_grid")
+    first = sweep(tiny_grid, out_dir=tmp_path)
+    again = sweep(tiny_grid, out_dir=tmp_path)
+    monkeypatch.setattr(grid_module, "planner_digest", lambda: "another layerplan")
+    other = sweep(tiny_grid, out_dir=tmp_path)
+    assert first.resumed == 0 and again.resumed == len(again.rows) > 0 and other.resumed == 0

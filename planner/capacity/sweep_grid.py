@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from layerplan.planner.provenance import planner_digest
 from layerplan.planner.capacity.setups import Setup, parse_setup
 from layerplan.planner.spec import ModelSpec, PlanSpec, Strategy, WorkloadSpec
 from layerplan.planner.spec.files import read_toml
@@ -78,10 +79,13 @@ class Point:
         return " ".join(f"{axis}={value}" for axis, value in self.values)
 
     def key(self, base: PlanSpec) -> str:
-        """A stable hash of the base spec (less ``[output]``) and this point's values: the same in
-        every process and run, different when the spec changes, so a journal is never misread."""
+        """A stable hash of the base spec (less ``[output]``), this point's values and layerplan's
+        code and library versions (:func:`~layerplan.planner.provenance.planner_digest`): the same
+        in every process and run, different when the spec or layerplan changes, so a journal is
+        never misread."""
         spec = {k: v for k, v in base.to_dict().items() if k != "output"}
-        text = json.dumps({"spec": spec, "point": dict(self.values)}, sort_keys=True, default=str)
+        text = json.dumps({"spec": spec, "point": dict(self.values), "layerplan": planner_digest()},
+                          sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

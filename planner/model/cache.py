@@ -20,16 +20,15 @@ import hashlib
 import json
 import os
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from layerplan.planner.graph import GRAPH_FORMAT_VERSION, LayerGraph
+from layerplan.planner.provenance import library_versions
 from layerplan.solver import InvalidSpecError
 
 __all__ = ["cache_dir", "graph_key", "load_cached", "store"]
 
-_DISTRIBUTIONS = ("layerplan", "torch", "transformers", "accelerate")
 
 
 def cache_dir(override: str | None = None) -> Path:
@@ -40,16 +39,6 @@ def cache_dir(override: str | None = None) -> Path:
         return Path(os.environ["LAYERPLAN_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "layerplan" / "graphs"
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in _DISTRIBUTIONS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "none"
-    return out
 
 
 @functools.cache
@@ -80,7 +69,7 @@ def graph_key(
     """
     config = {k: v for k, v in config.items() if k not in ("_name_or_path", "transformers_version")}
     payload = {"config": config, "dtype": dtype, "workload": workload, "no_split": sorted(no_split),
-               "versions": _versions(), "format": GRAPH_FORMAT_VERSION, "quantization": quantization,
+               "versions": library_versions(), "format": GRAPH_FORMAT_VERSION, "quantization": quantization,
                "code": _tracing_code_digest()}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

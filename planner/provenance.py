@@ -1,0 +1,39 @@
+"""What a stored result was made with: the library versions and layerplan's own code (torch-free,
+so that checking a stored key costs no torch import)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+
+__all__ = ["DISTRIBUTIONS", "library_versions", "planner_digest"]
+
+#: The distributions whose versions a traced graph or a plan depends on.
+DISTRIBUTIONS = ("layerplan", "torch", "transformers", "accelerate")
+
+
+def library_versions() -> dict[str, str]:
+    """Distribution name -> installed version (``"none"`` when not installed)."""
+    out = {}
+    for name in DISTRIBUTIONS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "none"
+    return out
+
+
+@functools.cache
+def planner_digest() -> str:
+    """sha256 of everything a plan depends on besides its inputs: layerplan's own source files
+    (``planner/``, ``solver/``) and :func:`library_versions`, read once per process. A stored
+    result keyed with it (a sweep's journal) is not reused by a different layerplan."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(json.dumps(library_versions(), sort_keys=True).encode())
+    for file in sorted([*(package / "planner").rglob("*.py"), *(package / "solver").rglob("*.py")]):
+        digest.update(str(file.relative_to(package)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
