@@ -121,7 +121,7 @@ def cheapest_table(models, batch: int, seq_len: int, target_ms: float, console: 
             started = time.perf_counter()
             r = cheapest(_spec(name, batch, seq_len), max_ms_per_token=target, max_devices=8, mix=2)
             seconds = time.perf_counter() - started
-            solved = sum(1 for c in r.candidates if c.probe.verdict != "bound")
+            solved = sum(1 for c in r.candidates if c.probe.verdict not in ("bound", "slow"))
             best = r.best
             table.add_row(name, r.target, best.setup.name if best else "none",
                           f"{best.price_per_hour:.2f}" if best else "-",

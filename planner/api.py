@@ -20,7 +20,7 @@ from torch import nn
 
 from layerplan.planner.calibrate.apply import calibrated_hardware
 from layerplan.planner.graph import LayerGraph
-from layerplan.planner.hardware import HardwareSpec, build_hardware, detect_device_names, detect_max_memory
+from layerplan.planner.hardware import HardwareSpec, detect_device_names, detect_max_memory
 from layerplan.planner.hardware.costing import cost_model
 from layerplan.planner.hardware.presets import lookup_accelerator
 from layerplan.planner.model.cache import cache_dir, graph_key, load_cached, store
@@ -66,10 +66,11 @@ from layerplan.solver import (
     timing,
     violations,
 )
+from layerplan.solver.cost import least_total_ns
 
 __all__ = [
-    "as_spec", "evaluate_map", "load_graph", "model_context", "plan", "plan_graph", "resolve_max_memory", "solve_graph",
-    "trace",
+    "as_spec", "evaluate_map", "least_ms_per_token", "load_graph", "model_context", "plan", "plan_graph",
+    "resolve_max_memory", "solve_graph", "trace",
 ]
 
 
@@ -377,16 +378,8 @@ def solve_graph(graph: LayerGraph, spec: PlanSpec, *, explain: bool = True, chec
         if options.pins:
             raise InvalidSpecError("a full device_map places every module already; drop the pins")
         return _given_map_fits(evaluate_map(graph, given, spec))
-    devices, hardware = _declared(graph, spec.devices)
-    devices, kept_note = _without_refused_offload(graph, devices)
-    keys = [d.key for d in devices]
-    pin_index = _pin_indices(graph, {**(given or {}), **options.pins}, keys)
+    devices, hardware, kept_note, problem, cost = _problem(graph, spec, {**(given or {}), **options.pins})
     strategy = options.strategy
-    problem = dataclasses.replace(
-        graph.to_problem(devices=[d.to_solver() for d in devices], pins=pin_index, ordered=strategy.ordered),
-        low_zero=strategy.low_zero,
-    )
-    cost = cost_model(graph, problem, hardware)
     try:
         solution = solve(problem, goal=options.goal, cost=cost, time_limit_s=options.time_limit_s, explain=explain)
     except InfeasiblePlanError as exc:
@@ -395,6 +388,32 @@ def solve_graph(graph: LayerGraph, spec: PlanSpec, *, explain: bool = True, chec
         raise _with_reasons(exc, graph, kept_note) from None
     return build_plan(graph, problem, solution, offload_folder=spec.devices.offload_folder, check_disk=check_disk,
                       strategy=strategy.value, hardware_notes=(*hardware.notes, *kept_note), spec=spec)
+
+
+def _problem(graph: LayerGraph, spec: PlanSpec, pins: Mapping[str, int | str]):  # noqa: ANN202
+    """``(devices, hardware, kept note, problem, cost model)`` of ``graph`` under ``spec``'s devices
+    and strategy, with ``pins`` (module -> device) applied."""
+    devices, hardware = _declared(graph, spec.devices)
+    devices, kept_note = _without_refused_offload(graph, devices)
+    pin_index = _pin_indices(graph, pins, [d.key for d in devices])
+    strategy = spec.solve.strategy
+    problem = dataclasses.replace(
+        graph.to_problem(devices=[d.to_solver() for d in devices], pins=pin_index, ordered=strategy.ordered),
+        low_zero=strategy.low_zero,
+    )
+    return devices, hardware, kept_note, problem, cost_model(graph, problem, hardware)
+
+
+def least_ms_per_token(graph: LayerGraph, spec: PlanSpec) -> float:
+    """A lower bound, in milliseconds, on the estimated time per token of *any* placement of
+    ``graph`` on ``spec``'s devices: every node at its fastest computing device, nothing
+    transferred or streamed (:func:`layerplan.solver.cost.least_total_ns`). No solve.
+
+    Raises:
+        InvalidSpecError: bad caps or hardware (see :func:`plan`).
+    """
+    *_, problem, cost = _problem(graph, spec, spec.solve.pins)
+    return least_total_ns(problem, cost) / 1e6 / max(cost.decode_steps, 1)
 
 
 def _without_refused_offload(

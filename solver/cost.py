@@ -41,7 +41,9 @@ from dataclasses import dataclass
 from layerplan.solver.errors import InvalidSpecError
 from layerplan.solver.problem import PlacementProblem
 
-__all__ = ["DeviceSpeed", "NodeWork", "CostModel", "Timing", "timing", "node_time_ns", "edge_time_ns"]
+__all__ = [
+    "DeviceSpeed", "NodeWork", "CostModel", "Timing", "timing", "node_time_ns", "edge_time_ns", "least_total_ns",
+]
 
 _NS = 1e9
 
@@ -264,3 +266,21 @@ def timing(problem: PlacementProblem, cost: CostModel, assignment: Sequence[int]
         stage_ns=tuple(stage),
         decode_steps=d,
     )
+
+
+def least_total_ns(problem: PlacementProblem, cost: CostModel) -> int:
+    """A lower bound on ``timing(problem, cost, a).total_ns`` over every assignment ``a``: each node
+    computing on its fastest computing device (:attr:`PlacementProblem.computing_devices`; a node
+    stored on cpu or disk computes on the execution device, one of them), with no transfer and no
+    streaming, which only add time. Valid for every cap, pin and order: none can make a node faster.
+
+    Raises:
+        InvalidSpecError: the cost model does not match ``problem``.
+    """
+    cost.check(problem)
+    p, d = cost.prefill_steps, cost.decode_steps
+    total = 0
+    for i in range(len(problem.nodes)):
+        times = (node_time_ns(problem, cost, i, c) for c in problem.computing_devices)
+        total += min(p * cp + d * cd for cp, cd, _, _ in times)
+    return total

@@ -195,6 +195,10 @@ def test_cheapest_matches_an_enumeration_of_every_setup() -> None:
     assert result.runner_up.price_per_hour == pytest.approx(meets[1][0])
     assert result.best.probe.ms_per_token <= target
     assert any(r.probe.fits and r.probe.ms_per_token > target for r in rows)  # the target mattered
+    # the latency floor only ever rules out setups whose own plan misses the target
+    oracle = {r.setup.name: r for r in rows}
+    slow = [c.setup.name for c in result.candidates if c.probe.verdict == "slow"]
+    assert slow and all(not oracle[n].probe.fits or oracle[n].probe.ms_per_token > target for n in slow)
 
 
 def test_prices_and_setups_parse_and_refuse_in_one_line() -> None:

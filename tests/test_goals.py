@@ -351,3 +351,20 @@ def test_infeasible_error_names_the_least_extra_memory() -> None:
         solve(problem, num_workers=WORKERS)
     assert sum(caught.value.extra_bytes.values()) == 5
     assert "least extra memory that makes it fit: 5 B on" in str(caught.value)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=costed_problems())
+def test_least_total_ns_bounds_every_assignment_and_is_reached_on_one_device(data) -> None:
+    """The latency floor (each node on its fastest computing device, nothing moved) is at most the
+    hand-computed time of every assignment, valid or not; with one computing device and nothing
+    stored elsewhere, some assignment reaches it when no edge crosses devices."""
+    from layerplan.solver.cost import least_total_ns
+
+    problem, cost = data
+    floor = least_total_ns(problem, cost)
+    times = [hand_times(problem, cost, a)[0]
+             for a in itertools.product(range(len(problem.devices)), repeat=len(problem.nodes))]
+    assert floor <= min(times)
+    if len(problem.computing_devices) == 1:
+        assert floor == hand_times(problem, cost, (problem.computing_devices[0],) * len(problem.nodes))[0]

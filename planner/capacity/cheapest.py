@@ -4,7 +4,8 @@ target; and the same model on several setups side by side (what-if).
 :func:`cheapest` enumerates every setup of one type, or of two types mixed, up to
 ``max_devices`` GPUs, in order of price per hour (then fewer GPUs), and plans them in that order
 until two meet the target: the first is the answer, the second the runner-up. Every cheaper
-setup was planned (or ruled out by the memory bound) and failed, so within that space the answer
+setup was planned (or ruled out by the memory bound, or by the latency
+floor when there is a target) and failed, so within that space the answer
 is the cheapest -- unless a cheaper one was undecided in the solver's time limit, which the
 result says.
 """
@@ -12,14 +13,19 @@ result says.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from layerplan.planner.capacity.probe import BOUND, UNKNOWN, Probe, probe
+from layerplan.planner.capacity.probe import BOUND, SLOW, UNKNOWN, Probe, memory_bound, probe
 from layerplan.planner.capacity.setups import Setup, parse_prices
 from layerplan.planner.spec import PlanSpec
 from layerplan.solver import InvalidSpecError
+
+if TYPE_CHECKING:
+    from layerplan.planner.graph import LayerGraph
 
 __all__ = ["Candidate", "Cheapest", "Comparison", "cheapest", "compare_setups"]
 
@@ -79,7 +85,7 @@ class Cheapest:
         pick = lambda c: c.to_dict() if c is not None else None  # noqa: E731
         return {"question": "cheapest", "model": self.model, "target": self.target, "proven": self.proven,
                 "best": pick(self.best), "runner_up": pick(self.runner_up), "price_source": self.price_source,
-                "plans_solved": sum(1 for c in self.candidates if c.probe.verdict != BOUND),
+                "plans_solved": sum(1 for c in self.candidates if c.probe.verdict not in (BOUND, SLOW)),
                 "seconds": round(self.seconds, 3), "candidates": [c.to_dict() for c in self.candidates]}
 
 
@@ -102,6 +108,23 @@ def _candidate(found: Probe, price: float | None, batch: int, max_ms: float | No
     meets = found.fits and (max_ms is None or (ms is not None and ms <= max_ms)) and \
         (min_tps is None or (tps is not None and tps >= min_tps))
     return Candidate(found, price, meets, tps)
+
+
+def _too_slow(graph: LayerGraph, setup: Setup, spec: PlanSpec, batch: int, max_ms: float | None,
+              min_tps: float | None) -> Probe | None:
+    """A ``slow`` probe when no placement on ``setup`` can meet the target (the latency floor of
+    :func:`layerplan.planner.api.least_ms_per_token`), else None. Setups too small by memory are
+    left to :func:`probe`, which says so without solving."""
+    from layerplan.planner.api import least_ms_per_token
+
+    if (max_ms is None and min_tps is None) or memory_bound(graph, setup, spec) is not None:
+        return None
+    floor = least_ms_per_token(graph, spec.replace(devices=setup.devices(spec.devices)))
+    best_tps = batch / (floor / 1e3) if floor > 0 else math.inf
+    if (max_ms is not None and floor > max_ms) or (min_tps is not None and best_tps < min_tps):
+        return Probe(setup, SLOW, f"at least {floor:.1f} ms per token on any placement (every node on its fastest "
+                                  "GPU, nothing moved)")
+    return None
 
 
 def setups_by_price(types: Sequence[str], prices: Mapping[str, float], *, max_devices: int, mix: int,
@@ -158,7 +181,8 @@ def cheapest(
     tried: list[Candidate] = []
     met: list[Candidate] = []
     for price, setup in order:
-        tried.append(_candidate(probe(graph, setup, spec), price, batch, max_ms_per_token, min_tokens_per_s))
+        found = _too_slow(graph, setup, spec, batch, max_ms_per_token, min_tokens_per_s) or probe(graph, setup, spec)
+        tried.append(_candidate(found, price, batch, max_ms_per_token, min_tokens_per_s))
         if tried[-1].meets:
             met.append(tried[-1])
             if len(met) == 2:

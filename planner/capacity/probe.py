@@ -8,7 +8,10 @@ which costs two more solves and says nothing a capacity answer needs) and keeps 
 * ``infeasible``: the solver *proved* no placement exists (its pre-checks or an exhaustive search);
 * ``bound``: no solve was needed: the GPUs' memory together is less than the weights and KV cache
   they must hold (:func:`memory_bound`);
-* ``unknown``: the solver ran out of time before deciding. An answer that rests on one says so.
+* ``unknown``: the solver ran out of time before deciding. An answer that rests on one says so;
+* ``slow`` (a latency or throughput target only): no solve was needed: even with every node on its
+  fastest GPU and nothing moved, the time per token misses the target
+  (:func:`layerplan.planner.api.least_ms_per_token`). Whether it would fit is not decided.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ if TYPE_CHECKING:
     from layerplan.planner.graph import LayerGraph
     from layerplan.planner.output.adapter import Plan
 
-__all__ = ["FITS", "INFEASIBLE", "BOUND", "UNKNOWN", "Probe", "memory_bound", "probe", "usable_gpu_bytes"]
+__all__ = ["FITS", "INFEASIBLE", "BOUND", "UNKNOWN", "SLOW", "Probe", "memory_bound", "probe", "usable_gpu_bytes"]
 
-FITS, INFEASIBLE, BOUND, UNKNOWN = "fits", "infeasible", "bound", "unknown"
+FITS, INFEASIBLE, BOUND, UNKNOWN, SLOW = "fits", "infeasible", "bound", "unknown", "slow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,7 @@ class Probe:
 
     Attributes:
         setup: the hardware probed.
-        verdict: ``"fits"``, ``"infeasible"``, ``"bound"`` or ``"unknown"`` (module docstring).
+        verdict: ``"fits"``, ``"infeasible"``, ``"bound"``, ``"unknown"`` or ``"slow"`` (module docstring).
         reason: for a plan, its solver status; otherwise the proof (or why there is none), one line.
         plan: the plan when it fits, else None.
         seconds: wall time of the probe (solve only; tracing is not counted).

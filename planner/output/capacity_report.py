@@ -15,10 +15,12 @@ if TYPE_CHECKING:
 __all__ = ["render_cheapest", "render_comparison", "render_frontier", "render_largest", "render_min_devices"]
 
 
-_KIND = {"bound": "memory bound", "infeasible": "proven by the solver", "unknown": "undecided", "fits": "fits"}
+_KIND = {"bound": "memory bound", "infeasible": "proven by the solver", "unknown": "undecided", "fits": "fits",
+         "slow": "latency floor"}
 
 
-_VERDICT = {"bound": "too small (memory)", "infeasible": "proven not to fit", "unknown": "undecided", "fits": "fits"}
+_VERDICT = {"bound": "too small (memory)", "infeasible": "proven not to fit", "unknown": "undecided", "fits": "fits",
+            "slow": "too slow (floor)"}
 
 
 def _ms(value: float | None) -> str:
@@ -123,9 +125,9 @@ def render_cheapest(result: Cheapest, console: Console, *, shown: int = 12) -> N
             r = result.runner_up
             console.print(f"runner-up: {r.setup.name} at ${r.price_per_hour:.2f}/hour, "
                           f"{_ms(r.probe.ms_per_token)} ms per token")
-    solved = [c for c in result.candidates if c.probe.verdict != "bound"]
+    solved = [c for c in result.candidates if c.probe.verdict not in ("bound", "slow")]
     console.print(_candidates_table(f"setups planned ({len(solved)} of {len(result.candidates)} tried; the others "
-                                    "were ruled out by their memory alone)", solved[:shown]))
+                                    "were ruled out by their memory or their latency floor alone)", solved[:shown]))
     console.print(f"prices: {result.price_source}; {result.seconds:.2f} s")
 
 
