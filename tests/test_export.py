@@ -179,3 +179,24 @@ def test_llamacpp_overrides_put_every_gguf_tensor_where_the_plan_put_its_module(
     assert readable[_llamacpp_buffer(out.overrides, "output.weight")] == str(_device_of(plan.device_map, "lm_head"))
     assert _llamacpp_buffer(out.overrides, "token_embd.weight") is None  # llama.cpp's input device: the CPU
     assert sum(out.tensor_split) == len(layers)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graph=layer_graphs(min_layers=4, max_layers=24))
+def test_the_engine_limits_are_the_planned_workload(engine, graph) -> None:
+    """Context, sequences and, for vLLM, the KV bytes every worker reserves: those of the stage whose
+    layers hold the most KV cache, summed here from the graph and the device_map."""
+    room = graph.total_bytes + graph.total_kv_bytes + max(n.work_bytes for n in graph.nodes) + (1 << 20)
+    plan = layerplan.plan(graph, max_memory={g: room for g in range(3)}, reserve=0, objective="balanced")
+    out = plan.export(engine)
+    flags = dict(zip(out.args[::2], out.args[1::2]))
+    w = graph.workload
+    if engine == "sglang":
+        assert (int(flags["--context-length"]), int(flags["--max-running-requests"])) == (w.context_len, w.batch_size)
+        return
+    assert (int(flags["--max-model-len"]), int(flags["--max-num-seqs"])) == (w.context_len, w.batch_size)
+    gpus = out.env["CUDA_VISIBLE_DEVICES"].split(",")
+    blocks = [n for n in graph.nodes if n.kind == "block"]
+    kv = {gpu: sum(n.kv_bytes for n in blocks if str(_device_of(plan.device_map, n.name)) == gpu) for gpu in gpus}
+    assert int(flags.get("--kv-cache-memory-bytes", 0)) == max(kv.values()) and (len(gpus) > 1 or len(kv) == 1)

@@ -42,7 +42,8 @@ class EngineExport:
     Attributes:
         engine: ``"vllm"`` or ``"sglang"``.
         env: environment variables to set (the layer partition, ``CUDA_VISIBLE_DEVICES``).
-        args: command-line arguments for the engine (``--pipeline-parallel-size N``).
+        args: command-line arguments for the engine: ``--pipeline-parallel-size N`` and the limits of
+            the planned workload (:func:`_workload_args`).
         stages: per stage: its GPU, its first and last layer, layer count, and the KV-cache bytes of
             its layers at the planned workload (bytes).
         notes: where the engine's rules place something differently from the plan.
@@ -129,8 +130,23 @@ def export(plan: Any, engine: str) -> EngineExport | PipeliningExport | LlamaCpp
     counts = [s["layers"] for s in stages]
     assert len(counts) == len({s["device"] for s in stages}) and sum(counts) == len(layers)  # the engines' checks
     env = {ENGINES[engine]: ",".join(map(str, counts)), "CUDA_VISIBLE_DEVICES": ",".join(s["device"] for s in stages)}
-    return EngineExport(engine=engine, env=env, args=("--pipeline-parallel-size", str(len(stages))),
-                        stages=tuple(stages), notes=tuple(_differences(graph, device, layers, stages, engine)))
+    args = ("--pipeline-parallel-size", str(len(stages)), *_workload_args(engine, graph, stages))
+    return EngineExport(engine=engine, env=env, args=args, stages=tuple(stages),
+                        notes=tuple(_differences(graph, device, layers, stages, engine)))
+
+
+def _workload_args(engine: str, graph: Any, stages: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The engine's limits sized to the planned workload: the context (vLLM ``--max-model-len``,
+    SGLang ``--context-length``), the concurrent sequences (``--max-num-seqs``,
+    ``--max-running-requests``) and, for vLLM, the KV cache each GPU reserves
+    (``--kv-cache-memory-bytes``, one value for every worker, ``vllm/config/cache.py``): the largest
+    stage's KV bytes at the workload, so every stage holds its layers' cache for the whole batch."""
+    w = graph.workload
+    kv = max(s["kv_bytes"] for s in stages)
+    if engine == "vllm":
+        sized = ("--max-model-len", str(w.context_len), "--max-num-seqs", str(w.batch_size))
+        return (*sized, "--kv-cache-memory-bytes", str(kv)) if kv else sized
+    return ("--context-length", str(w.context_len), "--max-running-requests", str(w.batch_size))
 
 
 def _decoder_layers(graph: Any) -> list[int]:
