@@ -208,12 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "plan", "solve a placement and print it (table or JSON)", cmd_plan)
     _add_solve_args(p)
     _add_output_args(p)
-    p.add_argument("--export", choices=["vllm", "sglang", "pipelining", "llama.cpp"],
-                   metavar="{vllm,sglang,pipelining,llama.cpp}",
+    p.add_argument("--export", choices=["vllm", "sglang", "pipelining", "llama.cpp", "deepspeed"],
+                   metavar="{vllm,sglang,pipelining,llama.cpp,deepspeed}",
                    help="print the plan as an engine's settings instead: vllm/sglang: the per-stage layer "
                         "partition variable, CUDA_VISIBLE_DEVICES, --pipeline-parallel-size (shell lines); "
                         "pipelining: torch.distributed.pipelining split_spec (Python); llama.cpp: -ngl, "
-                        "--tensor-split and -ot overrides; or --format json")
+                        "--tensor-split and -ot overrides; deepspeed: PipelineModule parts (Python); "
+                        "or --format json")
     p.add_argument("--plot", metavar="DIR", help="also draw the plan (memory per device, layer layout) as PNG and "
                                                  "SVG into DIR")
     t = _subcommand(sub, "trace", "trace a model on the meta device and write its layer graph as JSON",

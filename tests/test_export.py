@@ -9,6 +9,7 @@ device_map of the same plan.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 
@@ -87,8 +88,8 @@ def test_offloaded_layers_and_two_stacks_are_refused() -> None:
     two = dataclasses.replace(graph, nodes=renamed, edges=edges)
     with pytest.raises(layerplan.InvalidSpecError, match="encoder.block, model.layers"):
         layerplan.plan(two, max_memory={0: "1GB"}, reserve=0).export("sglang")
-    with pytest.raises(layerplan.InvalidSpecError, match="expected one of vllm, sglang, pipelining, llama.cpp"):
-        layerplan.plan(graph, max_memory={0: "1GB"}, reserve=0).export("deepspeed")
+    with pytest.raises(layerplan.InvalidSpecError, match="expected one of vllm, sglang, pipelining, llama.cpp, deepspeed"):
+        layerplan.plan(graph, max_memory={0: "1GB"}, reserve=0).export("tensorrt-llm")
 
 
 def _renamed(name: str) -> str:
@@ -200,3 +201,28 @@ def test_the_engine_limits_are_the_planned_workload(engine, graph) -> None:
     blocks = [n for n in graph.nodes if n.kind == "block"]
     kv = {gpu: sum(n.kv_bytes for n in blocks if str(_device_of(plan.device_map, n.name)) == gpu) for gpu in gpus}
     assert int(flags.get("--kv-cache-memory-bytes", 0)) == max(kv.values()) and (len(gpus) > 1 or len(kv) == 1)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graph=layer_graphs(min_layers=4, max_layers=24))
+def test_deepspeed_parts_cut_the_layer_list_where_the_device_map_changes_gpu(graph) -> None:
+    """DeepSpeed's rule (deepspeed/runtime/pipe/module.py ``_partition_layers``): ``num_stages + 1``
+    increasing boundaries from 0 to the list's length; stage ``s`` builds ``layers[parts[s]:parts[s+1]]``.
+    Each stage's decoder layers must be the ones the device_map puts on its GPU, the embedding on the
+    first stage and the norm and head on the last."""
+    room = graph.total_bytes + graph.total_kv_bytes + max(n.work_bytes for n in graph.nodes) + (1 << 20)
+    plan = layerplan.plan(graph, max_memory={g: room for g in range(3)}, reserve=0, objective="balanced")
+    out = plan.export("deepspeed")
+    parts, names = out.parts, out.layer_list
+    assert len(parts) == out.num_stages + 1 and parts[0] == 0 and parts[-1] == len(names)
+    assert all(a < b for a, b in itertools.pairwise(parts))
+    assert names[0] == "model.embed_tokens" and names[-1] in ("lm_head", "model.norm")
+    blocks = [n.name for n in graph.nodes if n.kind == "block"]
+    assert [n for n in names if n in blocks] == blocks
+    gpus = []
+    for s in range(out.num_stages):
+        mine = {str(_device_of(plan.device_map, n)) for n in names[parts[s]:parts[s + 1]] if n in blocks}
+        assert len(mine) == 1
+        gpus += mine
+    assert len(set(gpus)) == len(gpus) == out.num_stages
+    assert "self.parts = " + str(list(parts)) in out.shell()

@@ -25,12 +25,12 @@ from typing import Any
 from layerplan.planner.output.llamacpp import LlamaCppExport, llamacpp
 from layerplan.solver import InvalidSpecError, format_bytes
 
-__all__ = ["ENGINES", "FORMATS", "EngineExport", "PipeliningExport", "export"]
+__all__ = ["ENGINES", "FORMATS", "EngineExport", "PipeliningExport", "export", "layer_stages"]
 
 #: engine -> the environment variable its ``get_pp_indices`` reads.
 ENGINES = {"vllm": "VLLM_PP_LAYER_PARTITION", "sglang": "SGLANG_PP_LAYER_PARTITION"}
 #: Every format :func:`export` writes.
-FORMATS = (*ENGINES, "pipelining", "llama.cpp")
+FORMATS = (*ENGINES, "pipelining", "llama.cpp", "deepspeed")
 
 _LAYER = re.compile(r"^(?P<stack>.+)\.(?P<index>\d+)$")
 
@@ -100,7 +100,8 @@ class PipeliningExport:
 
 def export(plan: Any, engine: str) -> EngineExport | PipeliningExport | LlamaCppExport:
     """``plan`` (a :class:`layerplan.Plan`) as ``engine``'s settings (module docstring): ``"vllm"``,
-    ``"sglang"``, ``"pipelining"`` or ``"llama.cpp"`` (:mod:`layerplan.planner.output.llamacpp`).
+    ``"sglang"``, ``"pipelining"``, ``"llama.cpp"`` (:mod:`layerplan.planner.output.llamacpp`) or
+    ``"deepspeed"`` (:mod:`layerplan.planner.output.deepspeed`).
 
     Raises:
         InvalidSpecError: an unknown engine; for vLLM and SGLang a model without exactly one stack
@@ -110,25 +111,17 @@ def export(plan: Any, engine: str) -> EngineExport | PipeliningExport | LlamaCpp
     """
     if engine == "pipelining":
         return _pipelining(plan)
+    if engine == "deepspeed":
+        from layerplan.planner.output.deepspeed import deepspeed
+
+        return deepspeed(plan)
     if engine == "llama.cpp":
         return llamacpp(plan, _decoder_layers(plan.graph))
     if engine not in ENGINES:
         raise InvalidSpecError(f"export format {engine!r}; expected one of {', '.join(FORMATS)}")
-    graph, problem, assignment = plan.graph, plan.problem, plan.solution.assignment
-    device = [problem.devices[d].name for d in assignment]
-    layers = _decoder_layers(graph)
-    off = [graph.nodes[i].name for i in layers if not problem.devices[assignment[i]].is_accelerator]
-    if off:
-        raise InvalidSpecError(f"{len(off)} decoder layer(s) are offloaded to cpu/disk ({off[0]}, ...); {engine} "
-                               "pipeline stages are GPUs: plan without cpu/disk (or use the accelerate device_map)")
-    stages: list[dict[str, Any]] = []
-    for i in layers:
-        if not stages or stages[-1]["device"] != device[i]:
-            stages.append({"device": device[i], "first": graph.nodes[i].name, "layers": 0, "kv_bytes": 0})
-        stages[-1].update(last=graph.nodes[i].name, layers=stages[-1]["layers"] + 1,
-                          kv_bytes=stages[-1]["kv_bytes"] + graph.nodes[i].kv_bytes)
+    graph = plan.graph
+    device, layers, stages = layer_stages(plan, engine)
     counts = [s["layers"] for s in stages]
-    assert len(counts) == len({s["device"] for s in stages}) and sum(counts) == len(layers)  # the engines' checks
     env = {ENGINES[engine]: ",".join(map(str, counts)), "CUDA_VISIBLE_DEVICES": ",".join(s["device"] for s in stages)}
     args = ("--pipeline-parallel-size", str(len(stages)), *_workload_args(engine, graph, stages))
     return EngineExport(engine=engine, env=env, args=args, stages=tuple(stages),
@@ -147,6 +140,32 @@ def _workload_args(engine: str, graph: Any, stages: list[dict[str, Any]]) -> tup
         sized = ("--max-model-len", str(w.context_len), "--max-num-seqs", str(w.batch_size))
         return (*sized, "--kv-cache-memory-bytes", str(kv)) if kv else sized
     return ("--context-length", str(w.context_len), "--max-running-requests", str(w.batch_size))
+
+
+def layer_stages(plan: Any, engine: str) -> tuple[list[str], list[int], list[dict[str, Any]]]:
+    """``(device name per node, indices of the decoder layers, stages)``: a stage is a run of
+    consecutive decoder layers on one GPU (its ``device``, ``first`` and ``last`` layer, ``layers``
+    count and ``kv_bytes``), as pipeline engines cut the stack.
+
+    Raises:
+        InvalidSpecError: no single stack of numbered decoder layers; a layer offloaded to cpu/disk.
+    """
+    graph, problem, assignment = plan.graph, plan.problem, plan.solution.assignment
+    device = [problem.devices[d].name for d in assignment]
+    layers = _decoder_layers(graph)
+    off = [graph.nodes[i].name for i in layers if not problem.devices[assignment[i]].is_accelerator]
+    if off:
+        raise InvalidSpecError(f"{len(off)} decoder layer(s) are offloaded to cpu/disk ({off[0]}, ...); {engine} "
+                               "pipeline stages are GPUs: plan without cpu/disk (or use the accelerate device_map)")
+    stages: list[dict[str, Any]] = []
+    for i in layers:
+        if not stages or stages[-1]["device"] != device[i]:
+            stages.append({"device": device[i], "first": graph.nodes[i].name, "layers": 0, "kv_bytes": 0})
+        stages[-1].update(last=graph.nodes[i].name, layers=stages[-1]["layers"] + 1,
+                          kv_bytes=stages[-1]["kv_bytes"] + graph.nodes[i].kv_bytes)
+    # the engines' own checks: one stage per GPU, the counts summing to the layers
+    assert len(stages) == len({s["device"] for s in stages}) and sum(s["layers"] for s in stages) == len(layers)
+    return device, layers, stages
 
 
 def _decoder_layers(graph: Any) -> list[int]:
