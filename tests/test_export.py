@@ -88,7 +88,8 @@ def test_offloaded_layers_and_two_stacks_are_refused() -> None:
     two = dataclasses.replace(graph, nodes=renamed, edges=edges)
     with pytest.raises(layerplan.InvalidSpecError, match="encoder.block, model.layers"):
         layerplan.plan(two, max_memory={0: "1GB"}, reserve=0).export("sglang")
-    with pytest.raises(layerplan.InvalidSpecError, match="expected one of vllm, sglang, pipelining, llama.cpp, deepspeed"):
+    expected = "expected one of vllm, sglang, pipelining, llama.cpp, deepspeed"
+    with pytest.raises(layerplan.InvalidSpecError, match=expected):
         layerplan.plan(graph, max_memory={0: "1GB"}, reserve=0).export("tensorrt-llm")
 
 

@@ -10,7 +10,8 @@ Its ``partition_method`` only computes the boundaries (``"uniform"``, ``"paramet
 
 The layer list is the usual one for a decoder: ``[embedding, layer 0, ..., layer N-1, final norm,
 head]`` (the modules with weights around the stack, and a tied head; buffer-only modules such as the
-rotary embedding are not layers there) (the embedding with the first stage, norm and head with the last, as vLLM places them):
+rotary embedding are not layers there; the embedding goes with the first stage, norm and head with the
+last, as vLLM places them):
 ``parts = [0, 1 + c0, 1 + c0 + c1, ..., N + 3]`` for the plan's per-stage layer counts ``c``.
 """
 
