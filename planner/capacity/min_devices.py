@@ -17,7 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from layerplan.planner.capacity.probe import BOUND, UNKNOWN, Probe, fewest_for, memory_bound, probe, usable_gpu_bytes
+from layerplan.planner.capacity.probe import (
+    BOUND,
+    UNKNOWN,
+    Probe,
+    fewest_for,
+    gpu_bytes_needed,
+    memory_bound,
+    probe,
+    usable_gpu_bytes,
+)
 from layerplan.planner.capacity.setups import Setup
 from layerplan.planner.hardware.presets import lookup_accelerator
 from layerplan.planner.spec import PlanSpec
@@ -164,8 +173,7 @@ def _grow(graph: LayerGraph, spec: PlanSpec, setup: Callable[[int], Setup], star
 
 def _start(graph: LayerGraph, one: Setup, spec: PlanSpec) -> int:
     """The memory bound on the count (module docstring)."""
-    need = graph.total_kv_bytes + (0 if one.offload else sum(n.size_bytes for n in graph.nodes))
-    return fewest_for(need, usable_gpu_bytes(one, spec))
+    return fewest_for(gpu_bytes_needed(graph, one), usable_gpu_bytes(one, spec))
 
 
 def _answer(name: str, offload: bool, count: int, probes: list[Probe]) -> DeviceCount:

@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from layerplan.planner.graph import LayerGraph
     from layerplan.planner.output.adapter import Plan
 
-__all__ = ["FITS", "INFEASIBLE", "BOUND", "UNKNOWN", "SLOW", "Probe", "memory_bound", "probe", "usable_gpu_bytes"]
+__all__ = [
+    "FITS", "INFEASIBLE", "BOUND", "UNKNOWN", "SLOW", "Probe", "fewest_for", "gpu_bytes_needed", "memory_bound",
+    "probe", "usable_gpu_bytes",
+]
 
 FITS, INFEASIBLE, BOUND, UNKNOWN, SLOW = "fits", "infeasible", "bound", "unknown", "slow"
 
@@ -86,6 +89,12 @@ def usable_gpu_bytes(setup: Setup, spec: PlanSpec) -> int:
     return sum(max(d.cap_bytes - d.reserve_bytes, 0) for d in caps if d.key not in ("cpu", "disk"))
 
 
+def gpu_bytes_needed(graph: LayerGraph, setup: Setup) -> int:
+    """What ``setup``'s GPUs must hold beyond their reserves (see :func:`memory_bound`): the KV
+    cache, and without cpu/disk offload the weights too, bytes."""
+    return graph.total_kv_bytes + (0 if setup.offload else sum(n.size_bytes for n in graph.nodes))
+
+
 def memory_bound(graph: LayerGraph, setup: Setup, spec: PlanSpec) -> str | None:
     """Why ``setup`` cannot hold ``graph``, from its memory alone; None when the bound allows it.
 
@@ -93,7 +102,7 @@ def memory_bound(graph: LayerGraph, setup: Setup, spec: PlanSpec) -> str | None:
     keeps its cache there: :mod:`layerplan.solver.accounting`), and without cpu/disk so do all
     weights; a GPU that holds anything also keeps its reserve. So the GPUs need at least
     ``KV (+ weights)`` bytes beyond their reserves."""
-    need = graph.total_kv_bytes + (0 if setup.offload else sum(n.size_bytes for n in graph.nodes))
+    need = gpu_bytes_needed(graph, setup)
     have = usable_gpu_bytes(setup, spec)
     if need <= have:
         return None
