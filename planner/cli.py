@@ -151,6 +151,12 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--link", action="extend", nargs="+", metavar="A-B=BANDWIDTH",
                    help="override one link, e.g. 0-1=nvlink 0-2=25GB/s")
     g.add_argument("--host-link", metavar="LINK", help="CPU-GPU link: pcie3, pcie4, pcie5 or a bandwidth (default: each GPU's)")
+    g.add_argument("--hosts", action="extend", nargs="+", metavar="DEVICES=HOST",
+                   help="devices on several hosts, e.g. 0-7=node-a 8-15=node-b (cpu/disk are the first GPU's "
+                        "host's); a multi-host plan exports to --export vllm/sglang, not to a device_map")
+    g.add_argument("--inter-host", metavar="NETWORK",
+                   help="network between hosts: ib-hdr, ib-ndr, ib-xdr, roce-100g, roce-200g, roce-400g, "
+                        "eth-10g, eth-25g or a rate per GPU such as 400Gb/s (default ib-ndr, with a note)")
     g.add_argument("--disk-read", metavar="BANDWIDTH",
                    help="offload drive read speed: nvme-gen5, nvme-gen4, nvme-gen3, sata-ssd, hdd or e.g. 3GB/s")
     g.add_argument("--reserve", action="extend", nargs="+", metavar="[DEVICE=]SIZE",
@@ -281,7 +287,9 @@ def _flag_tables(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "types": _key_values(get("device_type"), flag="--device-type", example="0,1=a100-80gb") or None,
             "links": _key_values(get("link"), flag="--link", example="0-1=nvlink") or None,
             "reserve": _reserve(get("reserve")),
-            **{k: get(k) for k in ("interconnect", "host_link", "disk_read", "offload_folder", "calibration")},
+            "hosts": _key_values(get("hosts"), flag="--hosts", example="0-7=node-a") or None,
+            **{k: get(k) for k in ("interconnect", "host_link", "disk_read", "offload_folder", "calibration",
+                                   "inter_host")},
         },
         "solve": {"strategy": get("strategy"), "objective": get("objective"), "time_limit_s": get("time_limit"),
                   "device_map": get("device_map"),

@@ -3,10 +3,12 @@
 Two accelerators are *interchangeable* when relabelling them (moving every node of one onto the
 other and back) maps every valid placement to a valid placement with the same value on every
 measure: same cap and reserve, no pin names them, not the first accelerator under ``low_zero``,
-and, with a cost model, the same speed, the same link between them and the same links to every
-other device. The execution device (the first accelerator) is special only in placements that
-offload something: offloaded nodes compute on it, so it must stay where it is. In a placement that
-offloads nothing it computes only its own nodes and trades places like the others.
+and, with a cost model, the same speed and the same links (bandwidth and latency) to every other
+device, so that swapping two of them leaves the link matrix as it was (the GPUs of one host are
+interchangeable, a GPU of another host is not). The execution device (the first accelerator) is
+special only in placements that offload something: offloaded nodes compute on it, so it must stay
+where it is. In a placement that offloads nothing it computes only its own nodes and trades places
+like the others.
 
 The *canonical* placement of a class of relabellings uses, in each group, the lowest indices
 first: with ``ordered=True`` the used accelerators of each run of consecutive group members (in
@@ -45,17 +47,35 @@ def interchangeable_groups(problem: PlacementProblem, cost: CostModel | None = N
             by_signature.setdefault(signature, []).append(d)
     groups = []
     for group in by_signature.values():
-        if cost is not None and len(group) > 1:
-            links = cost.link_bytes_per_s
-            rest = [x for x in range(len(problem.devices)) if x not in group]
-            ref = group[0]
-            group = [d for d in group if all(links[d][x] == links[ref][x] and links[x][d] == links[x][ref]
-                                             for x in rest)]
-            if len({links[a][b] for a in group for b in group if a != b}) > 1:
-                continue
-        if len(group) > 1:
-            groups.append(tuple(group))
+        for part in _transposable(group, cost, len(problem.devices)) if cost is not None else [group]:
+            if len(part) > 1:
+                groups.append(tuple(part))
     return groups
+
+
+def _transposable(group: Sequence[int], cost: CostModel, k: int) -> list[list[int]]:
+    """``group`` split into classes whose members can be swapped without changing a link: ``a`` and
+    ``b`` are swappable when the link between them is the same both ways and every other device
+    ``x`` has the same bandwidth and latency to and from both. A member joins a class only when it
+    is swappable with every member, so every transposition within a class keeps the link matrix,
+    hence every permutation does (GPUs of one host, where the hosts are joined by a slower network)."""
+
+    def swappable(a: int, b: int) -> bool:
+        if cost.link_bytes_per_s[a][b] != cost.link_bytes_per_s[b][a] or cost.latency_s(a, b) != cost.latency_s(b, a):
+            return False
+        return all(cost.link_bytes_per_s[a][x] == cost.link_bytes_per_s[b][x]
+                   and cost.link_bytes_per_s[x][a] == cost.link_bytes_per_s[x][b]
+                   and cost.latency_s(a, x) == cost.latency_s(b, x) and cost.latency_s(x, a) == cost.latency_s(x, b)
+                   for x in range(k) if x not in (a, b))
+
+    classes: list[list[int]] = []
+    for d in group:
+        home = next((c for c in classes if all(swappable(m, d) for m in c)), None)
+        if home is None:
+            classes.append([d])
+        else:
+            home.append(d)
+    return classes
 
 
 def offloads(problem: PlacementProblem, assignment: Sequence[int]) -> bool:

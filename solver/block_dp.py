@@ -127,7 +127,7 @@ def applies(problem: PlacementProblem, cost: CostModel | None) -> str | None:
     if cost is not None:
         computing = problem.computing_devices
         for c in computing:
-            if len({cost.link_bytes_per_s[s][c] for s in computing if s != c}) > 1:
+            if len({(cost.link_bytes_per_s[s][c], cost.latency_s(s, c)) for s in computing if s != c}) > 1:
                 return f"links into {problem.devices[c].name!r} differ by sender"
     return None
 

@@ -11,7 +11,7 @@ the sum of:
   decode is memory-bound because it reads every weight once per token: Pope et al., "Efficiently
   Scaling Transformer Inference", MLSys 2023, section 2);
 * **transfers** across cuts: for every tensor and every device that reads it while its producer
-  runs elsewhere, ``link_latency + bytes / link_bytes_per_s(src, dst)`` (the tensor moves once per
+  runs elsewhere, ``link_latency(src, dst) + bytes / link_bytes_per_s(src, dst)`` (the tensor moves once per
   destination, as in :func:`layerplan.solver.problem.evaluate`);
 * **offload streaming**: a node stored on ``cpu`` or ``disk`` has its weights copied to the
   execution device before every forward, ``size_bytes / read_bytes_per_s`` of its storage device
@@ -103,6 +103,9 @@ class CostModel:
         link_bytes_per_s: ``k x k``; ``[s][d]`` is the bandwidth of a tensor computed on ``s`` and
             read on ``d`` (only pairs of computing devices are used; > 0 there).
         link_latency_s: fixed cost of one transfer (seconds).
+        pair_latency_s: ``k x k`` seconds per transfer from ``s`` to ``d``, for links whose latency
+            differs by pair (two hosts: the network's latency across them); empty: every pair
+            takes ``link_latency_s``.
         work: one per node, in ``problem.nodes`` order.
         edge_decode_bytes: one per edge: bytes crossing in one decode step (``Edge.size_bytes`` is
             the prefill size).
@@ -113,6 +116,7 @@ class CostModel:
     speeds: tuple[DeviceSpeed, ...]
     link_bytes_per_s: tuple[tuple[float, ...], ...]
     link_latency_s: float = 10e-6
+    pair_latency_s: tuple[tuple[float, ...], ...] = ()
     work: tuple[NodeWork, ...]
     edge_decode_bytes: tuple[int, ...] = ()
     prefill_steps: int = 1
@@ -121,6 +125,9 @@ class CostModel:
     def __post_init__(self) -> None:
         object.__setattr__(self, "speeds", tuple(self.speeds))
         object.__setattr__(self, "link_bytes_per_s", tuple(tuple(r) for r in self.link_bytes_per_s))
+        object.__setattr__(self, "pair_latency_s", tuple(tuple(r) for r in self.pair_latency_s))
+        if any(not (isinstance(x, (int, float)) and x >= 0) for r in self.pair_latency_s for x in r):
+            raise InvalidSpecError("CostModel.pair_latency_s has an entry that is not seconds >= 0")
         object.__setattr__(self, "work", tuple(self.work))
         object.__setattr__(self, "edge_decode_bytes", tuple(self.edge_decode_bytes))
         for name in ("prefill_steps", "decode_steps"):
@@ -130,6 +137,10 @@ class CostModel:
         if not (isinstance(self.link_latency_s, (int, float)) and self.link_latency_s >= 0):
             raise InvalidSpecError(f"CostModel.link_latency_s={self.link_latency_s!r}; expected seconds >= 0")
 
+    def latency_s(self, src: int, dst: int) -> float:
+        """Seconds added per transfer from device ``src`` to ``dst``."""
+        return self.pair_latency_s[src][dst] if self.pair_latency_s else self.link_latency_s
+
     def check(self, problem: PlacementProblem) -> None:
         """Raise :class:`InvalidSpecError` unless the model's sizes match ``problem`` and every
         device that may compute or stream has a speed."""
@@ -137,6 +148,8 @@ class CostModel:
         if len(self.speeds) != k or len(self.link_bytes_per_s) != k or any(len(r) != k for r in self.link_bytes_per_s):
             raise InvalidSpecError(f"cost model has {len(self.speeds)} device speeds / a link matrix "
                                    f"not {k}x{k} for {k} devices; give one per device")
+        if self.pair_latency_s and (len(self.pair_latency_s) != k or any(len(r) != k for r in self.pair_latency_s)):
+            raise InvalidSpecError(f"cost model's pair_latency_s is not {k}x{k} for {k} devices")
         if len(self.work) != n:
             raise InvalidSpecError(f"cost model has work for {len(self.work)} nodes, the problem has {n}")
         if self.edge_decode_bytes and len(self.edge_decode_bytes) != len(problem.edges):
@@ -220,7 +233,7 @@ def edge_time_ns(problem: PlacementProblem, cost: CostModel, edge: int, src: int
     bandwidth = cost.link_bytes_per_s[src][dst]
     prefill_bytes = problem.edges[edge].size_bytes
     decode_bytes = cost.edge_decode_bytes[edge] if cost.edge_decode_bytes else prefill_bytes
-    latency = _ceil_ns(cost.link_latency_s)
+    latency = _ceil_ns(cost.latency_s(src, dst))
     prefill = latency + _ceil_ns(prefill_bytes / bandwidth) if prefill_bytes else 0
     decode = latency + _ceil_ns(decode_bytes / bandwidth) if decode_bytes else 0
     return prefill, decode

@@ -55,6 +55,7 @@ def cost_model(graph: LayerGraph, problem: PlacementProblem, hardware: HardwareS
         speeds.append(DeviceSpeed(flops_per_s=device.flops_per_s, mem_bytes_per_s=device.mem_bytes_per_s,
                                   read_bytes_per_s=read))
     links = tuple(tuple(hardware.link(a, b) for b in keys) for a in keys)
+    latencies = tuple(tuple(hardware.latency(a, b) for b in keys) for a in keys) if hardware.multi_host else ()
     work = tuple(
         NodeWork(
             prefill_flops=n.prefill_flops,
@@ -77,6 +78,7 @@ def cost_model(graph: LayerGraph, problem: PlacementProblem, hardware: HardwareS
         speeds=tuple(speeds),
         link_bytes_per_s=links,
         link_latency_s=hardware.link_latency_s,
+        pair_latency_s=latencies,
         work=work,
         edge_decode_bytes=tuple(e.decode_size_bytes for e in graph.edges),
         prefill_steps=prefill_steps,

@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 from typing import TYPE_CHECKING
 
+from layerplan.planner.hardware.network import host_of_devices, parse_hosts, resolve_network
 from layerplan.planner.hardware.parsing import (
     _bandwidth_preset,
     _dtype_name,
@@ -109,6 +110,11 @@ class HardwareSpec:
         host_link: the host link in words (a :data:`HOST_LINKS` name, or the rate given).
         host_link_bytes_per_s: its bandwidth, per direction.
         notes: assumptions made while resolving (defaults, fallbacks), one sentence each.
+        hosts: per device (``devices`` order), the host it is on
+            (:mod:`layerplan.planner.hardware.network`); empty when no hosts were declared.
+        inter_host: the network between hosts in words; ``""`` on one host.
+        inter_host_latency_s: seconds added per transfer between two hosts (instead of
+            ``link_latency_s``).
     """
 
     devices: tuple[DeviceHardware, ...]
@@ -117,6 +123,9 @@ class HardwareSpec:
     host_link: str
     host_link_bytes_per_s: float
     notes: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    inter_host: str = ""
+    inter_host_latency_s: float = 0.0
     _index: Mapping[int | str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -125,6 +134,7 @@ class HardwareSpec:
         object.__setattr__(self, "devices", devices)
         object.__setattr__(self, "link_bytes_per_s", matrix)
         object.__setattr__(self, "notes", tuple(self.notes))
+        object.__setattr__(self, "hosts", tuple(self.hosts))
         keys = [d.key for d in devices]
         if not keys:
             raise InvalidSpecError("a hardware spec needs at least one device")
@@ -148,7 +158,26 @@ class HardwareSpec:
                     )
         if not (math.isfinite(self.link_latency_s) and self.link_latency_s >= 0):
             raise InvalidSpecError(f"link_latency_s={self.link_latency_s!r} must be a finite number >= 0")
+        if self.hosts and len(self.hosts) != k:
+            raise InvalidSpecError(f"hosts must give one host per device ({k}), not {len(self.hosts)}")
+        if not (math.isfinite(self.inter_host_latency_s) and self.inter_host_latency_s >= 0):
+            raise InvalidSpecError(f"inter_host_latency_s={self.inter_host_latency_s!r} must be a finite number >= 0")
         object.__setattr__(self, "_index", MappingProxyType({key: i for i, key in enumerate(keys)}))
+
+    @property
+    def multi_host(self) -> bool:
+        """The devices are on more than one host."""
+        return len(set(self.hosts)) > 1
+
+    def host(self, key: int | str) -> str:
+        """The host of device ``key``; ``""`` when no hosts were declared."""
+        return self.hosts[self._position(key)] if self.hosts else ""
+
+    def latency(self, a_key: int | str, b_key: int | str) -> float:
+        """Seconds added per transfer between two devices: ``inter_host_latency_s`` across hosts,
+        else ``link_latency_s``."""
+        crosses = self.hosts and self.host(a_key) != self.host(b_key)
+        return self.inter_host_latency_s if crosses else self.link_latency_s
 
     @property
     def keys(self) -> tuple[int | str, ...]:
@@ -267,6 +296,8 @@ def build_hardware(
     disk_read: str | float | None = None,
     overrides: Mapping[int | str, Mapping[str, float | str]] | None = None,
     reported_names: Mapping[int, str] | None = None,
+    hosts: Mapping[int | str, str] | None = None,
+    inter_host: str | float | None = None,
 ) -> HardwareSpec:
     """Resolve the declared devices into peak figures and a link matrix.
 
@@ -293,13 +324,22 @@ def build_hardware(
             numbers). A ``"cpu"`` / ``"disk"`` ``read_bytes_per_s`` override also sets their links.
         reported_names: GPU index -> the name its driver reports
             (:func:`layerplan.planner.hardware.detect.detect_device_names`); nothing is probed here.
+        hosts: device -> host name (:func:`layerplan.planner.hardware.network.parse_hosts`); every
+            accelerator needs one, ``cpu``/``disk`` are on the first accelerator's host. Two
+            devices on different hosts talk over ``inter_host`` (no NVLink), at the slower of it
+            and each GPU's host link (GPUDirect RDMA); ``links`` still win for a pair.
+        inter_host: the network between hosts, an
+            :data:`~layerplan.planner.hardware.network.INTER_HOST_LINKS` name or a rate; default
+            :data:`~layerplan.planner.hardware.network.DEFAULT_INTER_HOST`, with a note, when the
+            devices span hosts.
 
     Returns:
         A :class:`HardwareSpec` over ``device_keys`` in order. The inputs are not modified.
 
     Raises:
         InvalidSpecError: a repeated or unknown device, a type or override for an undeclared
-            device, an unknown preset name, NVLink asked of a device without it, a bad rate.
+            device, an unknown preset name, NVLink asked of a device without it, a bad rate, a host
+            missing for an accelerator, ``cpu``/``disk`` on another host than the first accelerator.
     """
     keys = [parse_device(k) for k in device_keys]
     if not keys:
@@ -333,6 +373,8 @@ def build_hardware(
                 )
     cpu_read = devices["cpu"].read_bytes_per_s if "cpu" in read_overridden else None
     pairs, bridgeable = _link_pairs(accelerators, devices, presets, assumed, host_of, interconnect, cpu_read)
+    host_names = host_of_devices(keys, parse_hosts(hosts)) if hosts else {}
+    network = _cross_host(keys, host_names, inter_host, host_of, pairs, bridgeable, notes)
     for (a, b), value in _declared_links(links, keys):
         pairs[frozenset((a, b))] = _declared_link(a, b, value, presets, host_of)
         bridgeable.discard(frozenset((a, b)))
@@ -345,7 +387,8 @@ def build_hardware(
     matrix = tuple(
         tuple(math.inf if a == b else pairs[frozenset((a, b))][0] for b in keys) for a in keys
     )
-    all_nvlink = bool(pairs) and all(nvlink for _, nvlink in pairs.values())
+    local = {pair: v for pair, v in pairs.items() if len({host_names.get(d) for d in pair}) == 1}
+    all_nvlink = bool(local) and all(nvlink for _, nvlink in local.values())
     return HardwareSpec(
         devices=tuple(devices[key] for key in keys),
         link_bytes_per_s=matrix,
@@ -353,7 +396,39 @@ def build_hardware(
         host_link=host_name,
         host_link_bytes_per_s=host_bytes_per_s,
         notes=tuple(notes),
+        hosts=tuple(host_names[k] for k in keys) if host_names else (),
+        inter_host=network[0],
+        inter_host_latency_s=network[1],
     )
+
+
+def _cross_host(
+    keys: Sequence[int | str],
+    host_names: Mapping[int | str, str],
+    inter_host: str | float | None,
+    host_of: Mapping[int | str, float],
+    pairs: dict[frozenset[int | str], tuple[float, bool]],
+    bridgeable: set[frozenset[int | str]],
+    notes: list[str],
+) -> tuple[str, float]:
+    """Set every pair of devices on different hosts to the network (at most each GPU's host link,
+    which the NIC hangs off); ``(network in words, its latency)``, ``("", 0)`` on one host."""
+    if len(set(host_names.values())) < 2:
+        if inter_host is not None:
+            resolve_network(inter_host)  # still a valid value
+        return "", 0.0
+    description, rate, latency, assumed = resolve_network(inter_host)
+    if assumed:
+        notes.append(f"no inter_host given: assumed {description} between hosts; pass --inter-host NAME or a rate")
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            pair = frozenset((a, b))
+            if host_names[a] == host_names[b] or pair not in pairs:
+                continue
+            ends = [host_of[d] for d in (a, b) if d in host_of]
+            pairs[pair] = (min(rate, pairs[pair][0] if len(ends) < 2 else math.inf, *ends), False)
+            bridgeable.discard(pair)
+    return description, latency
 
 
 def _device_figures(

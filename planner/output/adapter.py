@@ -182,12 +182,40 @@ class Plan:
         """Weight bytes placed on ``cpu`` or ``disk``."""
         return sum(u.weights_bytes for u in self.usage if u.device in ("cpu", "disk"))
 
+    @property
+    def hosts(self) -> dict[int | str, str]:
+        """Device -> host when the spec declares hosts (``cpu``/``disk`` on the first GPU's host),
+        else empty (:mod:`layerplan.planner.hardware.network`)."""
+        declared = self.spec.devices.hosts if self.spec is not None else {}
+        if not declared:
+            return {}
+        from layerplan.planner.hardware.network import host_of_devices
+
+        return host_of_devices([u.device for u in self.usage], declared)
+
+    @property
+    def multi_host(self) -> bool:
+        """The plan's devices are on more than one host: it runs as engine pipeline stages
+        (:meth:`export`), not as one process's accelerate ``device_map``."""
+        return len(set(self.hosts.values())) > 1
+
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``AutoModel*.from_pretrained`` / ``dispatch_model``:
         ``device_map``, ``max_memory``, ``dtype``, ``offload_folder`` when disk is used, and the
         ``quantization_config`` that loads an unquantized checkpoint as planned when a bitsandbytes
         method was asked for (``[model] quantization`` nf4, nf4-double, fp4, int8). The other asked
-        methods need a checkpoint quantized with them (GPTQ/AWQ calibrate; it carries its config)."""
+        methods need a checkpoint quantized with them (GPTQ/AWQ calibrate; it carries its config).
+
+        Raises:
+            InvalidSpecError: the plan spans several hosts (:attr:`multi_host`): an accelerate
+                ``device_map`` places modules in one process; export it to an engine instead.
+        """
+        if self.multi_host:
+            hosts = ", ".join(dict.fromkeys(self.hosts.values()))
+            raise InvalidSpecError(
+                f"this plan spans hosts {hosts}; an accelerate device_map is per process: run it with a pipeline "
+                "engine, plan.export('vllm') / 'sglang' (CLI --export vllm)"
+            )
         kwargs: dict[str, Any] = {
             "device_map": dict(self.device_map),
             "max_memory": dict(self.max_memory),
@@ -256,6 +284,7 @@ class Plan:
                     "first_node": u.nodes[0] if u.nodes else None,
                     "last_node": u.nodes[-1] if u.nodes else None,
                     "num_nodes": len(u.nodes),
+                    **({"host": self.hosts[u.device]} if self.hosts else {}),
                 }
                 for u in self.usage
             ],

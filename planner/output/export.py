@@ -47,6 +47,10 @@ class EngineExport:
         stages: per stage: its GPU, its first and last layer, layer count, and the KV-cache bytes of
             its layers at the planned workload (bytes).
         notes: where the engine's rules place something differently from the plan.
+        hosts: for a plan over several hosts, per host in stage order: its ``host``, ``stages``
+            (indices), local ``gpus``, ``env`` and the ``commands`` to run there
+            (:mod:`layerplan.planner.output.multihost`); empty on one host.
+        model: the checkpoint the commands load (``$MODEL`` in them).
     """
 
     engine: str
@@ -54,16 +58,29 @@ class EngineExport:
     args: tuple[str, ...]
     stages: tuple[dict[str, Any], ...]
     notes: tuple[str, ...] = field(default=())
+    hosts: tuple[dict[str, Any], ...] = field(default=())
+    model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: engine, env, args, stages (bytes in ``kv_bytes``), notes."""
-        return {"engine": self.engine, "env": dict(self.env), "args": list(self.args),
-                "stages": [dict(s) for s in self.stages], "notes": list(self.notes)}
+        """JSON-ready: engine, env, args, stages (bytes in ``kv_bytes``), notes, and hosts when several."""
+        out = {"engine": self.engine, "env": dict(self.env), "args": list(self.args),
+               "stages": [dict(s) for s in self.stages], "notes": list(self.notes)}
+        if self.hosts:
+            out["hosts"] = [dict(h) for h in self.hosts]
+        return out
 
     def shell(self) -> str:
-        """The settings as shell lines (``export ...`` then the arguments)."""
-        lines = [f"export {k}={v}" for k, v in self.env.items()]
-        return "\n".join([*lines, " ".join(self.args)])
+        """The settings as shell lines (``export ...`` then the arguments); per host for several."""
+        if not self.hosts:
+            lines = [f"export {k}={v}" for k, v in self.env.items()]
+            return "\n".join([*lines, " ".join(self.args)])
+        lines = [f"MODEL={self.model}  # the checkpoint: a Hub id or a path every host can read"]
+        for rank, host in enumerate(self.hosts):
+            first, last = host["stages"][0], host["stages"][-1]
+            lines.append(f"# on {host['host']}{' (head)' if rank == 0 else ''}: stages {first}-{last}")
+            lines += [f"export {k}={v}" for k, v in host["env"].items()]
+            lines += host["commands"]
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -124,8 +141,24 @@ def export(plan: Any, engine: str) -> EngineExport | PipeliningExport | LlamaCpp
     counts = [s["layers"] for s in stages]
     env = {ENGINES[engine]: ",".join(map(str, counts)), "CUDA_VISIBLE_DEVICES": ",".join(s["device"] for s in stages)}
     args = ("--pipeline-parallel-size", str(len(stages)), *_workload_args(engine, graph, stages))
-    return EngineExport(engine=engine, env=env, args=args, stages=tuple(stages),
-                        notes=tuple(_differences(graph, device, layers, stages, engine)))
+    notes = _differences(graph, device, layers, stages, engine)
+    hosts: tuple[dict[str, Any], ...] = ()
+    if getattr(plan, "multi_host", False):
+        from layerplan.planner.output.multihost import host_launch
+
+        del env["CUDA_VISIBLE_DEVICES"]  # global keys: each host lists its own GPUs
+        hosts, host_notes = host_launch(plan, engine, stages, env, args)
+        notes += host_notes
+    return EngineExport(engine=engine, env=env, args=args, stages=tuple(stages), notes=tuple(notes), hosts=hosts,
+                        model=_checkpoint(graph.model))
+
+
+def _checkpoint(model: str) -> str:
+    """The Hub id of a catalog model (what an engine loads), else the source as given."""
+    from layerplan.planner.model.catalog import lookup
+
+    entry = lookup(model)
+    return entry.hub_id if entry is not None else model
 
 
 def _workload_args(engine: str, graph: Any, stages: list[dict[str, Any]]) -> tuple[str, ...]:

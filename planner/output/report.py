@@ -36,11 +36,15 @@ def render_plan(plan: Plan, console: Console) -> None:
         f"({format_bytes(g.total_kv_bytes)} in all), attention {w.attn_implementation}"
     )
     placement = Table(title="Placement", title_justify="left")
+    hosts = plan.hosts
     placement.add_column("device")
+    if hosts:
+        placement.add_column("host")
     placement.add_column("nodes held (runs in execution order)")
     placement.add_column("nodes", justify="right")
     for u in plan.usage:
-        placement.add_row(str(u.device), _runs(g, u.nodes), str(len(u.nodes)))
+        where = (str(u.device), hosts[u.device]) if hosts else (str(u.device),)
+        placement.add_row(*where, _runs(g, u.nodes), str(len(u.nodes)))
     console.print(placement)
     # One column per device (usually 2-6), one row per kind of bytes: fits an 80-column terminal.
     memory = Table(title="Memory per device at peak", title_justify="left")
@@ -97,6 +101,10 @@ def render_plan(plan: Plan, console: Console) -> None:
             f"{format_bytes(plan.transfer_bytes)} cross devices per forward; "
             f"{format_bytes(plan.offloaded_bytes)} offloaded"
         )
+    if plan.multi_host:
+        console.print(f"[yellow]note:[/yellow] the plan spans hosts {', '.join(dict.fromkeys(hosts.values()))}: "
+                      "run it as pipeline stages (--export vllm or sglang); the device_map above is not one "
+                      "process's from_pretrained map")
     for note in (*g.notes, *plan.hardware_notes):
         console.print(f"[yellow]note:[/yellow] {note}")
 
@@ -252,6 +260,14 @@ def render_devices(console: Console) -> None:
         for name, preset in group.items():
             links.add_row(name, f"{preset.bytes_per_s / 1e9:.2f} GB/s", preset.source)
     console.print(links)
+    from layerplan.planner.hardware.network import INTER_HOST_LINKS
+
+    network = Table(title="Networks between hosts (--inter-host), per GPU", title_justify="left")
+    for col in ("name", "rate", "latency (assumed)", "source"):
+        network.add_column(col)
+    for name, preset in INTER_HOST_LINKS.items():
+        network.add_row(name, f"{preset.bytes_per_s / 1e9:.2f} GB/s", f"{preset.latency_s * 1e6:.0f} us", preset.source)
+    console.print(network)
     cpu = hardware.HOST_CPU
     console.print(f"host CPU (when nodes compute on it): {cpu.description}, {cpu.flops_per_s / 1e12:.1f} TFLOPS, "
                   f"{cpu.mem_bytes_per_s / 1e9:.0f} GB/s ({cpu.source})")

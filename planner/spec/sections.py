@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from layerplan.planner.hardware.network import host_of_devices, parse_hosts, resolve_network
 from layerplan.planner.hardware.parsing import (
     OVERRIDE_FIELDS,
     parse_bandwidth,
@@ -252,6 +253,12 @@ class DevicesSpec(_Section):
         links: device pair -> ``"nvlink"``, ``"pcie"`` or bytes/s, overriding ``interconnect``.
         host_link: the CPU-GPU link (``"pcie4"``, ``"25GB/s"``); None: each GPU's own.
         disk_read: the offload drive's read speed (``"nvme-gen4"``, ``"3GB/s"``).
+        hosts: device -> host for a device set on several hosts (``{"0-7": "node-a", "8-15":
+            "node-b"}``; :func:`layerplan.planner.hardware.network.parse_hosts`); every GPU needs
+            one, ``cpu``/``disk`` belong to the first GPU's host. Such a plan exports to pipeline
+            engines (``--export vllm``), not to one process's accelerate ``device_map``.
+        inter_host: the network between hosts (``"ib-ndr"``, ``"roce-200g"``, ``"50GB/s"``;
+            :data:`layerplan.planner.hardware.network.INTER_HOST_LINKS`).
         overrides: device -> ``{flops_per_s, mem_bytes_per_s, memory_bytes, read_bytes_per_s}``.
         offload_folder: where ``from_pretrained`` writes disk-offloaded weights; must be a
             directory or creatable as one (it is not created here).
@@ -273,6 +280,8 @@ class DevicesSpec(_Section):
     links: Mapping[tuple[int | str, int | str], float | str] = field(default_factory=dict)
     host_link: str | float | None = None
     disk_read: str | float | None = None
+    hosts: Mapping[int | str, str] = field(default_factory=dict)
+    inter_host: str | float | None = None
     overrides: Mapping[int | str, Mapping[str, float | int]] = field(default_factory=dict)
     offload_folder: str | None = None
     calibration: str | None = None
@@ -292,6 +301,10 @@ class DevicesSpec(_Section):
         _set(self, "host_link", _rate_name(self.host_link, what="[devices] host_link"))
         _set(self, "disk_read", _rate_name(self.disk_read, what="[devices] disk_read"))
         _set(self, "overrides", _overrides(self.overrides))
+        _set(self, "hosts", parse_hosts(_mapping(self.hosts, what="[devices] hosts", example="{'0-7': 'node-a'}")))
+        if self.inter_host is not None:
+            resolve_network(self.inter_host)
+            _set(self, "inter_host", self.inter_host.strip() if isinstance(self.inter_host, str) else float(self.inter_host))
         if self.offload_folder is not None:
             _set(self, "offload_folder", check_folder(self.offload_folder, what="offload_folder"))
         if self.calibration is not None:
@@ -300,6 +313,8 @@ class DevicesSpec(_Section):
             CalibrationProfile.load(self.calibration)
             _set(self, "calibration", os.fspath(self.calibration))
         self._check_declared()
+        if self.hosts and self.max_memory is not None:
+            host_of_devices(list(self.max_memory), self.hosts)  # every GPU has a host, offload on the first's
 
     def _check_declared(self) -> None:
         """Every device named outside ``max_memory`` is declared in it (when caps are given)."""
@@ -310,6 +325,7 @@ class DevicesSpec(_Section):
         named += [("reserve", k) for k in (self.reserve if isinstance(self.reserve, Mapping) else ())]
         named += [("links", k) for pair in self.links for k in pair]
         named += [("overrides", k) for k in self.overrides]
+        named += [("hosts", k) for k in self.hosts]
         for what, key in named:
             if key not in declared:
                 raise InvalidSpecError(
@@ -321,7 +337,13 @@ class DevicesSpec(_Section):
     def hardware(self) -> dict[str, Any]:
         """The keyword arguments of :func:`layerplan.planner.hardware.build_hardware` this section gives."""
         return {"device_types": dict(self.types), "interconnect": self.interconnect, "links": dict(self.links),
-                "host_link": self.host_link, "disk_read": self.disk_read, "overrides": dict(self.overrides)}
+                "host_link": self.host_link, "disk_read": self.disk_read, "overrides": dict(self.overrides),
+                "hosts": dict(self.hosts), "inter_host": self.inter_host}
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """The declared hosts, in order of first appearance; empty on one undeclared host."""
+        return tuple(dict.fromkeys(self.hosts.values()))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
