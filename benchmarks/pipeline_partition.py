@@ -5,7 +5,7 @@ vLLM (and SGLang) split the decoder stack evenly when no partition is given:
 layers and the remainder one each to the stages before the last. This benchmark builds that
 partition as a device_map (embedding on the first stage, norm and head on the last, as vLLM loads
 them), evaluates it with :func:`layerplan.evaluate_map`, and compares it with layerplan's own plan
-(``objective balanced``, then ``latency``) exported as the engine's partition:
+(``objective balanced``, ``latency`` and ``throughput``) exported as the engine's partition:
 
 * ``KV tokens``: the KV cache each stage has room for after its weights, largest working set and
   reserve, in tokens of the planned workload's context per sequence, the minimum over stages (a
@@ -17,11 +17,15 @@ Usage::
 
     python benchmarks/pipeline_partition.py
     python benchmarks/pipeline_partition.py --models llama-2-70b --setups 4x a100-40gb+4x l4
+
+``2x8:h100-sxm*16`` is two hosts of eight H100 SXM (NVLink within a host) joined by InfiniBand NDR
+(:data:`HOSTS`); its partitions are what the vLLM export runs on a Ray cluster.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 
@@ -37,7 +41,9 @@ from layerplan.planner.capacity import parse_setup  # noqa: E402
 from layerplan.solver import InfeasiblePlanError  # noqa: E402
 
 MODELS = ("llama-2-70b", "mixtral-8x7b", "llama-3.1-405b")
-SETUPS = ("h100-sxm*8", "mixed:a100-40gb*4+l4*4")
+SETUPS = ("h100-sxm*8", "mixed:a100-40gb*4+l4*4", "2x8:h100-sxm*16")
+#: Setups on several hosts: name -> (hosts, inter-host network).
+HOSTS = {"2x8": ({"0-7": "node-a", "8-15": "node-b"}, "ib-ndr")}
 
 
 def uniform_counts(layers: int, stages: int) -> list[int]:
@@ -97,11 +103,15 @@ def main() -> None:
             setup = parse_setup(text)
             spec = layerplan.PlanSpec.from_dict({"model": {"source": model},
                                                  "workload": {"batch_size": args.batch_size, "seq_len": args.seq_len}})
-            spec = spec.replace(devices=setup.devices(spec.devices))
+            devices = setup.devices(spec.devices)
+            if setup.name in HOSTS:
+                hosts, network = HOSTS[setup.name]
+                devices = dataclasses.replace(devices, hosts=hosts, inter_host=network)
+            spec = spec.replace(devices=devices)
             graph, _ = layerplan.planner.api.load_graph(spec)
             gpus = list(range(setup.num_gpus))
             rows = [("vLLM uniform", evaluate_map(graph, uniform_map(graph, gpus), spec))]
-            for objective in ("balanced", "latency"):
+            for objective in ("balanced", "latency", "throughput"):
                 try:
                     plan = layerplan.plan_graph(graph, spec.replace(solve=type(spec.solve)(objective=objective)))
                     rows.append((f"layerplan {objective}", plan))

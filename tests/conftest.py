@@ -12,7 +12,15 @@ from hypothesis import settings
 # depends on the draw. `HYPOTHESIS_PROFILE=explore` draws new examples (for nightly runs).
 settings.register_profile("default", derandomize=True)
 settings.register_profile("explore", derandomize=False)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+# The slow profile (nightly): the strategies' validity test draws 10,000 examples (examples()).
+settings.register_profile("slow", derandomize=True)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "default")
+settings.load_profile(PROFILE)
+
+
+def examples(default: int, *, slow: int = 10_000) -> int:
+    """``max_examples`` for a test that runs longer in the slow profile: ``slow`` there, else ``default``."""
+    return slow if PROFILE == "slow" else default
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the test machine has no Hub access
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

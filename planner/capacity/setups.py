@@ -123,7 +123,7 @@ class Setup:
         """The ``[devices]`` section of this setup: its GPUs at their presets' memory, ``cpu`` and
         ``disk`` at the setup's sizes; ``base``'s reserve (one size for all), interconnect, host link,
         disk speed and offload folder carried over. Per-device entries of ``base`` (links,
-        overrides, a per-device reserve) name another setup's devices and are not carried.
+        overrides, a per-device reserve, hosts) name another setup's devices and are not carried.
         A :meth:`declared` setup returns its own section."""
         if self.as_declared is not None:
             return self.as_declared
@@ -135,6 +135,7 @@ class Setup:
         reserve = base.reserve if not isinstance(base.reserve, Mapping) else None
         return dataclasses.replace(
             base, max_memory=caps, types=dict(enumerate(self.gpu_types())), reserve=reserve, links={}, overrides={},
+            hosts={},
         )
 
     def _describe(self) -> str:
