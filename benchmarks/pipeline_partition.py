@@ -83,7 +83,7 @@ def kv_tokens(plan) -> int:  # noqa: ANN001
 def _row(name: str, plan) -> list[str]:  # noqa: ANN001
     ms = plan.timing.per_token_s * 1e3 if plan.timing is not None else float("nan")
     counts = [sum(1 for n in u.nodes if n.split(".")[-1].isdigit() and ".layers." in f".{n}") for u in plan.usage]
-    return [name, "yes" if plan.fits and not plan.violations else "no", ",".join(map(str, counts)),
+    return [name, "yes" if plan.fits and not plan.violations else "no", plan.status, ",".join(map(str, counts)),
             f"{kv_tokens(plan):,}", f"{ms:.1f}"]
 
 
@@ -96,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=160)
     table = Table(title=f"Pipeline partitions at batch {args.batch_size}, seq_len {args.seq_len}", title_justify="left")
-    for col in ("model", "setup", "partition", "fits", "layers per GPU", "KV tokens (min stage)", "ms/token"):
+    for col in ("model", "setup", "partition", "fits", "status", "layers per GPU", "KV tokens (min stage)", "ms/token"):
         table.add_column(col, justify="right" if col in ("KV tokens (min stage)", "ms/token") else "left")
     for model in args.models:
         for text in args.setups:
