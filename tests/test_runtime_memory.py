@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from layerplan.solver import (
     Device,
-    Goal,
     DeviceKind,
     Edge,
     InfeasiblePlanError,
@@ -215,7 +214,9 @@ def test_negative_reserve_is_rejected() -> None:
 # -- working sets that peak before any KV cache exists (an encoder under generate()) ---------------
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(before_cache_problems(max_nodes=6, max_devices=3), st.booleans())
-def test_cpsat_matches_brute_force_with_working_sets_before_the_cache(problem: PlacementProblem, use_hint: bool) -> None:
+def test_cpsat_matches_brute_force_with_working_sets_before_the_cache(
+    problem: PlacementProblem, use_hint: bool
+) -> None:
     solution = assert_cpsat_matches_brute_force(problem, use_hint=use_hint)
     if solution is None:
         return

@@ -520,7 +520,7 @@ def _before_kv_cache(model: nn.Module, specs: list[_NodeSpec]) -> frozenset[int]
     tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
     out = set()
     for i, spec in enumerate(specs):
-        held = [spec.module] if spec.module is not None else [tensors[name] for name in spec.tensor_names if name in tensors]
+        held = [spec.module] if spec.module is not None else [tensors[n] for n in spec.tensor_names if n in tensors]
         if held and all(id(x) in only_encoder for x in held):
             out.add(i)
     return frozenset(out)
