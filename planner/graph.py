@@ -66,6 +66,13 @@ class GraphNode:
         expert_bytes: the part of ``weight_bytes`` held by MoE experts (modules whose class ends in
             ``Experts``, or an ``experts`` module list); transformers packs a layer's experts into one
             module (one parameter per projection for all experts), so they move with their block.
+        before_kv_cache: the node runs only before any KV cache exists, so its working set never
+            coexists with the cache: an encoder-decoder's encoder nodes when the model generates
+            (transformers ``GenerationMixin.generate`` runs the whole encoder once,
+            ``_maybe_prepare_encoder_kwargs_for_generation``, before ``_prepare_cache_for_generation``
+            and the decoder's first step; :mod:`layerplan.planner.model.trace`). Passed to the
+            solver as :attr:`layerplan.solver.Node.before_kv_cache`. False in graphs written
+            before it was recorded (their encoders are then charged beside the cache: conservative).
     """
 
     name: str
@@ -83,6 +90,7 @@ class GraphNode:
     executed: bool = True
     estimated: bool = False
     expert_bytes: int = 0
+    before_kv_cache: bool = False
 
     @property
     def work_bytes(self) -> int:
@@ -304,7 +312,8 @@ class LayerGraph:
             pin_pairs.append((self._index[name], device))
         return PlacementProblem(
             nodes=tuple(
-                Node(name=n.name, size_bytes=n.size_bytes, kv_bytes=n.kv_bytes, work_bytes=n.work_bytes)
+                Node(name=n.name, size_bytes=n.size_bytes, kv_bytes=n.kv_bytes, work_bytes=n.work_bytes,
+                     before_kv_cache=n.before_kv_cache)
                 for n in self.nodes
             ),
             edges=tuple(

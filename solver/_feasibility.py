@@ -16,10 +16,9 @@ __all__ = ["check_capacity", "structural_infeasibility", "missing_bytes"]
 def missing_bytes(problem: PlacementProblem) -> int:
     """Bytes by which the nodes exceed the summed caps (0 when they fit), a lower bound.
 
-    Weights-only: ``total weights - total caps``. With runtime memory also: the weights, all KV
-    cache, the largest working set and the smallest reserve of a computing device against all
-    caps, and the KV cache, largest working set and smallest reserve against the caps of the
-    computing devices (offloading moves weights, never the KV cache, off them).
+    Weights-only: ``total weights - total caps``. With runtime memory also: the weights and the
+    runtime floor (:func:`_runtime_floor`) against all caps, and the runtime floor against the
+    caps of the computing devices (offloading moves weights, never the KV cache, off them).
     """
     missing = problem.total_bytes - problem.total_cap_bytes
     if problem.has_runtime_memory:
@@ -33,13 +32,29 @@ def _computing_cap(problem: PlacementProblem) -> int:
 
 
 def _runtime_floor(problem: PlacementProblem) -> int:
-    """KV cache + largest working set + smallest reserve: runtime bytes every placement needs."""
+    """Runtime bytes every placement needs on its computing devices together:
+    ``max(KV cache + largest working set beside it, largest working set before any cache) +
+    smallest reserve``. The device that runs the largest working set beside the cache also holds
+    its own KV cache, and the others theirs; a before-cache working set needs its bytes on one
+    device (:mod:`layerplan.solver.accounting`)."""
     nodes = problem.nodes
-    return (
-        problem.total_kv_bytes
-        + max((x.work_bytes for x in nodes), default=0)
-        + min(problem.devices[c].reserve_bytes for c in problem.computing_devices)
+    beside = max((x.work_bytes for x in nodes if not x.before_kv_cache), default=0)
+    before = max((x.work_bytes for x in nodes if x.before_kv_cache), default=0)
+    return max(problem.total_kv_bytes + beside, before) + min(
+        problem.devices[c].reserve_bytes for c in problem.computing_devices
     )
+
+
+def _unit_runtime(problem: PlacementProblem, group: tuple[int, ...]) -> tuple[int, str]:
+    """The runtime bytes the nodes of ``group`` need where they compute, and how to say them:
+    ``max(largest before-cache working set, KV cache + largest other working set)``."""
+    nodes = [problem.nodes[m] for m in group]
+    kv = sum(x.kv_bytes for x in nodes)
+    beside = max((x.work_bytes for x in nodes if not x.before_kv_cache), default=0)
+    before = max((x.work_bytes for x in nodes if x.before_kv_cache), default=0)
+    if before > kv + beside:
+        return before, f"working set {format_bytes(before)} (before any KV cache exists)"
+    return kv + beside, f"KV cache {format_bytes(kv)}, working set {format_bytes(beside)}"
 
 
 def _units(problem: PlacementProblem) -> list[tuple[tuple[int, ...], int, int | None]]:
@@ -139,16 +154,15 @@ def _check_runtime(problem: PlacementProblem, missing: int) -> None:
     """Raise when some unit cannot run anywhere, or the KV cache cannot fit on the computing devices.
 
     A unit (node or tied group) computing on ``c`` needs there at least ``c``'s reserve, its KV
-    cache, its largest working set and its weights (stored on ``c``) or, offloaded while ``c`` is
-    the execution device, its largest member (streamed in).
+    cache and largest working set (:func:`_unit_runtime`) and its weights (stored on ``c``) or,
+    offloaded while ``c`` is the execution device, its largest member (streamed in).
     """
     devices = problem.devices
     computing = problem.computing_devices
     exec_device = problem.execution_device
     can_offload = any(not d.is_accelerator and i != exec_device for i, d in enumerate(devices))
     for group, size, pin in _units(problem):
-        kv = sum(problem.nodes[m].kv_bytes for m in group)
-        work = max(problem.nodes[m].work_bytes for m in group)
+        runtime, said = _unit_runtime(problem, group)
         largest_member = max(problem.nodes[m].size_bytes for m in group)
         if pin is not None and problem.compute_device(pin) != pin:
             options = [(exec_device, largest_member)]
@@ -158,14 +172,14 @@ def _check_runtime(problem: PlacementProblem, missing: int) -> None:
             options = [(c, size) for c in computing]
             if can_offload:
                 options.append((exec_device, largest_member))
-        needs = {c: devices[c].reserve_bytes + kv + work + weights for c, weights in options}
+        needs = {c: devices[c].reserve_bytes + runtime + weights for c, weights in options}
         if all(need > devices[c].cap_bytes for c, need in needs.items()):
             c = min(needs, key=lambda c: (needs[c] - devices[c].cap_bytes, c))
             name = problem.nodes[group[0]].name
             raise InfeasiblePlanError(
                 f"node {name!r} needs {format_bytes(needs[c])} to run on device "
-                f"{devices[c].name!r} (weights {format_bytes(needs[c] - devices[c].reserve_bytes - kv - work)}, "
-                f"KV cache {format_bytes(kv)}, working set {format_bytes(work)}, reserve "
+                f"{devices[c].name!r} (weights {format_bytes(needs[c] - devices[c].reserve_bytes - runtime)}, "
+                f"{said}, reserve "
                 f"{format_bytes(devices[c].reserve_bytes)}) but its cap is "
                 f"{format_bytes(devices[c].cap_bytes)}: {format_bytes(needs[c] - devices[c].cap_bytes)} "
                 "missing there; raise max_memory, lower the reserve, or shrink the workload "

@@ -37,6 +37,14 @@ no smaller than another in every entry can be dropped without losing the optimum
   its first node ``s``: a non-chain edge reaches a block once, at its first consumer in the block,
   and only if its producer (and any earlier consumer) lies before ``s``.
 
+With nodes whose working set peaks before any KV cache exists (``before_kv_cache``: an encoder),
+a device holds ``additive + max(pre, kv + work)`` (:mod:`layerplan.solver.accounting`): its KV
+cache and its largest such working set ``pre`` then have entries of their own (``XKV``, ``XPRE``,
+``BKV``, ``BPRE``), the KV cache leaving the additive bytes; without such nodes they stay 0 and the
+KV cache is additive, as the load is then a plain sum. The load grows with each entry, so
+dominance still holds, and a ``pre`` no larger than ``kv + work`` stays so (both only grow): it is
+moot, and normalised to 0.
+
 Labels are normalised before comparison (measures the phase does not use are dropped, a device
 with room for every node still to come needs no exact fill, a bit of a tensor nobody reads any
 more is moot, ``s`` only matters through the producers it lies after). The goal's measures are
@@ -73,7 +81,8 @@ MAX_LABELS = 4000
 OFF, TR, TIME, MSTAGE, MUTIL = range(5)  # offload cost, transfer, time, closed blocks' max stage / util
 XADD, XWORK, XSTREAM, XSTAGE, XIDLE, NOXB, OFFANY = range(5, 12)  # execution device
 BADD, BWORK, BSTAGE, BSTART = range(12, 16)  # open block on another accelerator
-USED = 16  # then one entry per offload device, then one bit per non-chain edge
+XKV, XPRE, BKV, BPRE = range(16, 20)  # before_kv_cache nodes: KV cache and largest such working set
+USED = 20  # then one entry per offload device, then one bit per non-chain edge
 
 
 #: The label entries that only serve one measure (zeroed when the goal does not minimise it).
@@ -192,6 +201,8 @@ class _Data:
     w: list[int]
     kv: list[int]
     work: list[int]
+    before: list[bool]  # [node] its working set peaks before any KV cache exists
+    split: bool  # before_kv_cache nodes with a working set: the KV cache in XKV / BKV, else in XADD / BADD
     caps: list[int]
     reserve: list[int]
     t_on: list[list[int]]  # [node][device] weighted ns stored there (compute + streaming)
@@ -211,6 +222,7 @@ class _Data:
     remaining_free: list[int]  # [position] weight bytes of the non-follower nodes i..n-1
     remaining_footprint: list[int]  # [position] their weight and (runtime memory) KV-cache bytes
     least_work_after: list[int]  # [position] runtime memory: the least working set of a node i..n-1 with weights
+    least_kv_work_after: list[int]  # [position] the same, a before_kv_cache node's counted 0 (room for weights + KV)
     groups: dict[int, int]  # anchor or follower -> its tied group
     followers_of: dict[int, tuple[int, ...]]  # anchor -> its followers
     anchors: tuple[int, ...]  # [group] its anchor
@@ -283,6 +295,7 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
     remaining_free = [0] * (n + 1)
     footprint = [0] * (n + 1)
     least_work = [1 << 62] * (n + 1)  # past the last node with weights: no node, no work (below)
+    least_kv_work = [1 << 62] * (n + 1)
     for i in range(n - 1, -1, -1):
         remaining[i] = remaining[i + 1] + nodes[i].size_bytes
         free = i not in follower  # a follower's bytes and time go with its anchor (maybe already charged)
@@ -291,6 +304,8 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
         footprint[i] = footprint[i + 1] + (nodes[i].size_bytes + kv if free else 0)
         holds = problem.has_runtime_memory and nodes[i].size_bytes > 0
         least_work[i] = min(least_work[i + 1], nodes[i].work_bytes) if holds else least_work[i + 1]
+        beside = 0 if nodes[i].before_kv_cache else nodes[i].work_bytes
+        least_kv_work[i] = min(least_kv_work[i + 1], beside) if holds else least_kv_work[i + 1]
         fastest = min(t_on[i][d if devices[d].is_accelerator else x] for d in allowed[i])
         best[i] = best[i + 1] + (fastest if free else 0)
     accs = problem.accelerators
@@ -304,6 +319,7 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
     rates = [(p + q) * 1e9 / cost.speeds[o].read_bytes_per_s for o in offs
              if cost is not None and cost.speeds[o].read_bytes_per_s > 0]
     starts = _run_starts(problem, cost) if problem.ordered else ()
+    split = problem.has_runtime_memory and any(x.before_kv_cache and x.work_bytes for x in nodes)
     return _Data(
         n=n, others=others, free=not problem.ordered, offs=offs,
         groups_free=_free_groups(problem, cost) if not problem.ordered else (),
@@ -313,12 +329,14 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
         min_stream_ns_per_byte=min(rates, default=0.0),
         x=problem.execution_device, runtime=problem.has_runtime_memory,
         w=[x.size_bytes for x in nodes], kv=[x.kv_bytes for x in nodes], work=[x.work_bytes for x in nodes],
+        before=[x.before_kv_cache for x in nodes], split=split,
         caps=[d.cap_bytes for d in devices], reserve=[d.reserve_bytes for d in devices],
         t_on=t_on, cut=cut, cut_t=cut_t, consumes=consumes, produces=produces, last_use=last_use,
         thresholds=thresholds, remaining=remaining, min_time_after=best, least_cut_after=least_cut, pins=dict(problem.pins),
         offload_cost=[d.offload_cost for d in devices],
         remaining_free=remaining_free, remaining_footprint=footprint,
         least_work_after=[0 if w == 1 << 62 else w for w in least_work],
+        least_kv_work_after=[0 if w == 1 << 62 else w for w in least_kv_work],
         groups={m: g for g, group in enumerate(problem.tied_groups) for m in group},
         followers_of=followers_of, inputs=inputs, anchors=tuple(g[0] for g in problem.tied_groups),
     )
@@ -365,8 +383,9 @@ def _on_x(data: _Data, i: int, v: list[int], stored: int, chain_charge: bool) ->
         v[XADD] += data.w[i]
         v[NOXB] = 0
     if runtime:
-        v[XADD] += data.kv[i]
-        v[XWORK] = max(v[XWORK], data.work[i])
+        v[XKV if data.split else XADD] += data.kv[i]
+        work = XPRE if data.before[i] else XWORK
+        v[work] = max(v[work], data.work[i])
         if v[XIDLE]:
             v[XADD] += data.reserve[x]
     v[XIDLE] = 0
@@ -381,7 +400,7 @@ def _on_x(data: _Data, i: int, v: list[int], stored: int, chain_charge: bool) ->
         v[USED + len(data.offs) + bit] = 0
     v[TIME] += t
     v[XSTAGE] += t
-    return v[XADD] + v[XWORK] + v[XSTREAM] <= data.caps[x]
+    return _x_load(v) <= data.caps[x]
 
 
 def _on_block(data: _Data, i: int, v: list[int], device: int, start: bool) -> bool:
@@ -389,7 +408,7 @@ def _on_block(data: _Data, i: int, v: list[int], device: int, start: bool) -> bo
     device); updates ``v`` in place. False when the block overflows."""
     runtime = data.runtime
     if start:
-        v[BADD], v[BWORK], v[BSTAGE], v[BSTART] = 0, 0, 0, i
+        v[BADD], v[BWORK], v[BSTAGE], v[BSTART], v[BKV], v[BPRE] = 0, 0, 0, i, 0, 0
     v[BADD] += data.w[i]
     t = data.t_on[i][device]
     if start and data.cut[i]:
@@ -397,17 +416,17 @@ def _on_block(data: _Data, i: int, v: list[int], device: int, start: bool) -> bo
     for _bit, prev, size, ns in data.consumes[i]:
         if prev < v[BSTART]:
             t += _receive(data, v, BADD, size, ns[device])
-    if runtime:
-        v[BADD] += data.kv[i]
-        v[BWORK] = max(v[BWORK], data.work[i])
-    for f in data.followers_of.get(i, ()):  # tied copies sit here too; their inputs come later
-        v[BADD] += data.w[f] + (data.kv[f] if runtime else 0)
+    for node in (i, *data.followers_of.get(i, ())):  # tied copies sit here too; their inputs come later
+        if node != i:
+            v[BADD] += data.w[node]
+            t += data.t_on[node][device]
         if runtime:
-            v[BWORK] = max(v[BWORK], data.work[f])
-        t += data.t_on[f][device]
+            v[BKV if data.split else BADD] += data.kv[node]
+            work = BPRE if data.before[node] else BWORK
+            v[work] = max(v[work], data.work[node])
     v[TIME] += t
     v[BSTAGE] += t
-    return v[BADD] + v[BWORK] + (data.reserve[device] if runtime else 0) <= data.caps[device]
+    return _b_load(data, v, device) <= data.caps[device]
 
 
 def _close(data: _Data, v: list[int], device: int, i: int, anchors: tuple[int, ...]) -> bool:
@@ -421,25 +440,35 @@ def _close(data: _Data, v: list[int], device: int, i: int, anchors: tuple[int, .
             if f < i:
                 continue
             _receive_inputs(data, v, f, device, before=v[BSTART], after=i)
-    load = v[BADD] + v[BWORK] + (data.reserve[device] if data.runtime else 0)
+    load = _b_load(data, v, device)
     fits = load <= data.caps[device]
     if data.caps[device]:
         v[MUTIL] = max(v[MUTIL], -(-UTILISATION_SCALE * load // data.caps[device]))
     v[MSTAGE] = max(v[MSTAGE], v[BSTAGE])
-    v[BADD] = v[BWORK] = v[BSTAGE] = v[BSTART] = 0
+    v[BADD] = v[BWORK] = v[BSTAGE] = v[BSTART] = v[BKV] = v[BPRE] = 0
     return fits
+
+
+def _x_load(v: Sequence[int]) -> int:
+    """What the execution device holds (:mod:`layerplan.solver.accounting`), its reserve once it computes."""
+    return v[XADD] + max(v[XPRE], v[XKV] + v[XWORK]) + v[XSTREAM]
+
+
+def _b_load(data: _Data, v: Sequence[int], device: int) -> int:
+    """What the open block's accelerator ``device`` holds, its reserve included (runtime memory)."""
+    return v[BADD] + max(v[BPRE], v[BKV] + v[BWORK]) + (data.reserve[device] if data.runtime else 0)
 
 
 def _x_util(data: _Data, v: Sequence[int]) -> int:
     cap = data.caps[data.x]
-    return -(-UTILISATION_SCALE * (v[XADD] + v[XWORK] + v[XSTREAM]) // cap) if cap else 0
+    return -(-UTILISATION_SCALE * _x_load(v) // cap) if cap else 0
 
 
 def _measures(data: _Data, v: Sequence[int], open_device: int | None) -> dict[Measure, int]:
     """Lower bounds of every measure from a label (the values, once every node is placed)."""
     util = max(v[MUTIL], _x_util(data, v))
     if open_device is not None and data.caps[open_device]:
-        load = v[BADD] + v[BWORK] + (data.reserve[open_device] if data.runtime else 0)
+        load = _b_load(data, v, open_device)
         util = max(util, -(-UTILISATION_SCALE * load // data.caps[open_device]))
     return {
         Measure.OFFLOAD_COST: v[OFF],
@@ -489,11 +518,13 @@ def _starts(data: _Data, key: object, xs: int) -> list[tuple[object, int]]:
             for g, members in enumerate(data.groups_free) if used[g] < len(members) and (xs or g != data.x_group)]
 
 
-def _room_left(data: _Data, key: object, i: int) -> tuple[int, int]:
+def _room_left(data: _Data, key: object, i: int, *, with_kv: bool = False) -> tuple[int, int]:
     """The weight bytes the other accelerators no block has used yet can take from nodes ``i..``,
     in all and on the roomiest one: each its cap less, with runtime memory, its reserve and the
-    least working set of a node with weights still to come (one of which it would hold)."""
-    less = data.least_work_after[i] if data.runtime else 0
+    least working set of a node with weights still to come (one of which it would hold). With
+    ``with_kv``, the weight and KV-cache bytes they can take: a ``before_kv_cache`` node's working
+    set then counts 0 (it needs no room beside the KV cache)."""
+    less = (data.least_kv_work_after if with_kv else data.least_work_after)[i] if data.runtime else 0
     cached = data.room_cache.get((key, less))
     if cached is not None:
         return cached
@@ -783,7 +814,7 @@ def _follow(data: _Data, f: int, states: dict[_State, list[_Label]]) -> dict[_St
                     continue
             elif on == "o" and _open_device(data, last) == device:
                 _receive_inputs(data, v, f, device, before=v[BSTART], after=data.n)
-                if v[BADD] + v[BWORK] + (data.reserve[device] if data.runtime else 0) > data.caps[device]:
+                if _b_load(data, v, device) > data.caps[device]:
                     continue
             kept.append(_Label(tuple(v), label, device))
     return out
@@ -841,28 +872,38 @@ def _completion_bounds(
     reserve_b = data.reserve[open_device] if open_device is not None and data.runtime else 0
     reserve_x = data.reserve[x] if data.runtime else 0  # charged when it first computes (``XIDLE``)
     room_left, roomiest = _room_left(data, last, i)  # the other accelerators not used yet
+    # Room for weight and KV-cache bytes: more than for weights alone where a before_kv_cache
+    # working set is charged in place of the KV cache (its load grows by less than the KV bytes).
+    kv_room_left, kv_roomiest = _room_left(data, last, i, with_kv=True) if data.split else (room_left, roomiest)
     # With nowhere to offload, what the execution device and the open block cannot take needs new
     # blocks, each holding at most ``roomiest`` and receiving at least the least cut.
     to_place = data.remaining_footprint[i] if data.runtime else data.remaining_free[i]
+    block_room = kv_roomiest if data.runtime else roomiest
     cut_bytes, cut_ns = data.least_cut_after[i]
     base_overflow = data.remaining_free[i] - room_left
-    footprint = data.remaining_footprint[i] - room_left if data.runtime and data.offs else None
+    footprint = data.remaining_footprint[i] - kv_room_left if data.runtime and data.offs else None
     time_after = data.min_time_after[i]
     offs, used = data.offs, [USED + s for s in range(len(data.offs))]
     rate = data.min_stream_ns_per_byte
     scale = UTILISATION_SCALE
 
     def lower(v: Sequence[int]) -> tuple[int, ...] | None:
-        x_free = max(0, cap_x - (v[XADD] + v[XWORK] + v[XSTREAM] + (reserve_x if v[XIDLE] else 0)))
+        idle = reserve_x if v[XIDLE] else 0
+        x_free = max(0, cap_x - (_x_load(v) + idle))
+        # room for weights + KV: a load without the before-cache working set grows by both
+        x_kv_free = max(0, cap_x - (v[XADD] + v[XKV] + v[XWORK] + v[XSTREAM] + idle))
         room = x_free if x_room else 0
+        kv_room = x_kv_free if x_room else 0
         if open_device is not None:
-            room += max(0, cap_b - (v[BADD] + v[BWORK] + reserve_b))
+            room += max(0, cap_b - _b_load(data, v, open_device))
+            kv_room += max(0, cap_b - (v[BADD] + v[BKV] + v[BWORK] + reserve_b))
         overflow = base_overflow - room
         if footprint is not None:  # the execution device takes the offloaded nodes' KV cache
-            overflow = max(overflow, footprint - room - (0 if x_room else x_free))
+            overflow = max(overflow, footprint - kv_room - (0 if x_room else x_kv_free))
         stream = offload = blocks = 0
-        if not offs and roomiest and to_place > room:
-            blocks = -(-(to_place - room) // roomiest)
+        placed_room = kv_room if data.runtime else room
+        if not offs and block_room and to_place > placed_room:
+            blocks = -(-(to_place - placed_room) // block_room)
         if overflow > 0:
             free = [data.caps[o] - v[u] for o, u in zip(offs, used)]
             if sum(free) < overflow:
@@ -884,9 +925,9 @@ def _completion_bounds(
             elif measure is Measure.BOTTLENECK_NS:
                 out.append(max(v[MSTAGE], v[XSTAGE] + stream, v[BSTAGE]))
             else:  # MAX_UTILISATION
-                util = max(v[MUTIL], -(-scale * (v[XADD] + v[XWORK] + v[XSTREAM]) // cap_x) if cap_x else 0)
+                util = max(v[MUTIL], -(-scale * _x_load(v) // cap_x) if cap_x else 0)
                 if cap_b:
-                    util = max(util, -(-scale * (v[BADD] + v[BWORK] + reserve_b) // cap_b))
+                    util = max(util, -(-scale * _b_load(data, v, open_device) // cap_b))
                 out.append(util)
         return tuple(out)
 
@@ -898,15 +939,21 @@ def _normal(data: _Data, vec: tuple[int, ...], i: int, measures: frozenset[Measu
     measures the goal does not minimise; the execution device's load once its block is closed and
     no offload device exists (nothing can compute there any more: its utilisation and stage are
     final); an offload device with room for every node still to come needs no exact fill; the bit
-    of a tensor no later node reads is moot; and a block's first node only matters through the
-    producers and consumers it comes after (``_Data.thresholds``)."""
+    of a tensor no later node reads is moot; a before-cache working set no larger than the KV
+    cache and working set beside it is moot (both only grow); and a block's first node only
+    matters through the producers and consumers it comes after (``_Data.thresholds``)."""
     v = list(vec)
-    if state[1] == 2 and not data.offs and not data.anchors and (v[XADD] or v[XSTAGE]):
+    if state[1] == 2 and not data.offs and not data.anchors and (v[XADD] or v[XKV] or v[XPRE] or v[XSTAGE]):
         if Measure.MAX_UTILISATION in measures:
             v[MUTIL] = max(v[MUTIL], _x_util(data, v))
         v[MSTAGE] = max(v[MSTAGE], v[XSTAGE])
-        v[XADD] = v[XWORK] = v[XSTREAM] = v[XSTAGE] = 0
+        v[XADD] = v[XWORK] = v[XSTREAM] = v[XSTAGE] = v[XKV] = v[XPRE] = 0
         v[USED + len(data.offs):] = [0] * len(data.last_use)
+    # A before-cache working set no larger than the KV cache and working set beside it stays so.
+    if v[XPRE] <= v[XKV] + v[XWORK]:
+        v[XPRE] = 0
+    if v[BPRE] <= v[BKV] + v[BWORK]:
+        v[BPRE] = 0
     for measure, slots in _MEASURE_SLOTS:
         if measure not in measures:
             for slot in slots:

@@ -429,22 +429,27 @@ def _variables(problem: PlacementProblem, model: cp_model.CpModel, *, slack: boo
     return _Vars(chain=chain, offs=offs, on=on, start=start, level=level, runs_on=runs_on, sent=sent, extra=extra)
 
 
-def _add_caps(problem: PlacementProblem, model: cp_model.CpModel, v: _Vars) -> dict[int, cp_model.LinearExprT]:
-    """Each node on one device, and every device within its cap; returns each device's load."""
+def _add_caps(
+    problem: PlacementProblem, model: cp_model.CpModel, v: _Vars
+) -> dict[int, list[cp_model.LinearExprT]]:
+    """Each node on one device, and every device within its cap; returns each device's loads (one
+    per peak it holds: its load is the largest)."""
     nodes, on = problem.nodes, v.on
     # Each node is placed on exactly one device.
     for i in range(len(nodes)):
         model.add_exactly_one(on[i])
     # What a device holds never exceeds its cap (solver.accounting): its weights, and with runtime
-    # memory, on a device that computes, also KV, working set, received tensors, streaming, reserve.
+    # memory, on a device that computes, also KV, working set, received tensors, streaming, reserve;
+    # a working set that peaks before any KV cache exists is a second peak, without the cache.
     runtime = _runtime_terms(problem, model, on, v.runs_on, v.sent) if problem.has_runtime_memory else {}
-    loads: dict[int, cp_model.LinearExprT] = {}
+    loads: dict[int, list[cp_model.LinearExprT]] = {}
     for d, device in enumerate(problem.devices):
-        held = [nodes[i].size_bytes * on[i][d] for i in range(len(nodes)) if nodes[i].size_bytes > 0]
-        held += runtime.get(d, [])
-        if held:
-            loads[d] = sum(held)
-            model.add(loads[d] <= device.cap_bytes + (v.extra[d] if v.extra is not None else 0))
+        weights = [nodes[i].size_bytes * on[i][d] for i in range(len(nodes)) if nodes[i].size_bytes > 0]
+        for extra_terms in runtime.get(d, [[]]):
+            held = weights + extra_terms
+            if held:
+                loads.setdefault(d, []).append(sum(held))
+                model.add(loads[d][-1] <= device.cap_bytes + (v.extra[d] if v.extra is not None else 0))
     return loads
 
 
@@ -527,7 +532,7 @@ def _measures(
     problem: PlacementProblem,
     model: cp_model.CpModel,
     v: _Vars,
-    loads: dict[int, cp_model.LinearExprT],
+    loads: dict[int, list[cp_model.LinearExprT]],
     *,
     goal: Goal,
     cost: CostModel | None,
@@ -567,16 +572,17 @@ def _runtime_ceiling(problem: PlacementProblem) -> int:
 
 
 def _utilisation(
-    problem: PlacementProblem, model: cp_model.CpModel, loads: dict[int, cp_model.LinearExprT]
+    problem: PlacementProblem, model: cp_model.CpModel, loads: dict[int, list[cp_model.LinearExprT]]
 ) -> cp_model.IntVar | None:
-    """``util >= ceil(UTILISATION_SCALE * load / cap)`` on every balance device
-    (:func:`layerplan.solver.goals.max_utilisation`); None when no balance device holds anything."""
+    """``util >= ceil(UTILISATION_SCALE * load / cap)`` on every balance device, for each of its
+    peaks (:func:`layerplan.solver.goals.max_utilisation`); None when no balance device holds anything."""
     devices = [d for d in balance_devices(problem) if d in loads]
     if not devices:
         return None
     util = model.new_int_var(0, UTILISATION_SCALE, "max_utilisation")
     for d in devices:
-        model.add(UTILISATION_SCALE * loads[d] <= util * problem.devices[d].cap_bytes)
+        for load in loads[d]:
+            model.add(UTILISATION_SCALE * load <= util * problem.devices[d].cap_bytes)
     return util
 
 
@@ -645,30 +651,32 @@ def _runtime_terms(
     on: tuple[tuple[cp_model.IntVar, ...], ...],
     runs_on: dict[tuple[int, int], cp_model.LinearExprT],
     sent: dict[tuple[int, int], cp_model.IntVar],
-) -> dict[int, list]:
-    """Per computing device, the runtime bytes of :mod:`layerplan.solver.accounting` as linear terms.
+) -> dict[int, list[list]]:
+    """Per computing device, the runtime bytes of :mod:`layerplan.solver.accounting` as linear
+    terms: one list of terms per peak the device must hold, the charge being the largest.
 
     ``runs_on[i, c]`` (0/1 expression) says node ``i`` computes on ``c``; ``used[c]`` that ``c``
-    computes anything (it then pays its reserve); ``work[c]`` >= each working set run there;
-    ``stream[c]`` (execution device only) >= each offloaded node's bytes. All of these only ever
-    raise a device's load, so minimal values are the accounting's exact values.
+    computes anything (it then pays its reserve); ``work[c]`` >= each working set run there beside
+    the KV cache; ``stream[c]`` (execution device only) >= each offloaded node's bytes. With
+    ``before_kv_cache`` nodes, ``pre[c]`` >= each of their working sets, and the device holds two
+    peaks, each within its cap: received + streaming + reserve + ``pre[c]``, and the same + KV cache
+    + ``work[c]`` (``max(a, b) <= cap`` is ``a <= cap`` and ``b <= cap``). All of these variables
+    only ever raise a device's load, so minimal values are the accounting's exact values.
     """
     nodes, devices = problem.nodes, problem.devices
     n = len(nodes)
     offs = [d for d, dev in enumerate(devices) if not dev.is_accelerator]
     exec_device = problem.execution_device
-    max_work = max((x.work_bytes for x in nodes), default=0)
-    terms: dict[int, list] = {}
+    max_work = max((x.work_bytes for x in nodes if not x.before_kv_cache), default=0)
+    max_pre = max((x.work_bytes for x in nodes if x.before_kv_cache), default=0)
+    terms: dict[int, list[list]] = {}
     for c in problem.computing_devices:
         runs = [runs_on[i, c] for i in range(n)]
-        held: list = [nodes[i].kv_bytes * runs[i] for i in range(n) if nodes[i].kv_bytes]
+        beside: list = [nodes[i].kv_bytes * runs[i] for i in range(n) if nodes[i].kv_bytes]
         if max_work:
-            work = model.new_int_var(0, max_work, f"work[{devices[c].name}]")
-            for i in range(n):
-                if nodes[i].work_bytes:
-                    model.add(work >= nodes[i].work_bytes * runs[i])
-            held.append(work)
-        held += [problem.edges[e].size_bytes * var for (e, d), var in sent.items() if d == c]
+            beside.append(_largest(model, max_work, f"work[{devices[c].name}]",
+                                   [(nodes[i].work_bytes, runs[i]) for i in range(n) if not nodes[i].before_kv_cache]))
+        held: list = [problem.edges[e].size_bytes * var for (e, d), var in sent.items() if d == c]
         if c == exec_device:
             streamed = [i for i in range(n) if nodes[i].size_bytes] if offs else []
             if streamed:
@@ -684,8 +692,23 @@ def _runtime_terms(
             for i in range(n):
                 model.add(used >= runs[i])
             held.append(devices[c].reserve_bytes * used)
-        terms[c] = held
+        terms[c] = [beside + held]
+        if max_pre:
+            pre = _largest(model, max_pre, f"pre[{devices[c].name}]",
+                           [(nodes[i].work_bytes, runs[i]) for i in range(n) if nodes[i].before_kv_cache])
+            terms[c].append([pre, *held])
     return terms
+
+
+def _largest(
+    model: cp_model.CpModel, ceiling: int, name: str, weighted: Sequence[tuple[int, cp_model.LinearExprT]]
+) -> cp_model.IntVar:
+    """An integer variable ``>= b * x`` for each ``(b, x)`` of ``weighted`` (``x`` 0/1), in ``0..ceiling``."""
+    var = model.new_int_var(0, ceiling, name)
+    for size, runs in weighted:
+        if size:
+            model.add(var >= size * runs)
+    return var
 
 
 def _add_hint(built: _Model, problem: PlacementProblem, assignment: Sequence[int]) -> None:

@@ -89,7 +89,9 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
 
     Raises:
         InvalidSpecError: the problem is not a chain, is unordered, has tied groups or has
-            runtime memory (KV, working sets, reserves).
+            runtime memory (KV, working sets, reserves). Without runtime memory a node's
+            ``before_kv_cache`` changes no charge (:mod:`layerplan.solver.accounting`), so the DP
+            honours it by ignoring it.
         InfeasiblePlanError: no placement satisfies the caps, pins, contiguity and device order.
     """
     if not problem.is_chain:

@@ -64,9 +64,12 @@ def chain_hint(problem: PlacementProblem) -> tuple[int, ...] | None:
 
     A problem with runtime memory is first made weights-only: each node weighs its weights plus
     its KV cache, and each computing device's cap shrinks by its reserve, the largest working set,
-    the largest tensor and (execution device) the largest node. When the hint still overflows a
-    device under the full accounting, that device's cap shrinks by the overflow and the hint is
-    searched again (a few rounds).
+    the largest tensor and (execution device) the largest node. A working set that peaks before
+    any KV cache exists (``before_kv_cache``) needs, beside the KV cache charged in the node
+    weights, only its excess over that cache: the cap shrinks by it less the whole KV cache when
+    that is the larger (exact with one computing device; elsewhere the rounds below repair it).
+    When the hint still overflows a device under the full accounting, that device's cap shrinks
+    by the overflow and the hint is searched again (a few rounds).
 
     Args:
         problem: any placement problem (DAG edges, tied groups, pins, ``ordered`` either way).
@@ -108,7 +111,9 @@ def _any_hint(problem: PlacementProblem) -> tuple[int, ...] | None:
 def _weights_only(problem: PlacementProblem, shrink: list[int]) -> PlacementProblem:
     """The weights-only surrogate of a problem with runtime memory (see :func:`chain_hint`)."""
     nodes = problem.nodes
-    work = max((x.work_bytes for x in nodes), default=0)
+    beside = max((x.work_bytes for x in nodes if not x.before_kv_cache), default=0)
+    before = max((x.work_bytes for x in nodes if x.before_kv_cache), default=0)
+    work = max(beside, before - problem.total_kv_bytes)
     edge = max((e.size_bytes for e in problem.edges), default=0)
     largest = max((x.size_bytes for x in nodes), default=0)
     devices = []

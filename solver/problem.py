@@ -10,7 +10,9 @@ Placement rules (shared by the CP-SAT model, the chain DP and :func:`evaluate`):
   for a problem with runtime memory (:attr:`PlacementProblem.has_runtime_memory`: some node has KV
   or working-set bytes, or some device a reserve), on each device that computes also the KV cache,
   the largest working set, the tensors it receives, the streaming buffer for offloaded nodes and
-  the reserve (see :mod:`layerplan.solver.accounting`);
+  the reserve; a working set that peaks before any KV cache exists (:attr:`Node.before_kv_cache`:
+  an encoder under ``generate()``) is charged instead of the KV cache and the other working sets
+  when it is the larger (see :mod:`layerplan.solver.accounting`);
 * the nodes of a tied group share one device; the first member (in execution order) is the group's
   *anchor*, the others are *followers*;
 * each accelerator holds at most one contiguous run of non-follower nodes in execution order
@@ -142,12 +144,22 @@ class Node:
         kv_bytes: KV cache it keeps for the whole workload, charged to the device it computes
             on, >= 0.
         work_bytes: peak working set of its forward (transient activations), >= 0.
+        before_kv_cache: its working set peaks before any KV cache exists, so it never coexists
+            with the KV cache of the device it computes on: an encoder-decoder's encoder under
+            ``generate()``, which transformers runs once, whole, before the decoder's first step
+            creates any cache (``GenerationMixin.generate``: step 4,
+            ``_maybe_prepare_encoder_kwargs_for_generation``, ``_prepare_encoder_decoder_kwargs_for_generation``
+            before transformers 5, then step 7, ``_prepare_cache_for_generation``; a ``DynamicCache``
+            allocates its tensors at the decoder's first ``update``). Its device is charged
+            ``max(its largest such working set, KV cache + largest other working set)``
+            (:mod:`layerplan.solver.accounting`); False: the working set coexists with the cache.
     """
 
     name: str
     size_bytes: int
     kv_bytes: int = 0
     work_bytes: int = 0
+    before_kv_cache: bool = False
 
     def __post_init__(self) -> None:
         for field_name in ("size_bytes", "kv_bytes", "work_bytes"):
@@ -156,6 +168,10 @@ class Node:
                 raise InvalidSpecError(
                     f"node {self.name!r} has {field_name}={value!r}; expected an int >= 0"
                 )
+        if not isinstance(self.before_kv_cache, bool):
+            raise InvalidSpecError(
+                f"node {self.name!r} has before_kv_cache={self.before_kv_cache!r}; expected True or False"
+            )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -103,6 +103,7 @@ def problems(
     tied: bool | None = None,
     pins: bool | None = None,
     runtime_memory: bool | None = None,
+    before_kv_cache: bool | None = False,
     ordered: bool | None = None,
     max_layer_bytes: int = 100,
 ) -> st.SearchStrategy[PlacementProblem]:
@@ -116,6 +117,11 @@ def problems(
         pins: True: up to 2 nodes are pinned; None: drawn; False: none.
         runtime_memory: True: nodes have KV-cache and working-set bytes and accelerators
             reserves; None: drawn.
+        before_kv_cache: True: from 3 nodes on, the nodes after the first up to a drawn one are an
+            encoder (T5's ``encoder.block.*``): no KV cache, a working set of their own (up to
+            half of ``max_layer_bytes``, with runtime memory) that peaks before any KV cache
+            exists (:attr:`layerplan.solver.Node.before_kv_cache`); None: drawn; False (the
+            default): no such nodes, and no draw for them (so existing suites keep their examples).
         ordered: accelerator blocks in device order (True), in any order (False), or drawn (None).
         max_layer_bytes: the largest node size in bytes.
 
@@ -125,7 +131,8 @@ def problems(
     _check_range("min_nodes", min_nodes, "max_nodes", max_nodes, floor=1)
     _check_range("max_layer_bytes", max_layer_bytes, "max_layer_bytes", max_layer_bytes, floor=0)
     for name, value in (("offload_tiers", offload_tiers), ("identical", identical), ("tied", tied),
-                        ("pins", pins), ("runtime_memory", runtime_memory), ("ordered", ordered)):
+                        ("pins", pins), ("runtime_memory", runtime_memory), ("before_kv_cache", before_kv_cache),
+                        ("ordered", ordered)):
         _check_flag(name, value)
     if not isinstance(broadcast_edges, bool):
         raise InvalidArgument(f"broadcast_edges={broadcast_edges!r}; expected True or False")
@@ -133,7 +140,7 @@ def problems(
                 offload_tiers=offload_tiers, identical=identical)  # checks those arguments
     return _problems(low=min_nodes, high=max_nodes, gpus=(min_accelerators, max_accelerators), tiers=offload_tiers,
                      identical=identical, broadcast=broadcast_edges, tied=tied, pins=pins, runtime=runtime_memory,
-                     ordered=ordered, size=max_layer_bytes)
+                     before=before_kv_cache, ordered=ordered, size=max_layer_bytes)
 
 
 def _maybe(draw: st.DrawFn, flag: bool | None) -> bool:
@@ -143,7 +150,7 @@ def _maybe(draw: st.DrawFn, flag: bool | None) -> bool:
 @st.composite
 def _problems(draw: st.DrawFn, *, low: int, high: int, gpus: tuple[int, int], tiers: bool | None,
               identical: bool | None, broadcast: bool, tied: bool | None, pins: bool | None,
-              runtime: bool | None, ordered: bool | None, size: int) -> PlacementProblem:
+              runtime: bool | None, before: bool | None, ordered: bool | None, size: int) -> PlacementProblem:
     n = draw(st.integers(low, high))
     pattern = draw(st.lists(st.integers(0, size), min_size=1, max_size=3))
     ends = (draw(st.integers(0, size)), draw(st.integers(0, size)))  # embedding, head
@@ -155,6 +162,11 @@ def _problems(draw: st.DrawFn, *, low: int, high: int, gpus: tuple[int, int], ti
         else (0, 0)
     nodes = tuple(Node(name=f"layers.{i}", size_bytes=s, kv_bytes=kv if 0 < i < n - 1 else 0, work_bytes=work)
                   for i, s in enumerate(sizes))
+    if _maybe(draw, before) and n >= 3:  # an encoder after the embedding: nodes 1..last
+        last = draw(st.integers(1, n - 2))
+        encoder_work = draw(st.integers(0, max(1, size // 2))) if with_runtime else 0
+        nodes = tuple(Node(name=f"encoder.{i}", size_bytes=x.size_bytes, work_bytes=encoder_work, before_kv_cache=True)
+                      if 1 <= i <= last else x for i, x in enumerate(nodes))
     hidden = draw(st.integers(0, max(1, size // 10)))
     edges = [Edge(producer=i, consumers=(i + 1,), size_bytes=hidden) for i in range(n - 1)]
     for _ in range(draw(st.integers(0, 2)) if broadcast and n >= 3 else 0):

@@ -23,6 +23,7 @@ from layerplan.solver import (
     PlacementProblem,
     Solution,
     Status,
+    device_loads,
     evaluate,
     violations,
 )
@@ -34,6 +35,7 @@ solve = partial(_solve_any, method="cp-sat")
 
 __all__ = [
     "assert_cpsat_matches_brute_force",
+    "before_cache_problems",
     "blocks_needed",
     "brute_force",
     "chain_of",
@@ -215,6 +217,38 @@ def runtime_problems(draw: st.DrawFn, *, max_nodes: int = 6, max_devices: int = 
         for d in base.devices
     )
     return dataclasses.replace(base, nodes=nodes, devices=devices)
+
+
+@st.composite
+def before_cache_problems(draw: st.DrawFn, *, max_nodes: int = 6, max_devices: int = 3) -> PlacementProblem:
+    """:func:`runtime_problems` with some nodes whose working set peaks before any KV cache exists
+    (``before_kv_cache``, an encoder under ``generate()``): up to half of them (at least one),
+    drawn anywhere (an encoder is a prefix, but the rule does not depend on the order), with a
+    working set up to 14 bytes and mostly no KV cache of their own; the other nodes' KV caches are
+    redrawn up to 6 bytes, so that a device often holds both and the larger of its two peaks
+    decides. Caps get up to 8 more bytes or, three times in four, are drawn for a drawn placement
+    (blocks in device order): between what each device holds in it and what it would hold were
+    every working set charged beside the KV cache, so that the flag often decides whether it fits."""
+    base = draw(runtime_problems(max_nodes=max_nodes, max_devices=max_devices))
+    n = len(base.nodes)
+    flagged = set(draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=max(1, n // 2))))
+    nodes = tuple(
+        dataclasses.replace(x, before_kv_cache=True, work_bytes=draw(st.integers(0, 14)),
+                            kv_bytes=x.kv_bytes if draw(st.integers(0, 3)) == 0 else 0)
+        if i in flagged else dataclasses.replace(x, kv_bytes=draw(st.integers(0, 6)))
+        for i, x in enumerate(base.nodes)
+    )
+    problem = dataclasses.replace(base, nodes=nodes)
+    if draw(st.integers(0, 3)):
+        placement = sorted(draw(st.integers(0, len(base.devices) - 1)) for _ in range(n))  # blocks in order
+        plain = dataclasses.replace(problem, nodes=tuple(dataclasses.replace(x, before_kv_cache=False) for x in nodes))
+        low = [load.total for load in device_loads(problem, placement)]
+        high = [load.total for load in device_loads(plain, placement)]
+        caps = [draw(st.integers(a, b)) if b else d.cap_bytes for a, b, d in zip(low, high, base.devices)]
+    else:
+        caps = [d.cap_bytes + draw(st.integers(0, 8)) for d in base.devices]
+    devices = tuple(dataclasses.replace(d, cap_bytes=cap) for d, cap in zip(base.devices, caps))
+    return dataclasses.replace(problem, devices=devices)
 
 
 def blocks_needed(sizes: list[int], cap_bytes: int) -> int:

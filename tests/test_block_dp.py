@@ -28,7 +28,7 @@ from layerplan.solver import (
     solve,
     violations,
 )
-from strategies import runtime_problems, small_problems
+from strategies import before_cache_problems, runtime_problems, small_problems
 from test_goals import brute_force_goal, cost_models, hand_measures
 
 
@@ -60,10 +60,11 @@ def _uniform_links(cost: CostModel, value: float) -> CostModel:
 
 
 @st.composite
-def offload_problems(draw: st.DrawFn) -> PlacementProblem:
+def offload_problems(draw: st.DrawFn, base: st.SearchStrategy[PlacementProblem] | None = None) -> PlacementProblem:
     """1-2 GPUs too small for the model, a cpu (and sometimes a disk) with room: problems where
-    offloading, the execution device's shared load and the streaming buffer decide."""
-    base = _dp_shaped(draw(runtime_problems(max_nodes=6)))
+    offloading, the execution device's shared load and the streaming buffer decide. ``base``:
+    the problems they start from (default :func:`runtime_problems`)."""
+    base = _dp_shaped(draw(runtime_problems(max_nodes=6) if base is None else base))
     total = base.total_bytes + base.total_kv_bytes
     gpus = [Device(name=str(g), kind=DeviceKind.ACCELERATOR, cap_bytes=draw(st.integers(total // 2, total + 25)),
                    reserve_bytes=draw(st.integers(0, 3))) for g in range(draw(st.integers(1, 2)))]
@@ -129,13 +130,15 @@ def test_block_dp_matches_brute_force_when_gpus_are_short(goal: Goal, data) -> N
 
 
 @st.composite
-def interchangeable_gpu_problems(draw: st.DrawFn):
+def interchangeable_gpu_problems(draw: st.DrawFn, bases: st.SearchStrategy[PlacementProblem] | None = None):
     """2-4 identical GPUs (same cap, reserve, speed and links: interchangeable), sometimes a
     different one among them and sometimes a cpu, in device or free order: the symmetry the DP
     prunes on (one block start per run of identical GPUs in device order; in free order the
     execution device first when nothing can be offloaded, and states with fewer GPUs used
     dominating)."""
-    base = _dp_shaped(draw(st.one_of(small_problems(max_nodes=6), runtime_problems(max_nodes=6))))
+    if bases is None:
+        bases = st.one_of(small_problems(max_nodes=6), runtime_problems(max_nodes=6))
+    base = _dp_shaped(draw(bases))
     total = base.total_bytes + base.total_kv_bytes
     cap, reserve = draw(st.integers(total // 3 + 4, total + 12)), draw(st.integers(0, 2))
     gpus = [Device(name=str(g), kind=DeviceKind.ACCELERATOR, cap_bytes=cap, reserve_bytes=reserve)
@@ -155,6 +158,32 @@ def interchangeable_gpu_problems(draw: st.DrawFn):
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=interchangeable_gpu_problems())
 def test_block_dp_matches_brute_force_on_identical_gpus(goal: Goal, data) -> None:
+    problem, cost = data
+    _check_against_brute_force(problem, cost, goal)
+
+
+@st.composite
+def dp_before_cache_problems(draw: st.DrawFn):
+    """:func:`dp_problems` whose nodes include working sets that peak before any KV cache exists
+    (``before_kv_cache``: :func:`strategies.before_cache_problems`), on roomy or short GPUs."""
+    encoders = before_cache_problems(max_nodes=6)
+    problem = _dp_shaped(draw(st.one_of(encoders, offload_problems(encoders))))
+    cost = draw(cost_models(problem))
+    return problem, _uniform_links(cost, draw(st.sampled_from([1e8, 1e9])))
+
+
+@pytest.mark.parametrize("goal", list(Goal))
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=dp_before_cache_problems())
+def test_block_dp_matches_brute_force_with_working_sets_before_the_cache(goal: Goal, data) -> None:
+    problem, cost = data
+    _check_against_brute_force(problem, cost, goal)
+
+
+@pytest.mark.parametrize("goal", list(Goal))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=interchangeable_gpu_problems(before_cache_problems(max_nodes=6)))
+def test_block_dp_matches_brute_force_on_identical_gpus_with_working_sets_before_the_cache(goal: Goal, data) -> None:
     problem, cost = data
     _check_against_brute_force(problem, cost, goal)
 

@@ -6,8 +6,9 @@ Tolerances are what the accounting achieves on these workloads (measured on this
 numbers in ``FAMILIES``), not targets: weights and KV cache are exact; "activations" (everything
 live at the peak besides weights and KV) are each node's working set plus the bytes live at its
 entry (``inputs_embeds``, the layer's input hidden states, rotary cos/sin: issue 11), within 2% in
-the decoder-only models and MiniLM. T5 stays conservative: its peak is in the encoder, before any
-KV cache exists, while a device is charged its KV cache plus its largest working set.
+the decoder-only models and MiniLM. T5's peak is in the encoder, before any KV cache exists: its
+encoder nodes are marked ``before_kv_cache``, so a device is charged the larger of the encoder's
+working set and KV cache + the other working sets (issue 11), not their sum.
 """
 
 from __future__ import annotations
@@ -54,12 +55,13 @@ def tiny_moe_dir(tmp_path_factory) -> str:
 # -8.6% / -4.1%, activations / peak):
 #   llama   batch 2, prompt 64: activations +1.6% (337.5 vs 332.0 KiB), peak +0.5%
 #   minilm  batch 2, seq 64:    activations -0.0% (2113 vs 2114 KiB),   peak -0.0% (weights dominate)
-#   t5      batch 2, prompt 48: activations +41.3% (171.8 vs 121.5 KiB), peak +14.3% (KV charged in the encoder)
+#   t5      batch 2, prompt 48: activations -1.4% (119.8 vs 121.5 KiB), peak -0.5% (before the encoder mark:
+#           activations +41.3%, 171.8 KiB, peak +14.3%: the KV cache charged beside the encoder's working set)
 #   mixtral batch 2, prompt 64: activations +1.2% (376.5 vs 372.1 KiB), peak +0.6%
 FAMILIES = {
     "llama": ("tiny_llama_dir", {"batch_size": 2, "prompt_len": 64, "max_new_tokens": 8}, 0.05, 0.02),
     "minilm": ("minilm_dir", {"batch_size": 2, "seq_len": 64}, 0.02, 0.01),
-    "t5": ("tiny_t5_dir", {"batch_size": 2, "prompt_len": 48, "max_new_tokens": 8}, 0.50, 0.18),
+    "t5": ("tiny_t5_dir", {"batch_size": 2, "prompt_len": 48, "max_new_tokens": 8}, 0.05, 0.02),
     "mixtral": ("tiny_moe_dir", {"batch_size": 2, "prompt_len": 64, "max_new_tokens": 8}, 0.05, 0.02),
 }
 

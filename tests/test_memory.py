@@ -8,6 +8,7 @@ import torch
 from layerplan import planner
 from layerplan.planner.model.meta import build_meta_model
 from layerplan.planner.model.workload import Workload
+from layerplan.solver import Device, DeviceKind
 from torch.distributed._tools.mem_tracker import MemTracker, _ModState
 from transformers import (
     AutoConfig,
@@ -103,6 +104,32 @@ def test_kv_formula_encoder_decoder():
     kv = {n.name: n.kv_bytes for n in graph.nodes if n.kind == "block"}
     assert kv == {"encoder.block.0": 0, "encoder.block.1": 0,
                   "decoder.block.0": 2 * 4 * 8 * 4 * 16, "decoder.block.1": 2 * 4 * 8 * 4 * 16}
+
+
+@pytest.mark.parametrize("phase", ["generate", "prefill"])
+def test_t5_encoder_nodes_run_before_any_kv_cache(tiny_t5_dir, phase):
+    # generate() runs the whole encoder before the decoder's first step makes the cache (self and
+    # cross attention): the encoder's nodes, and only they, are marked, in any phase; to_problem
+    # hands the mark to the solver.
+    graph, _ = planner.trace(tiny_t5_dir, prompt_len=12, max_new_tokens=4, dtype="float32", phase=phase)
+    marked = {n.name for n in graph.nodes if n.before_kv_cache}
+    assert marked == {"encoder.embed_tokens", "encoder.block.0", "encoder.block.1", "encoder.final_layer_norm"}
+    assert all(n.kv_bytes == 0 for n in graph.nodes if n.before_kv_cache)
+    assert all(n.kv_bytes > 0 for n in graph.nodes if n.name.startswith("decoder.block."))
+    problem = graph.to_problem(devices=(Device(name="cpu", kind=DeviceKind.CPU, cap_bytes=2**30),))
+    assert [x.before_kv_cache for x in problem.nodes] == [n.before_kv_cache for n in graph.nodes]
+
+
+@pytest.mark.parametrize("arch", ["T5Model", "T5EncoderModel"])
+def test_models_that_keep_no_kv_cache_mark_nothing(tiny_llama_dir, arch):
+    # A decoder-only model runs every node beside its cache; T5Model (an encoder-decoder without
+    # generate(): can_generate() is False) and T5EncoderModel keep no cache at all.
+    llama, _ = planner.trace(tiny_llama_dir, prompt_len=8, max_new_tokens=4, dtype="float32")
+    assert not any(n.before_kv_cache for n in llama.nodes)
+    cfg = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, architectures=[arch])
+    graph = _trace_config(cfg, prompt_len=8, max_new_tokens=4)
+    assert any(n.name.startswith("encoder.block.") for n in graph.nodes)
+    assert not any(n.before_kv_cache for n in graph.nodes)
 
 
 def test_kv_dtype_scales_the_cache_only():

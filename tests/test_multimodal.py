@@ -98,6 +98,17 @@ def test_whisper_encodes_its_audio_frames_and_keeps_their_cross_attention_cache(
     assert encoder_out and encoder_out[0].shape == (1, frames, d_model)
 
 
+def test_whisper_encoder_runs_before_any_kv_cache(whisper_dir):
+    # WhisperGenerationMixin.generate hands its segment to GenerationMixin.generate, which runs the
+    # encoder whole before the decoder's first step makes the cache: the encoder's nodes (the
+    # convolutions and positions included) are marked, the decoder's and proj_out are not.
+    graph, _ = planner.trace(whisper_dir, prompt_len=4, max_new_tokens=20)
+    marked = [n.name for n in graph.nodes if n.before_kv_cache]
+    assert marked == [n.name for n in graph.nodes if n.name.startswith("model.encoder.")]
+    assert "model.encoder.conv1" in marked and "model.encoder.layers.1" in marked
+    assert all(n.kv_bytes == 0 for n in graph.nodes if n.before_kv_cache)
+
+
 def _split(path: str, tmp_path, share: float):
     graph, _ = planner.trace(path, prompt_len=24, max_new_tokens=6)
     plan = planner.plan(graph, max_memory={"cpu": int(graph.total_bytes * share), "disk": "1GB"},

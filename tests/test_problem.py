@@ -45,6 +45,8 @@ def chain(*sizes: int, edge_bytes: int = 1) -> tuple[Edge, ...]:
     [
         (lambda: Node(name="a", size_bytes=-1), "size_bytes=-1"),
         (lambda: Node(name="a", size_bytes=1.5), "size_bytes=1.5"),
+        (lambda: Node(name="a", size_bytes=1, before_kv_cache=1), "before_kv_cache=1; expected True or False"),
+        (lambda: Node(name="a", size_bytes=1, before_kv_cache="yes"), "before_kv_cache='yes'"),
         (lambda: Device(name="0", kind=GPU, cap_bytes=-5), "cap_bytes=-5"),
         (lambda: Device(name="0", kind="gpu", cap_bytes=5), "kind='gpu'"),
         (lambda: Device(name="0", kind=GPU, cap_bytes=5, offload_cost=2), "offload_cost=0"),

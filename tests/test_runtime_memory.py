@@ -21,6 +21,7 @@ from layerplan.solver import (
     PlacementProblem,
     Rule,
     chain_hint,
+    device_loads,
     solve_chain_dp,
     violations,
 )
@@ -28,7 +29,7 @@ from layerplan.solver import solve as _solve_any
 
 # These tests are CP-SAT's (tests/test_block_dp.py checks the block DP that solve() tries first).
 solve = partial(_solve_any, method="cp-sat")
-from tests.strategies import assert_cpsat_matches_brute_force, runtime_problems
+from tests.strategies import assert_cpsat_matches_brute_force, before_cache_problems, runtime_problems
 
 WORKERS = 2
 
@@ -54,8 +55,12 @@ def by_hand(problem: PlacementProblem, assignment: tuple[int, ...]) -> dict[str,
         if not runs or not runtime:  # weights-only problems charge weights alone
             continue
         held[dev.name] += dev.reserve_bytes
-        held[dev.name] += sum(problem.nodes[i].kv_bytes for i in runs)
-        held[dev.name] += max(problem.nodes[i].work_bytes for i in runs)
+        # The KV cache and a working set beside it, or a working set that peaks before any cache
+        # exists (an encoder under generate()), whichever is larger.
+        kv = sum(problem.nodes[i].kv_bytes for i in runs)
+        beside = max((problem.nodes[i].work_bytes for i in runs if not problem.nodes[i].before_kv_cache), default=0)
+        before = max((problem.nodes[i].work_bytes for i in runs if problem.nodes[i].before_kv_cache), default=0)
+        held[dev.name] += max(kv + beside, before)
         streamed = [problem.nodes[i].size_bytes for i in runs if assignment[i] != d]
         held[dev.name] += max(streamed, default=0)
         for edge in problem.edges:
@@ -204,3 +209,144 @@ def test_negative_runtime_bytes_are_rejected(field: str) -> None:
 def test_negative_reserve_is_rejected() -> None:
     with pytest.raises(InvalidSpecError, match="reserve_bytes=-1"):
         gpu("0", 10, reserve=-1)
+
+
+# -- working sets that peak before any KV cache exists (an encoder under generate()) ---------------
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before_cache_problems(max_nodes=6, max_devices=3), st.booleans())
+def test_cpsat_matches_brute_force_with_working_sets_before_the_cache(
+    problem: PlacementProblem, use_hint: bool
+) -> None:
+    solution = assert_cpsat_matches_brute_force(problem, use_hint=use_hint)
+    if solution is None:
+        return
+    held = by_hand(problem, solution.assignment)
+    for device in problem.devices:
+        assert held[device.name] <= device.cap_bytes, (device.name, held, solution.assignment)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before_cache_problems(max_nodes=6, max_devices=3))
+def test_the_accounting_agrees_with_the_rules_by_hand_before_the_cache(problem: PlacementProblem) -> None:
+    # Every assignment (the first 200): device_loads' totals are the by-hand bytes, and
+    # violations() flags a device exactly when they exceed its cap.
+    import itertools
+
+    for assignment in itertools.islice(
+        itertools.product(range(len(problem.devices)), repeat=len(problem.nodes)), 200
+    ):
+        held = by_hand(problem, assignment)
+        loads = device_loads(problem, assignment)
+        assert [load.total for load in loads] == [held[d.name] for d in problem.devices], assignment
+        assert all(load.kv >= 0 and load.activations >= 0 for load in loads)
+        flagged = {str(v).split("'")[1] for v in violations(problem, assignment) if v.rule is Rule.CAP}
+        assert flagged == {d.name for d in problem.devices if held[d.name] > d.cap_bytes}, (assignment, held)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before_cache_problems(max_nodes=6, max_devices=3))
+def test_the_hint_is_valid_or_absent_with_working_sets_before_the_cache(problem: PlacementProblem) -> None:
+    hint = chain_hint(problem)
+    if hint is not None:
+        assert violations(problem, hint) == []
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runtime_problems(max_nodes=5, max_devices=3), st.data())
+def test_the_flag_changes_nothing_without_a_kv_cache(problem: PlacementProblem, data) -> None:
+    # No KV cache: max(largest flagged working set, 0 + largest other one) is the largest working
+    # set, as before; every assignment is charged the same, field by field.
+    import dataclasses
+    import itertools
+
+    plain = dataclasses.replace(problem, nodes=tuple(dataclasses.replace(x, kv_bytes=0) for x in problem.nodes))
+    flags = data.draw(st.lists(st.booleans(), min_size=len(plain.nodes), max_size=len(plain.nodes)))
+    flagged = dataclasses.replace(plain, nodes=tuple(
+        dataclasses.replace(x, before_kv_cache=f) for x, f in zip(plain.nodes, flags)))
+    for assignment in itertools.islice(itertools.product(range(len(plain.devices)), repeat=len(plain.nodes)), 200):
+        assert device_loads(flagged, assignment) == device_loads(plain, assignment)
+
+
+def _t5_like(*, encoder_work: int, gpus: tuple[int, ...], flagged: bool = True) -> PlacementProblem:
+    """shared (10 B), an encoder block (10 B, working set ``encoder_work``, before the cache), two
+    decoder blocks (10 B, KV 15 B, working set 10 B): T5's shape."""
+    nodes = (
+        Node(name="shared", size_bytes=10, work_bytes=2),
+        Node(name="encoder.block.0", size_bytes=10, work_bytes=encoder_work, before_kv_cache=flagged),
+        Node(name="decoder.block.0", size_bytes=10, kv_bytes=15, work_bytes=10),
+        Node(name="decoder.block.1", size_bytes=10, kv_bytes=15, work_bytes=10),
+    )
+    edges = tuple(Edge(producer=i, consumers=(i + 1,), size_bytes=1) for i in range(3))
+    return PlacementProblem(nodes=nodes, edges=edges, devices=tuple(gpu(str(g), c) for g, c in enumerate(gpus)))
+
+
+def test_an_encoder_working_set_is_charged_instead_of_the_kv_cache_when_larger() -> None:
+    # One GPU: 40 B of weights + max(50 (encoder), 30 (KV) + 10 (decoder working set)) = 90 B;
+    # charged next to the KV cache, as before the flag, it would be 40 + 30 + 50 = 120 B.
+    problem = _t5_like(encoder_work=50, gpus=(90,))
+    (load,) = device_loads(problem, (0, 0, 0, 0))
+    assert (load.weights, load.kv, load.activations, load.total) == (40, 30, 20, 90)  # 20 = 50 - 30
+    (old,) = device_loads(_t5_like(encoder_work=50, gpus=(90,), flagged=False), (0, 0, 0, 0))
+    assert old.total == 120
+    for method in ("cp-sat", "dp"):
+        assert _solve_any(problem, method=method, num_workers=WORKERS).assignment == (0, 0, 0, 0)
+        with pytest.raises(InfeasiblePlanError):
+            _solve_any(_t5_like(encoder_work=50, gpus=(89,)), method=method, num_workers=WORKERS, explain=False)
+    # The hint's weights-only surrogate also keeps room for the largest tensor (1 B) and, on the
+    # execution device, the largest node (10 B): with the flag it needs 70 (weights + KV) + 20
+    # (the encoder's excess over the KV cache) + 1 + 10 = 101 B; charging the encoder beside the
+    # cache it would need 70 + 50 + 1 + 10 = 131 B.
+    assert chain_hint(_t5_like(encoder_work=50, gpus=(101,))) == (0, 0, 0, 0)
+    assert chain_hint(_t5_like(encoder_work=50, gpus=(100,))) is None
+
+
+def test_the_kv_cache_and_working_set_beside_it_are_charged_when_larger() -> None:
+    # Encoder working set 30 < 30 (KV) + 10: 40 + 40 = 80 B; activations = the decoder's 10 B.
+    (load,) = device_loads(_t5_like(encoder_work=30, gpus=(80,)), (0, 0, 0, 0))
+    assert (load.kv, load.activations, load.total) == (30, 10, 80)
+    with pytest.raises(InfeasiblePlanError):
+        solve(_t5_like(encoder_work=30, gpus=(79,)), num_workers=WORKERS, explain=False)
+
+
+@pytest.mark.parametrize("method", ["cp-sat", "dp"])
+def test_the_flag_keeps_a_t5_on_one_gpu_where_it_used_to_split(method: str) -> None:
+    # GPU 0 (95 B) holds everything (90 B) only with the flag; without it (120 B) the decoder
+    # block 1 moves to GPU 1 (10 + 15 + 10 + 1 received = 36 B <= 40): one cut.
+    with_flag = _solve_any(_t5_like(encoder_work=50, gpus=(95, 40)), method=method, num_workers=WORKERS)
+    assert with_flag.assignment == (0, 0, 0, 0) and with_flag.values["transfer_bytes"] == 0
+    without = _solve_any(_t5_like(encoder_work=50, gpus=(95, 40), flagged=False), method=method, num_workers=WORKERS)
+    assert without.assignment == (0, 0, 0, 1) and without.values["transfer_bytes"] == 1
+
+
+@pytest.mark.parametrize("method", ["cp-sat", "dp"])
+def test_the_balanced_goal_charges_each_peak(method: str) -> None:
+    # Balanced: decoder block 1 on GPU 1 (36 / 40 B = 9000) leaves GPU 0 30 + max(50, 15 + 10) =
+    # 80 / 95 B (8422); all on GPU 0 is 90 / 95 (9474); (0, 0, 1, 1) overflows GPU 1 (61 B).
+    # Without the flag GPU 0 would hold 30 + 15 + 50 = 95 B (10000) in the same placement.
+    with_flag = _solve_any(_t5_like(encoder_work=50, gpus=(95, 40)), goal="balanced", method=method,
+                           num_workers=WORKERS)
+    assert with_flag.assignment == (0, 0, 0, 1) and with_flag.values["max_utilisation"] == 9000
+    without = _solve_any(_t5_like(encoder_work=50, gpus=(95, 40), flagged=False), goal="balanced", method=method,
+                         num_workers=WORKERS)
+    assert without.values["max_utilisation"] == 10_000
+
+
+def test_an_encoder_working_set_that_fits_no_gpu_is_named_as_such() -> None:
+    problem = _t5_like(encoder_work=200, gpus=(100, 100))
+    with pytest.raises(InfeasiblePlanError, match=r"working set 200 B \(before any KV cache exists\)") as caught:
+        solve(problem, num_workers=WORKERS)
+    assert caught.value.node == "encoder.block.0"
+    assert caught.value.missing_bytes == 110  # 10 (weights) + 200 on a 100-byte GPU
+
+
+def test_the_runtime_floor_counts_an_encoder_working_set_once_against_the_kv_cache() -> None:
+    # Offloading moves weights, not runtime bytes: the GPU (39 B) needs max(30 (KV) + 10 (decoder
+    # working set), 29 (encoder)) = 40 B of them, 1 B short; each node alone fits (the encoder
+    # 29 + 10 streamed, a decoder block 15 + 10 + 10). Charged beside the cache, the encoder would
+    # make it 30 + 29 = 59 B, 20 B short.
+    cpu = Device(name="cpu", kind=DeviceKind.CPU, cap_bytes=1000)
+    problem = _t5_like(encoder_work=29, gpus=(39,))
+    problem = PlacementProblem(nodes=problem.nodes, edges=problem.edges, devices=(*problem.devices, cpu))
+    with pytest.raises(InfeasiblePlanError, match=r"KV cache for this workload needs 30 B \(plus 10 B") as caught:
+        solve(problem, num_workers=WORKERS, explain=False)
+    assert caught.value.missing_bytes == 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import layerplan.solver.hint
 from layerplan.solver import (
@@ -175,6 +177,27 @@ def test_dp_matches_brute_force_on_small_chains(problem: PlacementProblem) -> No
         check_placement(problem, solution.assignment)
         assert solution.objective.as_tuple() == best
         assert solution.objective == evaluate(problem, solution.assignment)
+
+
+@settings(max_examples=100, deadline=None)
+@given(small_problems(max_nodes=7, max_devices=3, chain=True), st.data())
+def test_dp_of_a_weights_only_chain_ignores_before_cache_flags(problem: PlacementProblem, data) -> None:
+    # Without KV cache or working sets (weights-only) a before_kv_cache flag changes no charge: the
+    # DP's answer is the brute-force optimum of the flagged problem and its unflagged twin alike.
+    flags = data.draw(st.lists(st.booleans(), min_size=len(problem.nodes), max_size=len(problem.nodes)))
+    flagged = dataclasses.replace(problem, nodes=tuple(
+        dataclasses.replace(x, before_kv_cache=f) for x, f in zip(problem.nodes, flags)))
+    assert not flagged.has_runtime_memory
+    best = brute_force(flagged)
+    assert best == brute_force(problem)
+    if best is None:
+        with pytest.raises(InfeasiblePlanError):
+            solve_chain_dp(flagged)
+        return
+    solution = solve_chain_dp(flagged)
+    check_placement(flagged, solution.assignment)
+    assert solution.objective.as_tuple() == best
+    assert solution.assignment == solve_chain_dp(problem).assignment
 
 
 @settings(max_examples=60, deadline=None)

@@ -115,6 +115,34 @@ def test_problems_keep_the_options_they_are_given(data) -> None:
     assert len({problem.devices[d].cap_bytes for d in problem.accelerators}) <= 1  # identical
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(min_nodes=3, before_kv_cache=True, runtime_memory=True))
+def test_generated_encoders_peak_before_the_cache_and_solve_to_valid_plans(problem) -> None:
+    encoder = [x for x in problem.nodes if x.before_kv_cache]
+    assert encoder and all(x.name.startswith("encoder.") and x.kv_bytes == 0 for x in encoder)
+    assert not problem.nodes[0].before_kv_cache and not problem.nodes[-1].before_kv_cache
+    try:
+        solution = layerplan.solve(problem)
+    except layerplan.InfeasiblePlanError:
+        return
+    check_plan(solution, problem)
+
+
+def test_check_plan_charges_an_encoder_working_set_instead_of_the_kv_cache() -> None:
+    # One GPU: weights 3 + 3, a KV cache of 6 beside a 2-byte working set, an encoder working set
+    # of 14 before the cache: 6 + max(14, 6 + 2) = 20 B; charged beside the cache, 6 + 6 + 14 = 26 B.
+    def problem(cap: int, *, flagged: bool = True) -> PlacementProblem:
+        nodes = (Node(name="encoder.0", size_bytes=3, work_bytes=14, before_kv_cache=flagged),
+                 Node(name="decoder.0", size_bytes=3, kv_bytes=6, work_bytes=2))
+        return PlacementProblem(nodes=nodes, devices=(_gpu("0", cap),))
+
+    check_plan((0, 0), problem(20))
+    with pytest.raises(CapError, match="holds 20 bytes > cap 19"):
+        check_plan((0, 0), problem(19))
+    with pytest.raises(CapError, match="holds 26 bytes > cap 20"):
+        check_plan((0, 0), problem(20, flagged=False))
+
+
 @settings(max_examples=60, deadline=None)
 @given(device_sets(total_bytes=1000, min_accelerators=2, max_accelerators=3, offload_tiers=True))
 def test_device_sets_have_accelerators_first_then_one_cpu(devices) -> None:
@@ -131,6 +159,7 @@ def test_device_sets_have_accelerators_first_then_one_cpu(devices) -> None:
     ({"tied": "yes"}, "tied='yes'"),
     ({"max_accelerators": 0, "min_accelerators": 0, "offload_tiers": False}, "no device"),
     ({"broadcast_edges": None}, "broadcast_edges=None"),
+    ({"before_kv_cache": 1}, "before_kv_cache=1"),
 ])
 def test_bad_arguments_are_refused_when_the_strategy_is_made(options, message) -> None:
     with pytest.raises(InvalidArgument, match=message.replace("(", r"\(")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
 import torch
 from accelerate.utils import compute_module_sizes
 from layerplan import planner
@@ -220,3 +221,22 @@ def test_minilm_meta_build_matches_the_real_checkpoint(minilm_dir):
         torch.Size(shape).numel() for k, shape in stored.items() if k in params
     )
     assert set(params) <= set(stored)
+
+
+def test_the_before_kv_cache_mark_round_trips_and_old_graphs_read_without_it(tiny_t5_dir):
+    import json
+
+    graph, _ = planner.trace(tiny_t5_dir, prompt_len=8, max_new_tokens=4, dtype="float32")
+    assert any(n.before_kv_cache for n in graph.nodes) and not all(n.before_kv_cache for n in graph.nodes)
+    assert LayerGraph.from_json(graph.to_json()) == graph
+    # a graph written before the mark existed (same format, no field) reads as unmarked: its
+    # encoder is charged beside the KV cache, as it was planned then
+    data = json.loads(graph.to_json())
+    for node in data["nodes"]:
+        del node["before_kv_cache"]
+    old = LayerGraph.from_dict(data)
+    assert not any(n.before_kv_cache for n in old.nodes)
+    assert [n.work_bytes for n in old.nodes] == [n.work_bytes for n in graph.nodes]
+    data["nodes"][1]["before_kv_cache"] = 1
+    with pytest.raises(planner.InvalidSpecError, match="node 1 field 'before_kv_cache' = 1 is not a bool"):
+        LayerGraph.from_dict(data)

@@ -48,7 +48,14 @@ from layerplan.planner.model.estimate import (
     is_recurrent,
 )
 from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, decode_size_from_prefill
-from layerplan.planner.model.measure import FakeGroupedMM, NodeMemory, decodes, input_tensors, measure_node_memory
+from layerplan.planner.model.measure import (
+    FakeGroupedMM,
+    NodeMemory,
+    decodes,
+    generates,
+    input_tensors,
+    measure_node_memory,
+)
 from layerplan.planner.model.quantization import Quantization, is_expert_module, quantized_bytes, unquantized_experts
 from layerplan.planner.model.inputs import feed_for, is_vision_language, unchecked
 from layerplan.planner.model.replicate import NodeMap, NotReplicable, plan_replication, reduced_model
@@ -447,6 +454,7 @@ def _graph_nodes(
         )
     executed = set(measured.tracker.order) if measured.tracker is not None else set()
     experts = _expert_bytes(model, specs, sizes)
+    before_cache = _before_kv_cache(model, specs)
 
     def node(i: int) -> GraphNode:
         kv, pre, dec = memory.kv_bytes[i], memory.prefill_work_bytes[i], memory.decode_work_bytes[i]
@@ -476,9 +484,46 @@ def _graph_nodes(
             executed=i in executed,
             estimated=i in estimated or i in estimated_flops,
             expert_bytes=experts.get(i, 0),
+            before_kv_cache=i in before_cache,
         )
 
     return tuple(node(i) for i in order)
+
+
+def _before_kv_cache(model: nn.Module, specs: list[_NodeSpec]) -> frozenset[int]:
+    """The nodes that run only before any KV cache exists: those of an encoder-decoder's encoder
+    (``model.get_encoder()``) that its decoder does not also hold, when the model generates.
+
+    transformers ``GenerationMixin.generate`` runs the whole encoder once, in its step 4
+    (``_maybe_prepare_encoder_kwargs_for_generation``; ``_prepare_encoder_decoder_kwargs_for_generation``
+    before transformers 5), and makes the cache only in step 7 (``_prepare_cache_for_generation``;
+    a ``DynamicCache`` allocates its tensors at the decoder's first ``update``). T5 and BART take
+    that path as is; Whisper's ``WhisperGenerationMixin.generate`` hands each 30 s segment to it
+    (``generate_with_fallback``), and its language detection runs a ``use_cache=False`` forward.
+    A model that does not generate keeps no cache: nothing to mark.
+    """
+    config = getattr(model, "config", None)
+    get_encoder = getattr(model, "get_encoder", None)
+    if not getattr(config, "is_encoder_decoder", False) or not generates(model) or not callable(get_encoder):
+        return frozenset()
+    encoder = get_encoder()
+    if not isinstance(encoder, nn.Module):
+        return frozenset()
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    decoder = decoder if isinstance(decoder, nn.Module) else nn.Module()
+
+    def members(module: nn.Module) -> set[int]:
+        return {id(x) for x in (*module.modules(), *module.parameters(), *module.buffers())}
+
+    only_encoder = members(encoder) - members(decoder)
+    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    out = set()
+    for i, spec in enumerate(specs):
+        held = [spec.module] if spec.module is not None else [tensors[n] for n in spec.tensor_names if n in tensors]
+        if held and all(id(x) in only_encoder for x in held):
+            out.add(i)
+    return frozenset(out)
 
 
 def _expert_bytes(model: nn.Module, specs: list[_NodeSpec], sizes: dict[str, int]) -> dict[int, int]:
