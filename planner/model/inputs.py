@@ -52,6 +52,7 @@ import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import nn
@@ -61,8 +62,8 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 
 from layerplan.planner.model.workload import Phase, Workload
 
-__all__ = ["DEFAULT_IMAGE_SIZE", "Feed", "ImageInputs", "feed_for", "image_inputs", "image_tokens_per_image",
-           "is_vision_language", "kv_tokens", "unchecked"]
+__all__ = ["DEFAULT_IMAGE_SIZE", "Feed", "ImageInputs", "ImageLayout", "feed_for", "image_inputs",
+           "image_tokens_per_image", "is_vision_language", "kv_tokens", "unchecked"]
 
 #: ``(height, width)`` in pixels of each image a prompt carries when no size is given: LLaVA-NeXT
 #: v1.6's largest anyres resolution (its ``image_grid_pinpoints`` top out at 672 x 672), so the
@@ -147,13 +148,21 @@ def _known(values: list) -> _Known:
         return _Known(torch.tensor(values, dtype=torch.long))
 
 
-@dataclass(frozen=True, slots=True)
+class ImageLayout(Enum):
+    """How a vision-language model's processor hands it images (see the module docstring)."""
+
+    FIXED = "fixed"  # every image resized to the tower's image_size (LLaVA-1.5, Gemma 3)
+    ANYRES = "anyres"  # a base image and its best-fit grid of tiles, with image_sizes (LLaVA-NeXT)
+    GRID = "grid"  # flattened patches of a resized image, with image_grid_thw (Qwen2-VL, Qwen2.5-VL)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ImageInputs:
     """What a model's image processor hands it for ``count`` images of one size (see the module
     docstring for the three layouts); plain data, the tensors are made per forward.
 
     Attributes:
-        layout: ``"fixed"``, ``"anyres"`` or ``"grid"``.
+        layout: see :class:`ImageLayout`.
         count: images.
         pixel_shape: shape of ``pixel_values``.
         image_sizes: anyres: each image's ``(height, width)`` before processing, pixels, as the
@@ -167,7 +176,7 @@ class ImageInputs:
             ``cu_window_seqlens``), handed in known.
     """
 
-    layout: str
+    layout: ImageLayout
     count: int
     pixel_shape: tuple[int, ...]
     image_sizes: tuple[tuple[int, int], ...] = ()
@@ -175,18 +184,17 @@ class ImageInputs:
     vision_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     vision_values: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
-    @property
-    def size_kwargs(self) -> dict[str, object]:
-        """The inputs besides ``pixel_values`` that ``get_image_features`` reads (known tensors)."""
-        if self.layout == "anyres":
+    def _size_kwargs(self) -> dict[str, object]:
+        """The sizes ``get_image_features`` reads besides ``pixel_values`` (known tensors)."""
+        if self.layout is ImageLayout.ANYRES:
             return {"image_sizes": _known([list(s) for s in self.image_sizes])}
-        if self.layout == "grid":
+        if self.layout is ImageLayout.GRID:
             return {"image_grid_thw": _known([list(g) for g in self.grid_thw])}
         return {}
 
     def vision_kwargs(self, device: str) -> dict[str, object]:
         """``get_image_features``'s inputs besides ``pixel_values``: the sizes and the precomputed ones."""
-        out = self.size_kwargs
+        out = self._size_kwargs()
         for name, shape in self.vision_shapes:
             out[f"image_{name}"] = torch.zeros(shape, dtype=torch.long, device=device)
         for name, values in self.vision_values:
@@ -197,7 +205,7 @@ class ImageInputs:
         """What the whole forward reads besides: a grid layout's M-RoPE ``position_ids``, ``(3,
         batch, prompt_len)`` (``Qwen2VLModel.get_rope_index``'s result, whose values do not change
         a shape)."""
-        if self.layout != "grid":
+        if self.layout is not ImageLayout.GRID:
             return {}
         return {"position_ids": torch.zeros((3, batch, prompt_len), dtype=torch.long, device=device)}
 
@@ -213,22 +221,22 @@ def _image_features_reads(model: nn.Module) -> frozenset[str]:
         return frozenset()
 
 
-def _layout(model: nn.Module) -> str:
-    """``"grid"``, ``"anyres"`` or ``"fixed"`` (module docstring), from what ``get_image_features`` reads."""
+def _layout(model: nn.Module) -> ImageLayout:
+    """The model's :class:`ImageLayout`, from what its ``get_image_features`` reads."""
     reads, vision = _image_features_reads(model), _vision(model)
     sizes = ("patch_size", "temporal_patch_size", "spatial_merge_size")
     if "image_grid_thw" in reads and all(isinstance(getattr(vision, a, None), int) for a in sizes):
-        return "grid"
+        return ImageLayout.GRID
     if "image_sizes" in reads and getattr(_config(model), "image_grid_pinpoints", None):
-        return "anyres"
-    return "fixed"
+        return ImageLayout.ANYRES
+    return ImageLayout.FIXED
 
 
 def _fixed_images(model: nn.Module, images: int, vision: object | None = None) -> ImageInputs:
     vision = _vision(model) if vision is None else vision
     size = getattr(vision, "image_size", 224)
     height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
-    return ImageInputs(layout="fixed", count=images,
+    return ImageInputs(layout=ImageLayout.FIXED, count=images,
                        pixel_shape=(images, getattr(vision, "num_channels", 3), height, width))
 
 
@@ -246,7 +254,7 @@ def _anyres_images(model: nn.Module, images: int, image_size: tuple[int, int]) -
     best_height, best_width = select_best_resolution(image_size, _config(model).image_grid_pinpoints)
     tiles = (best_height // tile) * (best_width // tile)
     shape = (images, 1 + tiles, getattr(vision, "num_channels", 3), tile, tile)
-    return ImageInputs(layout="anyres", count=images, pixel_shape=shape,
+    return ImageInputs(layout=ImageLayout.ANYRES, count=images, pixel_shape=shape,
                        image_sizes=(tuple(image_size),) * images)
 
 
@@ -268,8 +276,8 @@ def _grid_images(model: nn.Module, images: int, image_size: tuple[int, int]) -> 
     channels = getattr(vision, "in_channels", getattr(vision, "in_chans", 3))
     shape = (images * (height // patch) * (width // patch), channels * vision.temporal_patch_size * patch**2)
     shapes, values = _precomputed(vision, grid)
-    return ImageInputs(layout="grid", count=images, pixel_shape=shape, grid_thw=grid, vision_shapes=shapes,
-                       vision_values=values)
+    return ImageInputs(layout=ImageLayout.GRID, count=images, pixel_shape=shape, grid_thw=grid,
+                       vision_shapes=shapes, vision_values=values)
 
 
 def _precomputed(vision: object, grid: tuple[tuple[int, int, int], ...]) -> tuple[tuple, tuple]:
@@ -302,9 +310,9 @@ def image_inputs(model: nn.Module, images: int, *,
         AttributeError: the model is not vision-language (no ``config.vision_config``).
     """
     layout = _layout(model)
-    if layout == "anyres":
+    if layout is ImageLayout.ANYRES:
         return _anyres_images(model, images, image_size)
-    if layout == "grid":
+    if layout is ImageLayout.GRID:
         return _grid_images(model, images, image_size)
     return _fixed_images(model, images)
 
