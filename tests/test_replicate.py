@@ -60,6 +60,19 @@ _TINY: dict[str, dict[str, object]] = {
     "llava-1.5-7b": {"image_token_index": 255, "text_config": _TEXT, "vision_config": {
         "model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
         "num_hidden_layers": 6, "image_size": 32, "patch_size": 16}},
+    # LLaVA-NeXT: pinpoints scaled with the tower (32 px tiles): a 672 x 672 image is a 1 x 2 grid, 10 tokens
+    "llava-v1.6-mistral-7b": {"image_token_index": 255, "image_grid_pinpoints": [[32, 64], [64, 32]],
+                              "text_config": {**_TEXT, "model_type": "mistral", "sliding_window": None},
+                              "vision_config": {"model_type": "clip_vision_model", "hidden_size": 32,
+                                                "intermediate_size": 64, "num_attention_heads": 4,
+                                                "num_hidden_layers": 6, "image_size": 32, "patch_size": 16}},
+    # Qwen2-VL (a flat file: text fields at the top): 112 px patches, so a 672 x 672 image is 9 tokens
+    "qwen2-vl-7b": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+                    "num_hidden_layers": 6, "max_window_layers": 6, "image_token_id": 255, "video_token_id": 254,
+                    "vision_start_token_id": 253, "vision_end_token_id": 252, "vision_token_id": 251,
+                    "rope_scaling": {"type": "mrope", "mrope_section": [2, 1, 1]},
+                    "vision_config": {"depth": 6, "embed_dim": 32, "hidden_size": 32, "num_heads": 4,
+                                      "patch_size": 112, "spatial_merge_size": 2, "temporal_patch_size": 2}},
     "gemma-3-27b": {"image_token_index": 255, "boi_token_index": 253, "eoi_token_index": 254, "mm_tokens_per_image": 4,
                     "text_config": {**_TEXT, "model_type": "gemma3_text", "head_dim": 8, "query_pre_attn_scalar": 8,
                                     "sliding_window": 16},
@@ -75,7 +88,8 @@ _TINY: dict[str, dict[str, object]] = {
                     "n_group": 2, "topk_group": 1, "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 24,
                     "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 8, "quantization_config": None},
 }
-_STACKS = {"t5-large": 2, "llava-1.5-7b": 2, "gemma-3-27b": 2, "whisper-large-v3": 2}  # others: 1
+_STACKS = {"t5-large": 2, "llava-1.5-7b": 2, "llava-v1.6-mistral-7b": 2, "qwen2-vl-7b": 2, "gemma-3-27b": 2,
+           "whisper-large-v3": 2}  # others: 1
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # published ids exceed the tiny vocabulary
 
 
@@ -137,9 +151,10 @@ def test_replicated_trace_equals_the_full_trace(name, monkeypatch):
     # and gpt-oss alternate sliding and global layers: 1 and 3 share, 2 is a sliding one); T5: in both stacks
     expected = (0, 1, 2, 1, 4, 5) if model.config.model_type in ("gemma2", "gpt_oss") else (0, 1, 1, 1, 4, 5)
     assert [s.representative for s in replication.stacks] == [expected] * _STACKS.get(name, 1)
-    if model.config.model_type in ("llava", "gemma3"):  # traced with its image: the tower ran
+    if model.config.model_type in ("llava", "llava_next", "qwen2_vl", "gemma3"):  # traced with its image: the tower ran
         assert replicated.workload.images_per_prompt == 1
-        assert all(n.executed for n in replicated.nodes if "vision_tower" in n.name)
+        tower = [n for n in replicated.nodes if "vision_tower" in n.name or ".visual." in n.name]
+        assert tower and all(n.executed for n in tower)
 
 
 def test_layers_that_differ_get_their_own_representatives(monkeypatch):

@@ -123,13 +123,24 @@ class CatalogEntry:
         model_type = fields.pop("model_type")
         config = AutoConfig.for_model(model_type, **fields)
         for key in ("architectures", *_SHAPE_KEYS):
-            if key in fields and getattr(config, key, None) != fields[key]:
+            if key in fields and _read_back(config, key) != fields[key]:
                 raise InvalidSpecError(
                     f"catalog entry {self.name!r}: published {key}={fields[key]!r} but transformers' "
-                    f"{type(config).__name__} reads back {getattr(config, key, None)!r}; fix the catalog "
+                    f"{type(config).__name__} reads back {_read_back(config, key)!r}; fix the catalog "
                     "field name for this transformers version"
                 )
         return config
+
+
+def _read_back(config: PretrainedConfig, key: str) -> object:
+    """``config.<key>``; where a composite config has no such field, its text config's: transformers
+    5 moves the text fields of a flat file (Qwen2-VL's ``hidden_size``, ``num_hidden_layers``, ...)
+    into ``text_config`` (``Qwen2VLConfig.__post_init__``)."""
+    missing = object()
+    value = getattr(config, key, missing)
+    if value is missing and hasattr(config, "get_text_config"):
+        value = getattr(config.get_text_config(), key, missing)
+    return None if value is missing else value
 
 
 # Llama 2 ------------------------------------------------------------------------------------------
@@ -316,6 +327,62 @@ _GEMMA3_27B: dict[str, Any] = {  # google/gemma-3-27b-it config.json
     "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "image_size": 896,
                       "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 27,
                       "patch_size": 14, "vision_use_head": False},
+}
+
+_LLAVA_NEXT_MISTRAL_7B: dict[str, Any] = {  # llava-hf/llava-v1.6-mistral-7b-hf config.json
+    "model_type": "llava_next",
+    "architectures": ["LlavaNextForConditionalGeneration"],
+    "ignore_index": -100,
+    "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+    "image_token_index": 32000,
+    "projector_hidden_act": "gelu",
+    "tie_word_embeddings": False,
+    "dtype": "float16",
+    "use_image_newline_parameter": True,
+    "vision_feature_layer": -2,
+    "vision_feature_select_strategy": "default",
+    "vocab_size": 32064,
+    "text_config": {"model_type": "mistral", "architectures": ["MistralForCausalLM"], "intermediate_size": 14336,
+                    "max_position_embeddings": 32768, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+                    "rope_theta": 1000000.0, "sliding_window": None, "dtype": "bfloat16", "vocab_size": 32064,
+                    # not in the file: MistralConfig's defaults (Mistral-7B's shapes)
+                    "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32},
+    "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "image_size": 336,
+                      "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+                      "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
+}
+
+# A flat file (text fields at the top, as Qwen2-7B's): transformers 5 moves them into text_config.
+_QWEN2_VL_7B: dict[str, Any] = {  # Qwen/Qwen2-VL-7B-Instruct config.json
+    "model_type": "qwen2_vl",
+    "architectures": ["Qwen2VLForConditionalGeneration"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "vision_token_id": 151654,
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "hidden_act": "silu",
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 28,
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": False,
+    "dtype": "bfloat16",
+    "use_sliding_window": False,
+    "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
+                      "hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14,
+                      "temporal_patch_size": 2},
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vocab_size": 152064,
 }
 
 _WHISPER_LARGE_V3: dict[str, Any] = {  # openai/whisper-large-v3 config.json
@@ -517,6 +584,27 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
         params_rounding=100_000_000,
         params_source="Hub safetensors parameter count of google/gemma-3-27b-it: 27.4B (SigLIP tower included)",
         notes="Five of every six text layers attend over a 1024-token window; each image is 256 prompt tokens.",
+    ),
+    CatalogEntry(
+        name="llava-v1.6-mistral-7b",
+        hub_id="llava-hf/llava-v1.6-mistral-7b-hf",
+        config=_LLAVA_NEXT_MISTRAL_7B,
+        published_params=7_570_000_000,
+        params_rounding=10_000_000,
+        params_source="Hub safetensors parameter count of llava-hf/llava-v1.6-mistral-7b-hf: 7.57B",
+        aliases=("llava-next-mistral-7b",),
+        notes=("LLaVA-NeXT: each image is the 336 px base and its best-fit anyres grid of 336 px tiles; a 672 x 672 "
+               "image (the default) is 2928 prompt tokens (576 base + 48 x 48 unpadded + 48 newlines)."),
+    ),
+    CatalogEntry(
+        name="qwen2-vl-7b",
+        hub_id="Qwen/Qwen2-VL-7B-Instruct",
+        config=_QWEN2_VL_7B,
+        published_params=8_290_000_000,
+        params_rounding=10_000_000,
+        params_source="Hub safetensors parameter count of Qwen/Qwen2-VL-7B-Instruct: 8.29B (ViT included)",
+        notes=("An image is one token per 28 x 28 pixels after smart_resize (14 px patches merged 2 x 2): 576 tokens "
+               "at 672 x 672 (the default); M-RoPE positions over (time, height, width)."),
     ),
     CatalogEntry(
         name="whisper-large-v3",

@@ -6,7 +6,10 @@ meta tensors (no memory, no compute) with a forward pre-hook on each node. Edges
 pass: a ``TorchFunctionMode`` follows every tensor computed outside the nodes back to the node
 outputs it derives from, so the tensor a consumer receives (e.g. ``lm_head``'s sliced hidden states,
 or T5's ``position_bias`` shared by every block) is attributed to the node that produced it, with its
-real shape and dtype. The pass is ``generate()``'s prefill: an encoder-decoder model's encoder reads
+real shape and dtype; a tensor glue code combines from several nodes' tensors (LLaVA's and
+Qwen2-VL's ``masked_scatter`` of the image features into the text embeddings) is an edge from each
+of them at the size that node handed over (the image features, not the whole prompt's embeddings).
+The pass is ``generate()``'s prefill: an encoder-decoder model's encoder reads
 the prompt and its decoder the one ``decoder_start_token_id`` token, so edges between decoder nodes
 carry 1 token and the encoder output ``prompt_len``.
 
@@ -187,10 +190,18 @@ class _FlowTracker:
     # (id of the tensor as received, producer) -> what was received, by whom
     received: dict[tuple[int, int], _Received] = field(default_factory=dict)
     order: list[int] = field(default_factory=list)
+    # id of a tensor that glue code combined from several nodes' tensors (LLaVA's masked_scatter
+    # of the image features into the text embeddings) -> per producer, the (shape, dtype) of the
+    # tensor that producer handed to the combination: what it sends, not the combined whole
+    handed: dict[int, dict[int, tuple[tuple[int, ...], torch.dtype]]] = field(default_factory=dict)
 
-    def mark(self, value: object, src: frozenset[int]) -> None:
+    def mark(self, value: object, src: frozenset[int], handed: dict | None = None) -> None:
         for t in _tensors(value):
             self.sources[id(t)] = src
+            if handed:
+                self.handed[id(t)] = handed
+            else:
+                self.handed.pop(id(t), None)
             self.keep_alive.append(t)
 
     def origin(self, value: object) -> frozenset[int]:
@@ -198,6 +209,30 @@ class _FlowTracker:
         for t in _tensors(value):
             out |= self.sources.get(id(t), frozenset())
         return out
+
+    def handed_over(self, value: object) -> dict[int, tuple[tuple[int, ...], torch.dtype]]:
+        """Per producer, the largest tensor it handed to glue code reading ``value``, when that
+        glue combines tensors of several producers (or reads a combination); else ``{}``."""
+        out: dict[int, tuple[tuple[int, ...], torch.dtype]] = {}
+        combined = False
+        for t in _tensors(value):
+            if id(t) in self.handed:
+                combined = True
+                entries = self.handed[id(t)].items()
+            else:
+                entries = [(p, (tuple(t.shape), t.dtype)) for p in self.sources.get(id(t), ())]
+            for producer, (shape, dtype) in entries:
+                if producer not in out or _nbytes(shape, dtype) > _nbytes(*out[producer]):
+                    out[producer] = (shape, dtype)
+        return out if combined or len(out) > 1 else {}
+
+    def received_as(self, t: torch.Tensor, producer: int) -> tuple[tuple[int, ...], torch.dtype]:
+        """``(shape, dtype)`` of what ``producer`` sends a node that receives ``t``."""
+        return self.handed.get(id(t), {}).get(producer, (tuple(t.shape), t.dtype))
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
 
 
 def _tensors(value: object) -> Iterator[torch.Tensor]:
@@ -226,7 +261,7 @@ class _FlowMode(TorchFunctionMode):
         if self.tracker.depth == 0:
             src = self.tracker.origin((args, kwargs))
             if src:
-                self.tracker.mark(out, src)
+                self.tracker.mark(out, src, self.tracker.handed_over((args, kwargs)))
         return out
 
 
@@ -741,7 +776,8 @@ def _run_meta_forward(model, specs, module_to_node, tracker: _FlowTracker, workl
                 for producer in tracker.sources.get(id(t), ()):
                     if producer == node:
                         continue
-                    entry = tracker.received.setdefault((id(t), producer), _Received(tuple(t.shape), t.dtype))
+                    entry = tracker.received.setdefault((id(t), producer),
+                                                        _Received(*tracker.received_as(t, producer)))
                     entry.consumers.append((node, key))
         tracker.depth += 1
 
