@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from layerplan.solver import block_dp
 from layerplan.solver._feasibility import check_capacity, structural_infeasibility
+from layerplan.solver._relaxed import links_unused, relaxed_start
 from layerplan.solver._symmetry import canonical_assignment, group_runs, interchangeable_groups
 from layerplan.solver.cost import CostModel, edge_time_ns, node_time_ns, timing
 from layerplan.solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError
@@ -84,7 +85,11 @@ def solve(
     method: str = "auto",
 ) -> Solution:
     """Optimal placement of ``problem`` for ``goal`` (:mod:`layerplan.solver.goals`): by the exact
-    block DP (:mod:`layerplan.solver.block_dp`) where it applies, else by CP-SAT.
+    block DP (:mod:`layerplan.solver.block_dp`) where it applies, else by CP-SAT. Where only
+    links that depend on the sender stand in the DP's way (GPUs on two hosts), an untimed goal is
+    solved by the DP without the links, and a timed one starts CP-SAT from the DP's placements on
+    relaxed links, with the fastest-links optimum as a proven bound on the headline
+    (:mod:`layerplan.solver._relaxed`; ``solver`` is then ``"dp+cp-sat"``).
 
     Args:
         problem: the placement problem (any edges, tied groups, pins, ``ordered`` and
@@ -142,13 +147,17 @@ def solve(
         cost.check(problem)
     started = time.perf_counter()
     deadline = started + time_limit_s
+    start: tuple[int, ...] | None = None
+    headline_bound: int | None = None
     if method != "cp-sat":
         found = _solve_by_dp(problem, goal, cost, started=started, deadline=deadline, required=method == "dp")
         if found is not None:
             return found
+        start, headline_bound = relaxed_start(problem, goal, cost, started=time.perf_counter(),
+                                              deadline=started + (deadline - started) * _DP_SHARE)
     try:
         return _solve(problem, goal, cost, deadline=deadline, started=started, num_workers=num_workers,
-                      use_hint=use_hint)
+                      use_hint=use_hint, start=start, headline_bound=headline_bound)
     except InfeasiblePlanError as exc:
         if not explain or exc.extra_bytes:
             raise
@@ -170,7 +179,11 @@ def _solve_by_dp(
     required: bool,
 ) -> Solution | None:
     """The block DP's optimum, or None when it does not apply or gives up (see :func:`solve`)."""
-    reason = block_dp.applies(problem, cost)
+    if links_unused(problem, goal, cost):
+        cost_for_dp = None  # the goal times nothing: the links that differ by sender do not matter
+    else:
+        cost_for_dp = cost
+    reason = block_dp.applies(problem, cost_for_dp)
     if reason is not None:
         if required:
             raise InvalidSpecError(f"method='dp' does not apply to this problem ({reason}); use method='auto'")
@@ -180,7 +193,7 @@ def _solve_by_dp(
     except InfeasiblePlanError:
         return None  # :func:`_solve` raises it again, with the least extra memory when asked
     try:
-        found = block_dp.solve_blocks(problem, goal, cost, deadline=started + (deadline - started) * _DP_SHARE)
+        found = block_dp.solve_blocks(problem, goal, cost_for_dp, deadline=started + (deadline - started) * _DP_SHARE)
     except block_dp.OutOfTime as exc:
         if required and exc.placement is None:
             raise
@@ -226,15 +239,21 @@ def _solve(
     started: float,
     num_workers: int,
     use_hint: bool,
+    start: tuple[int, ...] | None = None,
+    headline_bound: int | None = None,
 ) -> Solution:
-    """:func:`solve` after argument checks: pre-checks, hint, one CP-SAT phase per measure."""
+    """:func:`solve` after argument checks: pre-checks, hint, one CP-SAT phase per measure.
+
+    ``start`` (a valid placement) replaces the hint; ``headline_bound`` is a proven lower bound on
+    the goal's headline measure (:func:`layerplan.solver._relaxed.relaxed_start`): a start that
+    meets it settles the headline phase without a search."""
     check_capacity(problem)
     if not problem.nodes:
         return _solution(problem, (), Status.OPTIMAL, goal=goal, cost=cost, bound=0, started=started)
     built = _build(problem, goal=goal, cost=cost)
 
     # Hint, relabelled into the canonical order the model's symmetry constraints ask for.
-    placement = chain_hint(problem) if use_hint else None
+    placement = start if start is not None else chain_hint(problem) if use_hint else None
     if placement is not None:
         placement = canonical_assignment(problem, placement, cost=cost)
 
@@ -251,6 +270,11 @@ def _solve(
             built.model.add(objective <= 0)
             if name == goal.headline:
                 bound = 0
+            continue
+        if name == goal.headline and headline_bound is not None and placement is not None \
+                and score(problem, placement, name, cost) <= headline_bound:
+            built.model.add(objective <= headline_bound)  # the start meets a proven bound: optimal
+            bound = headline_bound
             continue
         if name != "feasibility":
             built.model.minimize(objective)
@@ -304,9 +328,11 @@ def _solve(
     headline_value = score(problem, placement, goal.headline, cost)
     if proven or built.measures[goal.headline] is None:  # a constant headline is its own bound
         bound = headline_value
+    if headline_bound is not None:  # two proven lower bounds: the larger holds
+        bound = max(bound or 0, min(headline_bound, headline_value))
     return _solution(
         problem, placement, Status.OPTIMAL if proven else Status.FEASIBLE, goal=goal, cost=cost,
-        bound=0 if bound is None else bound, started=started,
+        bound=0 if bound is None else bound, started=started, solver="cp-sat" if start is None else "dp+cp-sat",
     )
 
 
