@@ -240,3 +240,17 @@ def test_failed_forward_falls_back_to_estimates_and_names_them():
     # estimate.py: 2 x 2 KV heads x 16 dims x 4 B x 16 tokens per layer
     assert _kv_by_block(graph) == [2 * 2 * 16 * 4 * 16] * 2
     assert any("estimated from the config" in note for note in graph.notes)
+
+
+@pytest.mark.parametrize(("prompt_len", "max_new_tokens"), [(16, 4), (6, 14), (8, 8)])
+def test_the_config_estimate_of_sliding_layers_holds_what_the_trace_measures(prompt_len, max_new_tokens):
+    # the fallback estimator (used when a model cannot run on meta) against the traced storage,
+    # per layer type, for a prompt longer than the window, shorter, and equal to it
+    from layerplan.planner.model.estimate import estimate_layer_bytes
+
+    cfg = Gemma2Config(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8)
+    graph = _trace_config(cfg, prompt_len=prompt_len, max_new_tokens=max_new_tokens)
+    workload = Workload(batch_size=1, prompt_len=prompt_len, max_new_tokens=max_new_tokens, dtype=torch.float32)
+    estimated = [estimate_layer_bytes(cfg, workload, layer_type=t)[0] for t in cfg.layer_types]
+    assert estimated == _kv_by_block(graph)

@@ -2,9 +2,12 @@
 
 Formulas (bytes):
 
-* KV cache per attention layer = ``2 * n_kv_heads * head_dim * kv_dtype_bytes * tokens`` with
-  ``tokens = min(context, sliding_window)`` on sliding-window layers (vLLM ``kv_cache_interface.py``:
-  ``FullAttentionSpec.page_size_bytes = 2 * block_size * num_kv_heads * head_size * dtype_size``).
+* KV cache per attention layer = ``2 * n_kv_heads * head_dim * kv_dtype_bytes * tokens`` (vLLM
+  ``kv_cache_interface.py``: ``FullAttentionSpec.page_size_bytes = 2 * block_size * num_kv_heads *
+  head_size * dtype_size``) with ``tokens`` the context, and on sliding-window layers
+  ``max(min(context, sliding_window), prompt_len)``: transformers' ``DynamicSlidingWindowLayer``
+  keeps after the prompt a window-long view of the whole prompt's K/V, whose storage is held until
+  the first decode step (what the trace measures, :mod:`layerplan.planner.model.measure`).
 * Working set of a decoder layer in prefill ~ the MLP's widest point: ``batch * prompt_len *
   (2 * intermediate_size + hidden_size) * dtype_bytes`` (gate and up projections live together in
   a gated MLP, then the output), plus, with eager attention, the score matrix ``batch * n_heads *
@@ -144,7 +147,8 @@ def estimate_layer_bytes(config: PretrainedConfig, workload: Workload, *, layer_
     Args:
         config: the model's config.
         workload: batch, lengths, dtypes.
-        layer_type: ``"sliding_attention"`` caps the KV tokens at the window; ``None`` reads
+        layer_type: ``"sliding_attention"`` caps the KV tokens at the window (or the prompt, when
+            longer: module docstring); ``None`` reads
             ``config.sliding_window`` as applying to every layer when ``layer_types`` is absent.
     """
     shape = attention_shape(config)
@@ -157,8 +161,8 @@ def estimate_layer_bytes(config: PretrainedConfig, workload: Workload, *, layer_
         return (recurrent_state_bytes(config, workload) or 0) if has_recurrent_layers(config) else 0, work
     tokens = workload.prompt_len if workload.phase is Phase.PREFILL else workload.context_len
     sliding = layer_type == "sliding_attention" or (layer_type is None and shape.sliding_window is not None)
-    if sliding and shape.sliding_window is not None:
-        tokens = min(tokens, shape.sliding_window)
+    if sliding and shape.sliding_window is not None:  # the prompt's storage, behind the window's view
+        tokens = max(min(tokens, shape.sliding_window), min(workload.prompt_len, tokens))
     kv = 2 * shape.n_kv_heads * shape.head_dim * workload.kv_dtype.itemsize * tokens * workload.batch_size
     if workload.attn_implementation == "eager":
         work += workload.batch_size * shape.n_heads * workload.prompt_len**2 * workload.dtype.itemsize
