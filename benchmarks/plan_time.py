@@ -5,14 +5,17 @@ Two tables (issue 9's benchmark):
 1. **Catalog models x device sets.** For each row, on the same config and the same ``max_memory``:
 
    * ``cold``: ``layerplan.plan(name, cache=False)``: meta build, trace, solve, plan, checks;
-   * ``warm``: ``layerplan.plan(name)`` with the graph already in a (temporary) graph cache;
+   * ``warm``: ``layerplan.plan(name)`` with the graph already in a (temporary) graph cache, solved
+     again (the plan cache emptied first);
+   * ``again``: the same call once more, the placement read from the plan cache
+     (:mod:`layerplan.planner.plan_cache`: what a loader pays on its second load);
    * ``status`` / ``solver``: the plan's proof (``optimal`` or ``feasible`` with its gap) and which
      method found it (``dp``: the exact block DP; ``cp-sat``);
    * ``hf``: transformers' ``from_pretrained`` planning path (meta build, ``get_balanced_memory``,
      ``infer_auto_device_map``: :func:`layerplan.planner.baselines.accelerate.accelerate_device_map`);
    * ``map``: accelerate's ``get_balanced_memory`` + ``infer_auto_device_map`` on an already built
      meta model (what ``device_map="auto"`` costs once the model exists);
-   * ratios: ``cold / hf`` (target <= 3) and ``warm / map`` (target <= 1).
+   * ratios: ``cold / hf`` (target <= 3), ``warm / map`` (target <= 1) and ``again / map``.
 
 2. **Synthetic depth sweep**: a Llama with tiny layers (hidden 64) and 256 ... 16k layers over 8 or
    64 GPUs that must share it (each GPU holds ~1.3x its share). Each point runs in a fresh
@@ -32,6 +35,7 @@ import argparse
 import logging
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,7 +96,8 @@ def _accelerate_map(model: torch.nn.Module, caps: dict, dtype: torch.dtype) -> N
 
 def catalog_table(console: Console, models: list[str], device_sets: list[str], cache_dir: str) -> Table:
     table = Table(title="Planning time (seconds): layerplan cold / warm vs transformers from_pretrained / accelerate")
-    for col in ("model", "devices", "cold", "warm", "status", "solver", "hf", "map", "cold/hf", "warm/map"):
+    for col in ("model", "devices", "cold", "warm", "again", "status", "solver", "hf", "map", "cold/hf", "warm/map",
+                "again/map"):
         table.add_column(col, justify="left" if col in ("model", "devices", "status", "solver") else "right")
     for name in models:
         entry = catalog.lookup(name)
@@ -104,11 +109,13 @@ def catalog_table(console: Console, models: list[str], device_sets: list[str], c
             with console.status(f"{name} on {devices}"), quiet():
                 status, solver, cold = _layerplan(name, caps, cache=False)
                 _layerplan(name, caps, cache_dir=cache_dir)  # fills the graph cache
+                shutil.rmtree(os.path.join(cache_dir, "plans"), ignore_errors=True)  # solve again
                 _, _, warm = _layerplan(name, caps, cache_dir=cache_dir)
+                _, _, again = _layerplan(name, caps, cache_dir=cache_dir)  # the plan cache answers
                 _, hf = _timed(lambda: accelerate_device_map(meta, max_memory=caps, strategy="auto", dtype=dtype))
                 _, accel = _timed(lambda: _accelerate_map(meta, caps, dtype))
-            table.add_row(name, devices, f"{cold:.2f}", f"{warm:.2f}", status, solver, f"{hf:.2f}", f"{accel:.2f}",
-                          f"{cold / hf:.1f}x", f"{warm / accel:.1f}x")
+            table.add_row(name, devices, f"{cold:.2f}", f"{warm:.2f}", f"{again:.3f}", status, solver, f"{hf:.2f}",
+                          f"{accel:.2f}", f"{cold / hf:.1f}x", f"{warm / accel:.1f}x", f"{again / accel:.1f}x")
             console.log(f"{name} on {devices}: cold {cold:.2f} s, warm {warm:.2f} s, {status} ({solver})")
     return table
 

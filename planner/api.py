@@ -38,6 +38,7 @@ from layerplan.planner.model.trace import trace_model
 from layerplan.planner.model.workload import Workload
 from layerplan.planner.output.adapter import Plan, build_plan
 from layerplan.planner.output.mapping import is_full, node_devices
+from layerplan.planner.plan_cache import load_plan, plan_key, store_plan
 from layerplan.planner.quiet import quiet
 from layerplan.planner.spec import (
     DeviceCap,
@@ -50,6 +51,7 @@ from layerplan.planner.spec import (
     parse_dtype,
 )
 from layerplan.solver import (
+    CostModel,
     Goal,
     InfeasiblePlanError,
     InvalidSpecError,
@@ -380,14 +382,32 @@ def solve_graph(graph: LayerGraph, spec: PlanSpec, *, explain: bool = True, chec
         return _given_map_fits(evaluate_map(graph, given, spec))
     devices, hardware, kept_note, problem, cost = _problem(graph, spec, {**(given or {}), **options.pins})
     strategy = options.strategy
-    try:
-        solution = solve(problem, goal=options.goal, cost=cost, time_limit_s=options.time_limit_s, explain=explain)
-    except InfeasiblePlanError as exc:
-        if explain:
-            exc = _with_offload_hint(exc, graph, spec.devices, devices, problem, options)
-        raise _with_reasons(exc, graph, kept_note) from None
+    goal = str(getattr(options.goal, "value", options.goal))
+    stored = _plan_cache(spec, problem, cost, goal)
+    solution = load_plan(*stored, problem, cost, goal) if stored else None
+    if solution is not None:
+        kept_note = (*kept_note, f"placement read from the plan cache ({stored[0] / 'plans' / stored[1]}.json); "
+                                 "pass --no-cache to solve again")
+    else:
+        try:
+            solution = solve(problem, goal=options.goal, cost=cost, time_limit_s=options.time_limit_s, explain=explain)
+        except InfeasiblePlanError as exc:
+            if explain:
+                exc = _with_offload_hint(exc, graph, spec.devices, devices, problem, options)
+            raise _with_reasons(exc, graph, kept_note) from None
+        if stored:
+            store_plan(*stored, solution)
     return build_plan(graph, problem, solution, offload_folder=spec.devices.offload_folder, check_disk=check_disk,
                       strategy=strategy.value, hardware_notes=(*hardware.notes, *kept_note), spec=spec)
+
+
+def _plan_cache(spec: PlanSpec, problem: PlacementProblem, cost: CostModel | None, goal: str):  # noqa: ANN202
+    """``(folder, key)`` of this solve in the plan cache (:mod:`layerplan.planner.plan_cache`), or
+    None: only for models named by a string (a load; not an ``nn.Module`` or a graph object) with
+    the cache on."""
+    if not (spec.model.cache and isinstance(spec.model.source, str)):
+        return None
+    return cache_dir(spec.model.cache_dir), plan_key(problem, cost, goal)
 
 
 def _problem(graph: LayerGraph, spec: PlanSpec, pins: Mapping[str, int | str]):  # noqa: ANN202

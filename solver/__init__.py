@@ -2,7 +2,7 @@
 
 from layerplan.solver.accounting import DeviceLoad, device_loads
 from layerplan.solver.cost import CostModel, DeviceSpeed, NodeWork, Timing, timing
-from layerplan.solver.cpsat import least_extra_memory, solve
+from layerplan.solver.cpsat import least_extra_memory, solution_of, solve
 from layerplan.solver.dp import solve_chain_dp
 from layerplan.solver.hint import chain_hint
 from layerplan.solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError, TraceError
@@ -49,6 +49,7 @@ __all__ = [
     "evaluate",
     "format_bytes",
     "least_extra_memory",
+    "solution_of",
     "score",
     "solve",
     "solve_chain_dp",

@@ -41,7 +41,7 @@ from layerplan.solver.problem import PlacementProblem, evaluate, format_bytes, v
 from layerplan.solver.solution import Solution, Status
 from ortools.sat.python import cp_model
 
-__all__ = ["least_extra_memory", "solve"]
+__all__ = ["least_extra_memory", "solution_of", "solve"]
 
 #: CP-SAT's random seed. Fixed, so one worker gives the same placement on every run; several
 #: workers race, and may return another placement of the same (proven) objective.
@@ -819,6 +819,29 @@ def _extract(built: _Model, solver: cp_model.CpSolver) -> tuple[int, ...]:
     return tuple(
         next(d for d, var in enumerate(row) if solver.boolean_value(var)) for row in built.on
     )
+
+
+def solution_of(
+    problem: PlacementProblem, assignment: Sequence[int], *, status: Status, goal: Goal | str,
+    cost: CostModel | None, bound: int, solver: str,
+) -> Solution:
+    """A :class:`Solution` for an ``assignment`` found earlier (a stored plan), with every measure
+    and the timing scored again from ``problem`` and ``cost``; ``wall_time_s`` is this call's.
+
+    Raises:
+        InvalidSpecError: ``assignment`` is not a valid placement of ``problem`` (one line per
+            broken rule, as :func:`layerplan.solver.problem.violations` words them).
+    """
+    assignment = tuple(assignment)
+    if len(assignment) != len(problem.nodes) or not all(isinstance(d, int) and 0 <= d < len(problem.devices)
+                                                        for d in assignment):
+        raise InvalidSpecError(f"the assignment has {len(assignment)} device indices for {len(problem.nodes)} nodes "
+                               f"and {len(problem.devices)} devices; give one index per node")
+    broken = violations(problem, assignment)
+    if broken:
+        raise InvalidSpecError("; ".join(str(v) for v in broken))
+    return _solution(problem, assignment, status, goal=Goal.parse(goal), cost=cost, bound=bound,
+                     started=time.perf_counter(), solver=solver)
 
 
 def _solution(
