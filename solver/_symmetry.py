@@ -60,13 +60,21 @@ def _transposable(group: Sequence[int], cost: CostModel, k: int) -> list[list[in
     is swappable with every member, so every transposition within a class keeps the link matrix,
     hence every permutation does (GPUs of one host, where the hosts are joined by a slower network)."""
 
+    # Each device's row and column of the bandwidth and latency matrices, as one list: ``a`` and
+    # ``b`` are swappable when ``a``'s, with its entries at ``a`` and ``b`` exchanged, equals ``b``'s
+    # (that covers the link between them both ways), compared in C rather than entry by entry.
+    latency = [[cost.latency_s(s, d) for d in range(k)] for s in range(k)]
+    links = cost.link_bytes_per_s
+    lines = {d: ([*links[d]], [links[x][d] for x in range(k)], latency[d], [latency[x][d] for x in range(k)])
+             for d in group}
+
     def swappable(a: int, b: int) -> bool:
-        if cost.link_bytes_per_s[a][b] != cost.link_bytes_per_s[b][a] or cost.latency_s(a, b) != cost.latency_s(b, a):
-            return False
-        return all(cost.link_bytes_per_s[a][x] == cost.link_bytes_per_s[b][x]
-                   and cost.link_bytes_per_s[x][a] == cost.link_bytes_per_s[x][b]
-                   and cost.latency_s(a, x) == cost.latency_s(b, x) and cost.latency_s(x, a) == cost.latency_s(x, b)
-                   for x in range(k) if x not in (a, b))
+        for line_a, line_b in zip(lines[a], lines[b]):
+            moved = list(line_a)
+            moved[a], moved[b] = moved[b], moved[a]
+            if moved != line_b:
+                return False
+        return True
 
     classes: list[list[int]] = []
     for d in group:
