@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_capacity_parser(sub)
     add_sweep_parser(sub)
     sub.add_parser("models", help="list the built-in catalog of published model configs").set_defaults(func=cmd_models)
-    sub.add_parser("devices", help="list the accelerator, host-link and disk presets with their sources"
+    sub.add_parser("devices", help="list the accelerator, host-link, disk and network presets with their sources"
                    ).set_defaults(func=cmd_devices)
     return parser
 
