@@ -623,20 +623,25 @@ def _least_utilisation(
     problem: PlacementProblem, data: _Data, best: tuple[tuple[int, ...], int], previous: Measure,
     limits: dict[Measure, int], deadline: float | None,
 ) -> tuple[_Data, tuple[tuple[int, ...], int]]:
-    """The least utilisation ``u`` at which the earlier measures keep their optimum (bisection over
-    ``0..u(best)``), with the data capped at ``u`` and a placement that reaches it."""
+    """The least utilisation ``u`` at which the earlier measures keep their optimum, with the data
+    capped at ``u`` and a placement that reaches it: galloping down from ``u(best)`` (probes at
+    ``u - 1``, ``u - 2``, ``u - 4``, ...) until a probe fails, then bisection between. The optimum
+    is usually close to ``u(best)`` (the earlier measure's optimum already packs the GPUs), and the
+    probes near it are the slow ones (far below it they fail fast): measured on a 2k-layer chain
+    over 64 GPUs, 3 probes and 0.6 s instead of 13 probes and 1.8 s."""
     low, high = 0, max_utilisation(problem, best[0])
+    step, galloping = 1, True
     while low < high:
-        middle = (low + high) // 2
+        middle = max(low, high - step) if galloping else (low + high) // 2
         # ``limits`` already bounds ``previous`` by its optimum: no quick pass needed for a bound.
         try:
             found = _run(_capped(data, middle), previous, limits, max_labels=None, deadline=deadline, bound=None)
         except OutOfTime:
             raise OutOfTime(best[0]) from None
         if found is None:
-            low = middle + 1
+            low, galloping = middle + 1, False
         else:
-            best = found
+            best, step = found, step * 2
             high = min(middle, max_utilisation(problem, found[0]))
     return _capped(data, high), best
 
