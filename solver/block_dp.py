@@ -235,21 +235,35 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
     n, k = len(nodes), len(devices)
     p, q = (cost.prefill_steps, cost.decode_steps) if cost is not None else (0, 0)
     t_on = [[0] * k for _ in range(n)]
-    if cost is not None:
-        for i in range(n):
-            for d in range(k):
-                cp, cd, sp, sd = node_time_ns(problem, cost, i, d)
-                t_on[i][d] = p * (cp + sp) + q * (cd + sd)
     computing = problem.computing_devices
+    if cost is not None:
+        # A node's time on an accelerator depends only on its speed, so identical GPUs share one
+        # computation (64 identical GPUs: 1 instead of 64 per node); an offload device is its own.
+        speed_of = [cost.speeds[d] if devices[d].is_accelerator else ("stored", d) for d in range(k)]
+        first = {key: d for d, key in reversed(list(enumerate(speed_of)))}
+        for i in range(n):
+            times: dict[int, int] = {}
+            for d in range(k):
+                src = first[speed_of[d]]
+                if src not in times:
+                    cp, cd, sp, sd = node_time_ns(problem, cost, i, src)
+                    times[src] = p * (cp + sp) + q * (cd + sd)
+                t_on[i][d] = times[src]
+    # The link into each computing device (the same from every sender: :func:`applies`), and one
+    # sender to time it from; devices with the same link share one computation per edge.
+    senders = {c: next((s for s in computing if s != c), None) for c in computing}
+    link_into = {c: (cost.link_bytes_per_s[s][c], cost.latency_s(s, c)) for c, s in senders.items()
+                 if s is not None and cost is not None}
 
     def edge_ns(e: int) -> list[int]:
         out = [0] * k
         if cost is not None:
-            for c in computing:
-                src = next((s for s in computing if s != c), None)
-                if src is not None:
-                    tp, td = edge_time_ns(problem, cost, e, src, c)
-                    out[c] = p * tp + q * td
+            times: dict[tuple[float, float], int] = {}
+            for c, link in link_into.items():
+                if link not in times:
+                    tp, td = edge_time_ns(problem, cost, e, senders[c], c)
+                    times[link] = p * tp + q * td
+                out[c] = times[link]
         return out
 
     cut, cut_t = [0] * (n + 1), [[0] * k for _ in range(n + 1)]
@@ -623,27 +637,40 @@ def _least_utilisation(
     problem: PlacementProblem, data: _Data, best: tuple[tuple[int, ...], int], previous: Measure,
     limits: dict[Measure, int], deadline: float | None,
 ) -> tuple[_Data, tuple[tuple[int, ...], int]]:
-    """The least utilisation ``u`` at which the earlier measures keep their optimum, with the data
-    capped at ``u`` and a placement that reaches it: galloping down from ``u(best)`` (probes at
-    ``u - 1``, ``u - 2``, ``u - 4``, ...) until a probe fails, then bisection between. The optimum
-    is usually close to ``u(best)`` (the earlier measure's optimum already packs the GPUs), and the
-    probes near it are the slow ones (far below it they fail fast): measured on a 2k-layer chain
-    over 64 GPUs, 3 probes and 0.6 s instead of 13 probes and 1.8 s."""
-    low, high = 0, max_utilisation(problem, best[0])
-    step, galloping = 1, True
+    """The least utilisation ``u`` at which the earlier measures keep their optimum (bisection over
+    ``floor..u(best)``, :func:`_utilisation_floor`), with the data capped at ``u`` and a placement
+    that reaches it."""
+    high = max_utilisation(problem, best[0])
+    low = min(_utilisation_floor(problem), high)
     while low < high:
-        middle = max(low, high - step) if galloping else (low + high) // 2
+        middle = (low + high) // 2
         # ``limits`` already bounds ``previous`` by its optimum: no quick pass needed for a bound.
         try:
             found = _run(_capped(data, middle), previous, limits, max_labels=None, deadline=deadline, bound=None)
         except OutOfTime:
             raise OutOfTime(best[0]) from None
         if found is None:
-            low, galloping = middle + 1, False
+            low = middle + 1
         else:
-            best, step = found, step * 2
+            best = found
             high = min(middle, max_utilisation(problem, found[0]))
     return _capped(data, high), best
+
+
+def _utilisation_floor(problem: PlacementProblem) -> int:
+    """A lower bound on ``max_utilisation`` over every placement: the bytes every placement charges
+    to the devices that compute (the KV cache always, the weights too when nothing can be
+    offloaded), over their caps together, since the largest ``load / cap`` is at least
+    ``sum(load) / sum(cap)``. Probes below it fail, often slowly on long chains (16k layers over 8
+    GPUs: 1.2-1.5 s each)."""
+    balance = [d for d in problem.computing_devices if problem.devices[d].cap_bytes > 0]
+    room = sum(problem.devices[d].cap_bytes for d in balance)
+    if not room:
+        return 0
+    forced = sum(node.kv_bytes for node in problem.nodes) if problem.has_runtime_memory else 0
+    if all(device.is_accelerator for device in problem.devices):
+        forced += sum(node.size_bytes for node in problem.nodes)
+    return -(-UTILISATION_SCALE * forced // room)
 
 
 def _capped(data: _Data, utilisation: int) -> _Data:
