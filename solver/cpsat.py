@@ -533,6 +533,12 @@ def _add_placement_rules(problem: PlacementProblem, model: cp_model.CpModel, v: 
             before = v.open_at.get(chain[t - 1], on[chain[t - 1]][exec_device]) if t > 0 else 0
             model.add(v.open_at[i] <= on[i][exec_device] + before)
             model.add(v.open_at[i] <= on[i][exec_device] + sum(on[i][o] for o in v.offs))
+    # An inline-offloadable node computes where its host (the node before it) computes.
+    for i in range(n):
+        host = problem.host_of(i)
+        if host is not None:
+            for c in problem.computing_devices:
+                model.add(v.runs_on[i, c] == v.runs_on[host, c])
     # With ordered=True the blocks follow the device order: the level never decreases and equals
     # the accelerator's rank on each of its nodes.
     for t, i in enumerate(chain):

@@ -21,6 +21,12 @@ Placement rules (shared by the CP-SAT model, the chain DP and :func:`evaluate`):
   (:attr:`Node.offload_inline`: a MoE layer's experts) that are stored on a cpu/disk device left
   out: they compute on the execution device, inside its block. Every other accelerator's run is
   strict, and an offloaded node without the flag ends the execution device's run as any node does;
+* an inline-offloadable node computes where its *host* (the non-follower node just before it: the
+  layer whose forward calls the experts) computes, and sits on its host's accelerator unless it is
+  offloaded: accelerate keeps a submodule's outputs on the device it ran on
+  (``hooks.AlignDevicesHook`` with ``io_same_device=False`` below the root), and the host's forward
+  goes on with them (the residual add), so experts on another device than their layer's would
+  make it mix devices;
 * with ``ordered=True`` the accelerator blocks appear in the order the devices are listed (what
   accelerate's ``infer_auto_device_map`` does: it fills GPU 0, then GPU 1, ...);
 * with ``low_zero=True`` the first accelerator stores no more weight bytes than any other
@@ -167,7 +173,8 @@ class Node:
             accelerator of the map) and ``hooks.attach_align_device_hook_on_blocks`` streams that
             module's weights there. Only on the execution device: inside another accelerator's
             block the node would still compute on the execution device, so there it splits the
-            block as any offloaded node does. False (the default): the rule is strict.
+            block as any offloaded node does. Such a node also computes where its host (the
+            non-follower node before it) computes (rule ``host``). False (the default): neither.
     """
 
     name: str
@@ -357,6 +364,13 @@ class PlacementProblem:
         """True when every edge goes from node ``i`` to node ``i + 1`` only."""
         return all(e.consumers == (e.producer + 1,) for e in self.edges)
 
+    def host_of(self, node: int) -> int | None:
+        """The host of an inline-offloadable non-follower node: the non-follower node before it
+        (None for any other node, or when there is none before it)."""
+        if not self.nodes[node].offload_inline or self.is_follower(node):
+            return None
+        return next((h for h in range(node - 1, -1, -1) if not self.is_follower(h)), None)
+
     @property
     def has_inline_offload(self) -> bool:
         """True when some node may sit offloaded inside the execution device's block
@@ -401,6 +415,7 @@ class Rule(enum.Enum):
     PINS = "pins"  # pinned nodes where pinned
     CONTIGUITY = "contiguity"  # one block per accelerator
     ORDER = "order"  # blocks in device order (ordered problems)
+    HOST = "host"  # an inline-offloadable node computes where the node before it does
     EXECUTION_DEVICE = "execution_device"  # offload needs the execution device to store a node
     LOW_ZERO = "low_zero"  # GPU 0 stores no more than any other GPU
 
@@ -459,6 +474,12 @@ def violations(problem: PlacementProblem, assignment: Sequence[int]) -> list[Vio
                 if runs[d] == 1:
                     first_seen.append(d)
             execution_prev = d
+    for i in range(n):
+        host = problem.host_of(i)
+        if host is not None and problem.compute_device(assignment[i]) != problem.compute_device(assignment[host]):
+            out.append(Violation(Rule.HOST, f"node {problem.nodes[i].name!r} computes on "
+                f"{problem.devices[problem.compute_device(assignment[i])].name!r} but its host "
+                f"{problem.nodes[host].name!r} on {problem.devices[problem.compute_device(assignment[host])].name!r}"))
     for d, count in runs.items():
         if count > 1:
             out.append(Violation(Rule.CONTIGUITY, f"accelerator {problem.devices[d].name!r} holds {count} separate blocks"))

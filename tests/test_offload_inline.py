@@ -57,6 +57,22 @@ def _contiguous(problem: PlacementProblem, assignment) -> bool:
     return True
 
 
+def _hosted(problem: PlacementProblem, assignment) -> bool:
+    """Each flagged non-follower node runs where the non-follower node before it runs (offloaded
+    nodes run on the first accelerator, or the first cpu without one)."""
+    kinds = [dev.kind for dev in problem.devices]
+    accs = [d for d, kind in enumerate(kinds) if kind is DeviceKind.ACCELERATOR]
+    cpus = [d for d, kind in enumerate(kinds) if kind is DeviceKind.CPU]
+    execution = accs[0] if accs else cpus[0] if cpus else 0
+
+    def runs(d: int) -> int:
+        return d if kinds[d] is DeviceKind.ACCELERATOR else execution
+
+    followers = {m for group in problem.tied_groups for m in group[1:]}
+    kept = [i for i in range(len(problem.nodes)) if i not in followers]
+    return all(runs(assignment[e]) == runs(assignment[h]) for h, e in zip(kept, kept[1:]) if problem.nodes[e].offload_inline)
+
+
 @st.composite
 def flagged(draw: st.DrawFn, base: st.SearchStrategy[PlacementProblem]) -> PlacementProblem:
     """``base`` with a drawn set of nodes flagged ``offload_inline`` (at least one)."""
@@ -71,8 +87,9 @@ def flagged(draw: st.DrawFn, base: st.SearchStrategy[PlacementProblem]) -> Place
 @given(problem=flagged(small_problems(max_nodes=5, max_devices=4)))
 def test_the_checker_keeps_the_rule_as_defined_on_every_assignment(problem: PlacementProblem) -> None:
     for assignment in itertools.product(range(len(problem.devices)), repeat=len(problem.nodes)):
-        broken = any(v.rule is Rule.CONTIGUITY for v in violations(problem, assignment))
-        assert broken == (not _contiguous(problem, assignment)), assignment
+        broken = {v.rule for v in violations(problem, assignment)}
+        assert (Rule.CONTIGUITY in broken) == (not _contiguous(problem, assignment)), assignment
+        assert (Rule.HOST in broken) == (not _hosted(problem, assignment)), assignment
 
 
 def _experts_problem(*, flags: tuple[bool, ...], sizes: tuple[int, ...], gpu_caps: tuple[int, ...], cpu: int = 100,
@@ -96,10 +113,13 @@ _TABLE = _experts_problem(flags=(False, False, True, False, False), sizes=(1,) *
         ((0, 0, 2, 0, 0), []),  # experts on cpu inside GPU 0's block
         ((0, 0, 3, 0, 0), []),  # ... or on disk
         ((0, 0, 2, 0, 1), []),  # GPU 0's block then GPU 1's
-        ((0, 2, 0, 0, 0), [Rule.CONTIGUITY]),  # node 1 is not flagged: it splits the block
+        ((0, 2, 0, 0, 0), [Rule.CONTIGUITY]),  # node 1 is not flagged: it splits the block (experts on GPU 0)
         ((0, 2, 2, 0, 0), [Rule.CONTIGUITY]),  # ... also next to a flagged one
-        ((0, 1, 2, 1, 1), [Rule.CONTIGUITY]),  # on GPU 1 (not the execution device) the rule is strict
-        ((1, 1, 2, 0, 0), [Rule.ORDER]),  # GPU 1's block, then GPU 0's
+        ((0, 1, 2, 1, 1), [Rule.CONTIGUITY, Rule.HOST]),  # on GPU 1 (not the execution device): strict
+        ((1, 1, 2, 0, 0), [Rule.ORDER, Rule.HOST]),  # experts run on GPU 0, their layer on GPU 1
+        ((0, 0, 1, 1, 1), [Rule.HOST]),  # experts on another GPU than their layer
+        ((0, 1, 1, 1, 1), []),  # experts with their layer on GPU 1
+        ((0, 2, 0, 0, 0), [Rule.CONTIGUITY]),
         ((2, 2, 2, 0, 0), []),  # flagged or not, offloaded before the block
         ((0, 0, 2, 1, 0), [Rule.CONTIGUITY]),  # GPU 1 between splits GPU 0
         ((1, 0, 2, 0, 1), [Rule.CONTIGUITY, Rule.ORDER]),  # GPU 1 on both sides
@@ -108,6 +128,7 @@ _TABLE = _experts_problem(flags=(False, False, True, False, False), sizes=(1,) *
 def test_the_checker_by_hand(assignment: tuple[int, ...], rules: list[Rule]) -> None:
     assert sorted(v.rule.value for v in violations(_TABLE, assignment)) == sorted(r.value for r in rules)
     assert _contiguous(_TABLE, assignment) == (Rule.CONTIGUITY not in rules)
+    assert _hosted(_TABLE, assignment) == (Rule.HOST not in rules)
 
 
 def test_without_the_flag_the_split_block_is_refused() -> None:
@@ -169,13 +190,10 @@ def test_the_chain_dp_refuses_inline_nodes() -> None:
         solve_chain_dp(_RIGHT)
 
 
-def test_without_inline_nodes_the_cpsat_model_is_unchanged() -> None:
-    # Flags without anywhere to offload to change nothing; the same holds with no flag at all.
-    no_tiers = dataclasses.replace(_BOTH, devices=_BOTH.devices[:1])
-    plain = dataclasses.replace(no_tiers, nodes=tuple(dataclasses.replace(x, offload_inline=False) for x in no_tiers.nodes))
-    built = cpsat._build(no_tiers, goal=Goal.TRANSFERS, cost=None)
+def test_without_anywhere_to_offload_there_is_no_open_variable() -> None:
+    built = cpsat._build(dataclasses.replace(_BOTH, devices=_BOTH.devices[:1]), goal=Goal.TRANSFERS, cost=None)
     assert built.open_at == {}
-    assert str(built.model.proto) == str(cpsat._build(plain, goal=Goal.TRANSFERS, cost=None).model.proto)
+    assert cpsat._build(_BOTH, goal=Goal.TRANSFERS, cost=None).open_at.keys() == {2, 4}
 
 
 # -- mutants ---------------------------------------------------------------------------------------
@@ -339,3 +357,25 @@ def test_both_solvers_match_brute_force_on_moe_shaped_problems(goal: Goal, metho
         _check_against_brute_force(problem, cost, goal)
     else:
         test_cpsat_matches_brute_force_with_inline_nodes.hypothesis.inner_test(goal, (problem, cost))
+
+
+# Experts 4 after a layer 4 on a 5-byte GPU 0, a layer 4 then on a 10-byte GPU 1: with the host rule
+# the experts go to cpu (cost 4); a solver that forgets it puts them on GPU 1 (cost 0, a crash in
+# accelerate: the layer on GPU 0 would add the experts' output, on GPU 1, to its residual).
+_HOSTED = _experts_problem(flags=(False, True, False), sizes=(4, 4, 4), gpu_caps=(5, 10))
+
+
+@pytest.mark.parametrize("solver", ["dp", "cp-sat"])
+def test_a_solver_that_forgets_the_host_rule_is_caught(monkeypatch, solver: str) -> None:
+    best = brute_force_goal(_HOSTED, None, Goal.TRANSFERS)
+    assert best[0] == 4
+    assert solve(_HOSTED, method=solver, num_workers=WORKERS).objective.as_tuple() == best
+    if solver == "dp":
+        made = block_dp._data
+        monkeypatch.setattr(block_dp, "_data", lambda p, c: dataclasses.replace(made(p, c), hosted=[False] * 3))
+    else:
+        monkeypatch.setattr(PlacementProblem, "host_of", lambda self, node: None)
+    with pytest.raises(AssertionError):
+        solution = solve(_HOSTED, method=solver, num_workers=WORKERS)
+        assert _hosted(_HOSTED, solution.assignment)
+        assert solution.objective.as_tuple() == best
