@@ -15,7 +15,12 @@ members of each group of interchangeable GPUs, used lowest index first, as any p
 relabelled to), whether the execution device's block is to come, open or closed, what node ``i-1``
 is on (that block, another accelerator's open block, or offloaded) and where each tied group's
 anchor went. Node ``i`` extends the open block, is offloaded to a cpu/disk device, or starts a
-block on an accelerator not used yet; a tied copy goes where its anchor went. Of interchangeable
+block on an accelerator not used yet; a tied copy goes where its anchor went. An offloaded node
+closes the open block, except an inline-offloadable one (:attr:`~layerplan.solver.problem.Node.offload_inline`:
+a MoE layer's experts) while the execution device's block is open: it computes there, so that
+block stays open across it (the state says node ``i`` is on it) and node ``i + 1`` may extend it.
+Such a node also computes where node ``i - 1`` does (rule ``host``): it never starts a block, and
+after another accelerator's block it only extends it. Of interchangeable
 GPUs (:mod:`layerplan.solver._symmetry`) only the canonical relabelling is built, and states that
 differ only in how many of them were used are compared as one (:func:`_across_used`).
 
@@ -202,6 +207,8 @@ class _Data:
     kv: list[int]
     work: list[int]
     before: list[bool]  # [node] its working set peaks before any KV cache exists
+    inline: list[bool]  # [node] offloaded, it keeps the execution device's block open (Node.offload_inline)
+    hosted: list[bool]  # [node] it computes where the node before it does (PlacementProblem.host_of)
     split: bool  # before_kv_cache nodes with a working set: the KV cache in XKV / BKV, else in XADD / BADD
     caps: list[int]
     reserve: list[int]
@@ -344,6 +351,8 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
         x=problem.execution_device, runtime=problem.has_runtime_memory,
         w=[x.size_bytes for x in nodes], kv=[x.kv_bytes for x in nodes], work=[x.work_bytes for x in nodes],
         before=[x.before_kv_cache for x in nodes], split=split,
+        inline=[bool(offs) and x.offload_inline for x in nodes],
+        hosted=[problem.host_of(i) is not None for i in range(n)],
         caps=[d.cap_bytes for d in devices], reserve=[d.reserve_bytes for d in devices],
         t_on=t_on, cut=cut, cut_t=cut_t, consumes=consumes, produces=produces, last_use=last_use,
         thresholds=thresholds, remaining=remaining, min_time_after=best, least_cut_after=least_cut, pins=dict(problem.pins),
@@ -763,9 +772,12 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
                 v = list(label.vec)
                 if _on_block(data, i, v, device, False):
                     put((last, xs, "o", anchors), v, label, device)
-        # Offload.
+        # Offload: an inline-offloadable node keeps the execution device's open block open (it
+        # computes there, between the block's nodes); any other closes it.
+        offloaded = (last, 1, "x", anchors) if on == "x" and data.inline[i] else after
+        hosted = data.hosted[i]  # computes where node i - 1 does: on its block, or on x
         for slot, o in enumerate(data.offs):
-            if pin not in (None, o):
+            if pin not in (None, o) or (hosted and on == "o"):
                 continue
             for label in closed:
                 if label.vec[USED + slot] + data.w[i] > data.caps[o]:
@@ -773,15 +785,15 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
                 v = list(label.vec)
                 v[USED + slot] += data.w[i]
                 if _on_x(data, i, v, o, charge):
-                    put(after, v, label, o)
+                    put(offloaded, v, label, o)
         # Start the execution device's block: first of all (ordered) or anywhere (free order).
-        if xs == 0 and (data.free or last == -1) and pin in (None, x):
+        if xs == 0 and (data.free or last == -1) and pin in (None, x) and not (hosted and on == "o"):
             for label in closed:
                 v = list(label.vec)
                 if _on_x(data, i, v, x, charge):
                     put((after[0], 1, "x", anchors), v, label, x)
         # Start a block on another accelerator: any later one (ordered) or the next (free order).
-        for key, device in _starts(data, last, xs):
+        for key, device in ([] if hosted else _starts(data, last, xs)):
             if pin not in (None, device):
                 continue
             for label in closed:

@@ -7,6 +7,10 @@ extract):
 * ``on[node,device]`` (bool): the node is placed on the device;
 * ``start[node,device]`` (bool, accelerators): a block of the device starts at this non-follower
   node; at most one per accelerator makes its nodes one contiguous run;
+* ``open[node]`` (bool, inline-offloadable nodes only: :attr:`~layerplan.solver.problem.Node.offload_inline`):
+  the execution device's block is open after this node (the node is on it, or offloaded to cpu/disk
+  with the block open before it), so the next node on it continues that block rather than starting
+  one; a problem without such nodes has no ``open`` variable and the model it had before;
 * ``level[node]`` (int, ``ordered`` only): index, in accelerator order, of the block the node is in
   or follows; non-decreasing along the non-follower nodes, so blocks appear in device order;
 * ``sent[edge,device]`` (bool): the edge's tensor is sent to this compute device, i.e. a consumer
@@ -68,6 +72,7 @@ class _Model:
     on: tuple[tuple[cp_model.IntVar, ...], ...]  # on[node][device]
     start: dict[tuple[int, int], cp_model.IntVar]  # (node, accelerator) -> var
     level: dict[int, cp_model.IntVar]  # non-follower node -> var
+    open_at: dict[int, cp_model.IntVar]  # inline-offloadable node -> the execution device's block is open after it
     sent: dict[tuple[int, int], cp_model.IntVar]  # (edge index, compute device) -> var
     measures: dict[Measure, cp_model.LinearExprT | None]  # measure -> expression (None: constant)
     extra: dict[int, cp_model.IntVar] | None = None  # device -> slack on its cap (least_extra_memory)
@@ -392,7 +397,8 @@ def _build(
     _add_placement_rules(problem, model, v)
     _add_symmetry_breaking(problem, model, v, cost)
     measures = _measures(problem, model, v, loads, goal=goal, cost=cost)
-    return _Model(model=model, on=v.on, start=v.start, level=v.level, sent=v.sent, measures=measures, extra=v.extra)
+    return _Model(model=model, on=v.on, start=v.start, level=v.level, open_at=v.open_at, sent=v.sent,
+                  measures=measures, extra=v.extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +410,7 @@ class _Vars:
     on: tuple[tuple[cp_model.IntVar, ...], ...]  # on[node][device]
     start: dict[tuple[int, int], cp_model.IntVar]  # (node, accelerator): a block starts here
     level: dict[int, cp_model.IntVar]  # non-follower node -> rank of its accelerator (ordered)
+    open_at: dict[int, cp_model.IntVar]  # inline-offloadable non-follower node -> the execution device's block is open after it
     runs_on: dict[tuple[int, int], cp_model.LinearExprT]  # (node, computing device) -> 0/1
     sent: dict[tuple[int, int], cp_model.IntVar]  # (edge, compute device): the tensor is received there
     extra: dict[int, cp_model.IntVar] | None  # device -> slack on its cap
@@ -429,6 +436,9 @@ def _variables(problem: PlacementProblem, model: cp_model.CpModel, *, slack: boo
         if problem.ordered and len(accs) > 1
         else {}
     )
+    open_at = {
+        i: model.new_bool_var(f"open[{nodes[i].name}]") for i in _inline_nodes(problem) if not problem.is_follower(i)
+    }
     # Where a node computes: an accelerator runs what it holds; the execution device also runs
     # every offloaded node. With one compute device or none, no tensor is ever sent.
     exec_device = problem.execution_device
@@ -452,7 +462,16 @@ def _variables(problem: PlacementProblem, model: cp_model.CpModel, *, slack: boo
         edge = problem.edges[e]
         for consumer in edge.consumers:
             model.add(var >= runs_on[consumer, c] - runs_on[edge.producer, c])
-    return _Vars(chain=chain, offs=offs, on=on, start=start, level=level, runs_on=runs_on, sent=sent, extra=extra)
+    return _Vars(chain=chain, offs=offs, on=on, start=start, level=level, open_at=open_at, runs_on=runs_on,
+                 sent=sent, extra=extra)
+
+
+def _inline_nodes(problem: PlacementProblem) -> list[int]:
+    """The nodes that may sit offloaded inside the execution device's block (:attr:`Node.offload_inline`),
+    none when there is no accelerator or nowhere to offload to."""
+    if not problem.has_inline_offload:
+        return []
+    return [i for i, node in enumerate(problem.nodes) if node.offload_inline]
 
 
 def _add_caps(
@@ -483,6 +502,7 @@ def _add_placement_rules(problem: PlacementProblem, model: cp_model.CpModel, v: 
     """Ties, pins, one block per accelerator, device order, the execution-device rule, low_zero."""
     nodes, on, chain, accs = problem.nodes, v.on, v.chain, problem.accelerators
     n, k = len(nodes), len(problem.devices)
+    exec_device = problem.execution_device
     # Tied-group followers sit on their anchor's device.
     for group in problem.tied_groups:
         for follower in group[1:]:
@@ -492,13 +512,33 @@ def _add_placement_rules(problem: PlacementProblem, model: cp_model.CpModel, v: 
     for i, d in problem.pins:
         model.add(on[i][d] == 1)
     # Each accelerator holds one contiguous run of non-follower nodes: a block starts exactly
-    # where a node is on it and the previous non-follower node is not, and at most once.
+    # where a node is on it and the previous non-follower node is not, and at most once. On the
+    # execution device, an inline-offloadable node stored on cpu/disk keeps its block open
+    # (``open[node]``, problem.py: Node.offload_inline).
     for d in accs:
         for t, i in enumerate(chain):
-            previous = on[chain[t - 1]][d] if t > 0 else 0
+            if t == 0:
+                previous = 0
+            elif d == exec_device and chain[t - 1] in v.open_at:
+                previous = v.open_at[chain[t - 1]]
+            else:
+                previous = on[chain[t - 1]][d]
             model.add(v.start[i, d] >= on[i][d] - previous)
             model.add(v.start[i, d] <= on[i][d])
         model.add_at_most_one(v.start[i, d] for i in chain)
+    # The execution device's block is open after an inline-offloadable node when the node is on
+    # it, or offloaded with the block open before it.
+    for t, i in enumerate(chain):
+        if i in v.open_at:
+            before = v.open_at.get(chain[t - 1], on[chain[t - 1]][exec_device]) if t > 0 else 0
+            model.add(v.open_at[i] <= on[i][exec_device] + before)
+            model.add(v.open_at[i] <= on[i][exec_device] + sum(on[i][o] for o in v.offs))
+    # An inline-offloadable node computes where its host (the node before it) computes.
+    for i in range(n):
+        host = problem.host_of(i)
+        if host is not None:
+            for c in problem.computing_devices:
+                model.add(v.runs_on[i, c] == v.runs_on[host, c])
     # With ordered=True the blocks follow the device order: the level never decreases and equals
     # the accelerator's rank on each of its nodes.
     for t, i in enumerate(chain):
@@ -510,7 +550,6 @@ def _add_placement_rules(problem: PlacementProblem, model: cp_model.CpModel, v: 
             model.add(v.level[i] == rank).only_enforce_if(on[i][d])
     # When anything is offloaded, the execution device stores a node (accelerate's main_device is
     # the first accelerator in the device_map).
-    exec_device = problem.execution_device
     streamed = [(i, o) for i in range(n) for o in v.offs if o != exec_device]
     if streamed and exec_device in accs:
         holds = model.new_bool_var(f"holds[{problem.devices[exec_device].name}]")
@@ -744,17 +783,23 @@ def _add_hint(built: _Model, problem: PlacementProblem, assignment: Sequence[int
             built.model.add_hint(var, int(assignment[i] == d))
     chain = [i for i in range(len(problem.nodes)) if not problem.is_follower(i)]
     accs = problem.accelerators
+    exec_device = problem.execution_device
     previous = None
+    x_open = False  # the execution device's block is open (inline-offloaded nodes keep it so)
     current_rank = 0
     for i in chain:
         d = assignment[i]
         for a in accs:
             if (i, a) in built.start:
-                built.model.add_hint(built.start[i, a], int(d == a and previous != a))
+                was_open = x_open if a == exec_device else previous == a
+                built.model.add_hint(built.start[i, a], int(d == a and not was_open))
         if d in accs:
             current_rank = accs.index(d)
         if i in built.level:
             built.model.add_hint(built.level[i], current_rank)
+        x_open = d == exec_device or (x_open and problem.inline_offloaded(i, d))
+        if i in built.open_at:
+            built.model.add_hint(built.open_at[i], int(x_open))
         previous = d
     compute = [problem.compute_device(d) for d in assignment]
     for (e, c), var in built.sent.items():

@@ -88,7 +88,8 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
         (:func:`layerplan.solver._symmetry.canonical_assignment`).
 
     Raises:
-        InvalidSpecError: the problem is not a chain, is unordered, has tied groups or has
+        InvalidSpecError: the problem is not a chain, is unordered, has tied groups, has nodes
+            that may be offloaded inside the execution device's block (``Node.offload_inline``) or has
             runtime memory (KV, working sets, reserves). Without runtime memory a node's
             ``before_kv_cache`` changes no charge (:mod:`layerplan.solver.accounting`), so the DP
             honours it by ignoring it.
@@ -113,6 +114,11 @@ def solve_chain_dp(problem: PlacementProblem) -> Solution:
         raise InvalidSpecError(
             "solve_chain_dp solves weights-only problems (no kv_bytes, work_bytes or "
             "reserve_bytes); use solver.solve (CP-SAT) for problems with runtime memory"
+        )
+    if problem.has_inline_offload:
+        raise InvalidSpecError(
+            "solve_chain_dp keeps every block strict and does not model nodes offloaded inside the "
+            "execution device's block (Node.offload_inline); use solver.solve"
         )
     if problem.tied_groups:
         raise InvalidSpecError(

@@ -17,6 +17,16 @@ Placement rules (shared by the CP-SAT model, the chain DP and :func:`evaluate`):
   *anchor*, the others are *followers*;
 * each accelerator holds at most one contiguous run of non-follower nodes in execution order
   (followers, e.g. an ``lm_head`` tied to the input embedding, sit with their anchor and are exempt);
+  for the execution device (an accelerator) the run is taken with the *inline-offloadable* nodes
+  (:attr:`Node.offload_inline`: a MoE layer's experts) that are stored on a cpu/disk device left
+  out: they compute on the execution device, inside its block. Every other accelerator's run is
+  strict, and an offloaded node without the flag ends the execution device's run as any node does;
+* an inline-offloadable node computes where its *host* (the non-follower node just before it: the
+  layer whose forward calls the experts) computes, and sits on its host's accelerator unless it is
+  offloaded: accelerate keeps a submodule's outputs on the device it ran on
+  (``hooks.AlignDevicesHook`` with ``io_same_device=False`` below the root), and the host's forward
+  goes on with them (the residual add), so experts on another device than their layer's would
+  make it mix devices;
 * with ``ordered=True`` the accelerator blocks appear in the order the devices are listed (what
   accelerate's ``infer_auto_device_map`` does: it fills GPU 0, then GPU 1, ...);
 * with ``low_zero=True`` the first accelerator stores no more weight bytes than any other
@@ -153,6 +163,18 @@ class Node:
             allocates its tensors at the decoder's first ``update``). Its device is charged
             ``max(its largest such working set, KV cache + largest other working set)``
             (:mod:`layerplan.solver.accounting`); False: the working set coexists with the cache.
+        offload_inline: the node may be stored on a cpu/disk device *inside* the execution
+            device's block: its weights are streamed in and it computes on the execution device
+            between its block's neighbours, so the block stays one contiguous run
+            (:func:`violations`, rule ``contiguity``). What llama.cpp's ``-ot exps=CPU`` does for a
+            MoE layer's routed experts, and what accelerate does for any module mapped to
+            ``"cpu"``/``"disk"`` inside a module mapped to a GPU: ``big_modeling.dispatch_model``
+            sets ``execution_device = main_device if device in ["cpu", "disk"]`` (the first
+            accelerator of the map) and ``hooks.attach_align_device_hook_on_blocks`` streams that
+            module's weights there. Only on the execution device: inside another accelerator's
+            block the node would still compute on the execution device, so there it splits the
+            block as any offloaded node does. Such a node also computes where its host (the
+            non-follower node before it) computes (rule ``host``). False (the default): neither.
     """
 
     name: str
@@ -160,6 +182,7 @@ class Node:
     kv_bytes: int = 0
     work_bytes: int = 0
     before_kv_cache: bool = False
+    offload_inline: bool = False
 
     def __post_init__(self) -> None:
         for field_name in ("size_bytes", "kv_bytes", "work_bytes"):
@@ -168,10 +191,11 @@ class Node:
                 raise InvalidSpecError(
                     f"node {self.name!r} has {field_name}={value!r}; expected an int >= 0"
                 )
-        if not isinstance(self.before_kv_cache, bool):
-            raise InvalidSpecError(
-                f"node {self.name!r} has before_kv_cache={self.before_kv_cache!r}; expected True or False"
-            )
+        for field_name in ("before_kv_cache", "offload_inline"):
+            if not isinstance(getattr(self, field_name), bool):
+                raise InvalidSpecError(
+                    f"node {self.name!r} has {field_name}={getattr(self, field_name)!r}; expected True or False"
+                )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -302,6 +326,16 @@ class PlacementProblem:
     def is_follower(self, node: int) -> bool:
         return node in self._follower_anchor
 
+    def inline_offloaded(self, node: int, device: int) -> bool:
+        """Whether ``node`` stored on ``device`` sits inside the execution device's block without
+        splitting it (:attr:`Node.offload_inline`, stored on a cpu/disk device, and the execution
+        device an accelerator)."""
+        return (
+            self.nodes[node].offload_inline
+            and not self.devices[device].is_accelerator
+            and self.devices[self.execution_device].is_accelerator
+        )
+
     @property
     def accelerators(self) -> tuple[int, ...]:
         """Indices of accelerator devices, in listed order."""
@@ -329,6 +363,23 @@ class PlacementProblem:
     def is_chain(self) -> bool:
         """True when every edge goes from node ``i`` to node ``i + 1`` only."""
         return all(e.consumers == (e.producer + 1,) for e in self.edges)
+
+    def host_of(self, node: int) -> int | None:
+        """The host of an inline-offloadable non-follower node: the non-follower node before it
+        (None for any other node, or when there is none before it)."""
+        if not self.nodes[node].offload_inline or self.is_follower(node):
+            return None
+        return next((h for h in range(node - 1, -1, -1) if not self.is_follower(h)), None)
+
+    @property
+    def has_inline_offload(self) -> bool:
+        """True when some node may sit offloaded inside the execution device's block
+        (:attr:`Node.offload_inline`, with an accelerator and a cpu/disk device to offload to)."""
+        return (
+            bool(self.accelerators)
+            and any(not d.is_accelerator for d in self.devices)
+            and any(x.offload_inline for x in self.nodes)
+        )
 
     @property
     def has_runtime_memory(self) -> bool:
@@ -364,6 +415,7 @@ class Rule(enum.Enum):
     PINS = "pins"  # pinned nodes where pinned
     CONTIGUITY = "contiguity"  # one block per accelerator
     ORDER = "order"  # blocks in device order (ordered problems)
+    HOST = "host"  # an inline-offloadable node computes where the node before it does
     EXECUTION_DEVICE = "execution_device"  # offload needs the execution device to store a node
     LOW_ZERO = "low_zero"  # GPU 0 stores no more than any other GPU
 
@@ -403,15 +455,31 @@ def violations(problem: PlacementProblem, assignment: Sequence[int]) -> list[Vio
     first_seen: list[int] = []
     runs: dict[int, int] = {}
     prev = None
+    execution_prev = None  # the same walk with inline-offloaded nodes left out (Node.offload_inline)
+    execution = problem.execution_device
     for i, d in enumerate(assignment):
         if problem.is_follower(i):
             continue
         if d != prev:
-            if problem.devices[d].is_accelerator:
+            if problem.devices[d].is_accelerator and d != execution:
                 runs[d] = runs.get(d, 0) + 1
                 if runs[d] == 1:
                     first_seen.append(d)
             prev = d
+        if problem.inline_offloaded(i, d):
+            continue
+        if d != execution_prev:
+            if d == execution and problem.devices[d].is_accelerator:
+                runs[d] = runs.get(d, 0) + 1
+                if runs[d] == 1:
+                    first_seen.append(d)
+            execution_prev = d
+    for i in range(n):
+        host = problem.host_of(i)
+        if host is not None and problem.compute_device(assignment[i]) != problem.compute_device(assignment[host]):
+            out.append(Violation(Rule.HOST, f"node {problem.nodes[i].name!r} computes on "
+                f"{problem.devices[problem.compute_device(assignment[i])].name!r} but its host "
+                f"{problem.nodes[host].name!r} on {problem.devices[problem.compute_device(assignment[host])].name!r}"))
     for d, count in runs.items():
         if count > 1:
             out.append(Violation(Rule.CONTIGUITY, f"accelerator {problem.devices[d].name!r} holds {count} separate blocks"))
@@ -420,7 +488,6 @@ def violations(problem: PlacementProblem, assignment: Sequence[int]) -> list[Vio
         order = [accs.index(d) for d in first_seen]
         if order != sorted(order):
             out.append(Violation(Rule.ORDER, "accelerator blocks are not in device order"))
-    execution = problem.execution_device
     offloaded = [i for i, d in enumerate(assignment) if problem.compute_device(d) != d]
     if offloaded and problem.devices[execution].is_accelerator and execution not in assignment:
         out.append(Violation(Rule.EXECUTION_DEVICE, f"node {problem.nodes[offloaded[0]].name!r} is offloaded but the execution device "

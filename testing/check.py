@@ -3,7 +3,8 @@
 The rules are those of :func:`layerplan.solver.violations` (one source: the solver's own property
 tests and a user's suite check the same thing): every node on one valid device (coverage), caps
 with runtime memory (cap), tied groups on one device (ties), pins (pins), one contiguous block per
-accelerator (contiguity), blocks in device order for ordered problems (order), offloading only
+accelerator (contiguity), blocks in device order for ordered problems (order), inline-offloadable
+nodes computing where their host does (host), offloading only
 with the execution device holding a block (execution device), and ``balanced_low_0``'s GPU 0 rule
 (low zero).
 """
@@ -20,6 +21,7 @@ __all__ = [
     "ContiguityError",
     "CoverageError",
     "ExecutionDeviceError",
+    "HostError",
     "LowZeroError",
     "OrderError",
     "PinsError",
@@ -81,6 +83,13 @@ class OrderError(PlanCheckError):
     rule = Rule.ORDER
 
 
+class HostError(PlanCheckError):
+    """An inline-offloadable node (MoE experts) computes elsewhere than its host, the node before
+    it (its layer): the layer's forward would mix devices."""
+
+    rule = Rule.HOST
+
+
 class ExecutionDeviceError(PlanCheckError):
     """Nodes are offloaded but the execution device (first accelerator) stores none: accelerate
     would run them elsewhere than the plan assumed."""
@@ -96,7 +105,7 @@ class LowZeroError(PlanCheckError):
 
 _ERRORS: dict[Rule, type[PlanCheckError]] = {
     cls.rule: cls for cls in (CoverageError, CapError, TiesError, PinsError, ContiguityError, OrderError,
-                              ExecutionDeviceError, LowZeroError)
+                              HostError, ExecutionDeviceError, LowZeroError)
 }
 
 

@@ -11,6 +11,8 @@ made, as Hypothesis' own are (``hypothesis.errors.InvalidArgument``).
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
@@ -104,6 +106,7 @@ def problems(
     pins: bool | None = None,
     runtime_memory: bool | None = None,
     before_kv_cache: bool | None = False,
+    offload_inline: bool | None = False,
     ordered: bool | None = None,
     max_layer_bytes: int = 100,
 ) -> st.SearchStrategy[PlacementProblem]:
@@ -122,6 +125,11 @@ def problems(
             half of ``max_layer_bytes``, with runtime memory) that peaks before any KV cache
             exists (:attr:`layerplan.solver.Node.before_kv_cache`); None: drawn; False (the
             default): no such nodes, and no draw for them (so existing suites keep their examples).
+        offload_inline: True: the nodes at a drawn offset in every drawn ``step``-th position
+            (1-3; the embedding and the head excluded from 3 nodes on; at least one) may be offloaded inside the
+            execution device's block, as a MoE layer's experts
+            (:attr:`layerplan.solver.Node.offload_inline`); None: drawn; False (the default): none,
+            and no draw for them.
         ordered: accelerator blocks in device order (True), in any order (False), or drawn (None).
         max_layer_bytes: the largest node size in bytes.
 
@@ -132,7 +140,7 @@ def problems(
     _check_range("max_layer_bytes", max_layer_bytes, "max_layer_bytes", max_layer_bytes, floor=0)
     for name, value in (("offload_tiers", offload_tiers), ("identical", identical), ("tied", tied),
                         ("pins", pins), ("runtime_memory", runtime_memory), ("before_kv_cache", before_kv_cache),
-                        ("ordered", ordered)):
+                        ("offload_inline", offload_inline), ("ordered", ordered)):
         _check_flag(name, value)
     if not isinstance(broadcast_edges, bool):
         raise InvalidArgument(f"broadcast_edges={broadcast_edges!r}; expected True or False")
@@ -140,7 +148,7 @@ def problems(
                 offload_tiers=offload_tiers, identical=identical)  # checks those arguments
     return _problems(low=min_nodes, high=max_nodes, gpus=(min_accelerators, max_accelerators), tiers=offload_tiers,
                      identical=identical, broadcast=broadcast_edges, tied=tied, pins=pins, runtime=runtime_memory,
-                     before=before_kv_cache, ordered=ordered, size=max_layer_bytes)
+                     before=before_kv_cache, inline=offload_inline, ordered=ordered, size=max_layer_bytes)
 
 
 def _maybe(draw: st.DrawFn, flag: bool | None) -> bool:
@@ -150,7 +158,8 @@ def _maybe(draw: st.DrawFn, flag: bool | None) -> bool:
 @st.composite
 def _problems(draw: st.DrawFn, *, low: int, high: int, gpus: tuple[int, int], tiers: bool | None,
               identical: bool | None, broadcast: bool, tied: bool | None, pins: bool | None,
-              runtime: bool | None, before: bool | None, ordered: bool | None, size: int) -> PlacementProblem:
+              runtime: bool | None, before: bool | None, inline: bool | None, ordered: bool | None,
+              size: int) -> PlacementProblem:
     n = draw(st.integers(low, high))
     pattern = draw(st.lists(st.integers(0, size), min_size=1, max_size=3))
     ends = (draw(st.integers(0, size)), draw(st.integers(0, size)))  # embedding, head
@@ -167,6 +176,12 @@ def _problems(draw: st.DrawFn, *, low: int, high: int, gpus: tuple[int, int], ti
         encoder_work = draw(st.integers(0, max(1, size // 2))) if with_runtime else 0
         nodes = tuple(Node(name=f"encoder.{i}", size_bytes=x.size_bytes, work_bytes=encoder_work, before_kv_cache=True)
                       if 1 <= i <= last else x for i, x in enumerate(nodes))
+    if inline is not False and _maybe(draw, inline):  # experts: every step-th node from offset on
+        interior = range(1, n - 1) if n >= 3 else range(n)
+        step = draw(st.integers(1, 3))
+        offset = draw(st.integers(0, min(step, len(interior)) - 1))
+        nodes = tuple(dataclasses.replace(x, offload_inline=True) if i in interior and (i - interior[0]) % step == offset
+                      else x for i, x in enumerate(nodes))
     hidden = draw(st.integers(0, max(1, size // 10)))
     edges = [Edge(producer=i, consumers=(i + 1,), size_bytes=hidden) for i in range(n - 1)]
     for _ in range(draw(st.integers(0, 2)) if broadcast and n >= 3 else 0):
