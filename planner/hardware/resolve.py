@@ -425,8 +425,11 @@ def _cross_host(
             pair = frozenset((a, b))
             if host_names[a] == host_names[b] or pair not in pairs:
                 continue
-            ends = [host_of[d] for d in (a, b) if d in host_of]
-            pairs[pair] = (min(rate, pairs[pair][0] if len(ends) < 2 else math.inf, *ends), False)
+            ends = [host_of[d] for d in (a, b) if d in host_of]  # the GPUs' own host links
+            # two GPUs: GPUDirect RDMA through each one's host link, never their NVLink; an
+            # offload tier: its own link, and no faster than the network
+            local = math.inf if len(ends) == 2 else pairs[pair][0]
+            pairs[pair] = (min(rate, local, *ends), False)
             bridgeable.discard(pair)
     return description, latency
 

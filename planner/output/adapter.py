@@ -235,6 +235,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: ``device_map``, ``max_memory``, ``status``, objective, per-device totals."""
+        hosts = self.hosts
         return {
             "model": self.graph.model,
             "model_class": self.graph.model_class,
@@ -284,7 +285,7 @@ class Plan:
                     "first_node": u.nodes[0] if u.nodes else None,
                     "last_node": u.nodes[-1] if u.nodes else None,
                     "num_nodes": len(u.nodes),
-                    **({"host": self.hosts[u.device]} if self.hosts else {}),
+                    **({"host": hosts[u.device]} if hosts else {}),
                 }
                 for u in self.usage
             ],
