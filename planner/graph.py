@@ -18,11 +18,11 @@ from layerplan.solver import Device, Edge, InvalidSpecError, Node, PlacementProb
 
 __all__ = ["GraphNode", "GraphEdge", "LayerGraph", "TracedWorkload"]
 
-GRAPH_FORMAT_VERSION = 6
+GRAPH_FORMAT_VERSION = 7
 #: Older formats :meth:`LayerGraph.from_dict` still reads. 2: no FLOPs, no decode-step edge sizes;
 #: 3: no ``empty_modules``; 5: no ``images_per_prompt`` / ``image_tokens`` in the workload (text only),
-#: no ``quantization_method``.
-_READABLE_FORMAT_VERSIONS = (2, 3, 4, 5, GRAPH_FORMAT_VERSION)
+#: no ``quantization_method``; 6: MoE experts inside their layer's node (no ``"experts"`` nodes).
+_READABLE_FORMAT_VERSIONS = (2, 3, 4, 5, 6, GRAPH_FORMAT_VERSION)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -73,6 +73,10 @@ class GraphNode:
             and the decoder's first step; :mod:`layerplan.planner.model.trace`). Passed to the
             solver as :attr:`layerplan.solver.Node.before_kv_cache`. False in graphs written
             before it was recorded (their encoders are then charged beside the cache: conservative).
+        parts: for a MoE layer whose experts are a node of their own (kind ``"experts"``, the next
+            node: :mod:`layerplan.planner.model.experts`), the ``device_map`` keys that cover the
+            layer without its experts (its children and parameters off the path to them), which
+            the device_map names when the two are placed apart; empty otherwise.
     """
 
     name: str
@@ -91,6 +95,7 @@ class GraphNode:
     estimated: bool = False
     expert_bytes: int = 0
     before_kv_cache: bool = False
+    parts: tuple[str, ...] = ()
 
     @property
     def work_bytes(self) -> int:
@@ -313,7 +318,7 @@ class LayerGraph:
         return PlacementProblem(
             nodes=tuple(
                 Node(name=n.name, size_bytes=n.size_bytes, kv_bytes=n.kv_bytes, work_bytes=n.work_bytes,
-                     before_kv_cache=n.before_kv_cache)
+                     before_kv_cache=n.before_kv_cache, offload_inline=n.kind == "experts")
                 for n in self.nodes
             ),
             edges=tuple(
@@ -374,7 +379,7 @@ class LayerGraph:
             notes += (f"graph format {version} does not list the modules without parameters or buffers: a "
                       "device_map naming one (e.g. GPT-2's transformer.drop) is refused; trace the model "
                       "again to accept such maps",)
-        data["nodes"] = tuple(GraphNode(**n) for n in data["nodes"])
+        data["nodes"] = tuple(GraphNode(**{**n, "parts": tuple(n.get("parts", ()))}) for n in data["nodes"])
         data["edges"] = tuple(GraphEdge(**e) for e in edges)
         for key in ("tied_parameters", "tied_groups"):
             data[key] = tuple(tuple(g) for g in data.get(key, ()))

@@ -15,7 +15,7 @@ _NODE_REQUIRED = {"name": str, "kind": str, "module_class": str, "weight_bytes":
 _NODE_OPTIONAL = {"kv_bytes": int, "prefill_work_bytes": int, "decode_work_bytes": int,
                   "prefill_live_bytes": int, "decode_live_bytes": int, "prefill_flops": int,
                   "decode_flops": int, "executed": bool, "estimated": bool, "expert_bytes": int,
-                  "before_kv_cache": bool}
+                  "before_kv_cache": bool, "parts": list}
 _EDGE_REQUIRED = {"producer": str, "consumers": list, "shape": list, "dtype": str, "size_bytes": int}
 _EDGE_OPTIONAL = {"decode_size_bytes": int}
 _WORKLOAD_REQUIRED = {"batch_size": int, "prompt_len": int}

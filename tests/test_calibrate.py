@@ -252,3 +252,35 @@ def test_cli_bad_input_is_exit_2_before_any_work(main, flags, match, capsys):
     assert main(["calibrate", "llama-2-7b", *flags]) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_node_inside_another_is_not_timed_twice() -> None:
+    """A MoE layer's experts node runs inside its layer's forward: the layer's time is its own only,
+    so the node times add up to no more than the forward's (nested intervals; with the experts'
+    time counted in both, the sum would be about twice the forward's)."""
+    import time as _time
+
+    from torch import nn
+
+    from layerplan.planner.calibrate.timing import NodeTimer
+
+    class Inner(nn.Module):
+        def forward(self, x):
+            _time.sleep(0.02)
+            return x
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = Inner()
+
+        def forward(self, x):
+            return self.experts(x) + 1
+
+    model = nn.Sequential(Outer())
+    with NodeTimer(model=model, nodes={"0": model[0], "0.experts": model[0].experts}) as timer:
+        model(torch.zeros(2))
+    times = timer.times()
+    assert times.node_prefill_s["0.experts"] >= 0.02
+    assert 0 <= times.node_prefill_s["0"] < times.node_prefill_s["0.experts"]
+    assert sum(times.node_prefill_s.values()) <= times.prefill_s

@@ -164,7 +164,7 @@ def test_minilm_encoder_has_no_decode_and_matches_flop_counter_mode(minilm_dir):
 def test_json_round_trip_keeps_flops_and_decode_sizes(tiny_llama_dir):
     graph, _ = planner.trace(tiny_llama_dir, dtype="float32", prompt_len=8, max_new_tokens=4)
     data = json.loads(graph.to_json())
-    assert data["format_version"] == 6
+    assert data["format_version"] == 7
     assert data["workload"]["images_per_prompt"] == 0
     assert data["nodes"][2]["prefill_flops"] > 0 and data["nodes"][2]["decode_flops"] > 0
     assert all("decode_size_bytes" in e for e in data["edges"])
@@ -201,7 +201,7 @@ def test_a_version_5_graph_without_image_fields_loads_as_text_only(tiny_llama_di
     assert LayerGraph.from_json(json.dumps(data)) == graph
 
 
-@pytest.mark.parametrize("version", [1, 7, "6"])
+@pytest.mark.parametrize("version", [1, 8, "7"])
 def test_unknown_graph_versions_are_rejected(tiny_llama_dir, version):
     graph, _ = planner.trace(tiny_llama_dir, dtype="float32", prompt_len=4, max_new_tokens=2)
     data = json.loads(graph.to_json())

@@ -30,8 +30,9 @@ def test_expert_bytes_are_the_real_models_expert_parameters(model_type, tmp_path
     assert real > 0 and graph.total_expert_bytes == real
     # float32 grouped expert matmuls fail on meta and are measured in bfloat16: the weights stay float32
     assert sum(n.weight_bytes for n in graph.nodes) == sum(p.numel() * p.element_size() for p in model.parameters())
-    per_layer = [n.expert_bytes for n in graph.nodes if n.kind == "block"]
-    assert len(per_layer) == 3 and len(set(per_layer)) == 1  # each block holds its own experts
+    per_layer = [n.expert_bytes for n in graph.nodes if n.kind == "experts"]  # planner/model/experts.py
+    assert len(per_layer) == 3 and len(set(per_layer)) == 1  # each layer's experts are one node
+    assert all(n.expert_bytes == 0 for n in graph.nodes if n.kind == "block")
     plan = planner.plan(graph, max_memory={"cpu": "1GB"})
     assert json.loads(json.dumps(plan.to_dict()))["expert_bytes"] == real
 

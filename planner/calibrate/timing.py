@@ -6,6 +6,9 @@ be its launch time). A node's accelerate hook (``AlignDevicesHook``: moving inpu
 loading offloaded weights) runs inside the module's call, so its time is part of the node's, as the
 cost model charges transfers and offload streaming to the node that receives them.
 
+A node inside another (a MoE layer's experts node, :mod:`layerplan.planner.model.experts`) has
+its time taken off the enclosing node's, so the times of the nodes add up to the forward's.
+
 Phases: ``generate()`` calls the model's forward once for the prefill, then once per decode step;
 everything before the first forward returns (an encoder-decoder's encoder too) is prefill.
 """
@@ -60,6 +63,7 @@ class NodeTimer:
     _spent: dict[tuple[str, int], float] = field(default_factory=dict)
     _open: dict[int, float] = field(default_factory=dict)
     _handles: list = field(default_factory=list)
+    _running: list[str] = field(default_factory=list)  # nodes whose forward is on the stack
 
     def _phase(self) -> int:
         return 0 if not self._forwards else 1  # 0 prefill, 1 decode
@@ -74,15 +78,23 @@ class NodeTimer:
 
     def __enter__(self) -> NodeTimer:
         for name, module in self.nodes.items():
-            self._handles.append(module.register_forward_pre_hook(lambda m, a: self._start(id(m))))
+            self._handles.append(module.register_forward_pre_hook(lambda m, a, name=name: self._node_start(name, m)))
             self._handles.append(module.register_forward_hook(lambda m, a, o, name=name: self._node_done(name, m)))
         self._handles.append(self.model.register_forward_pre_hook(lambda m, a: self._start(-1)))
         self._handles.append(self.model.register_forward_hook(lambda m, a, o: self._forwards.append(self._stop(-1))))
         return self
 
+    def _node_start(self, name: str, module: nn.Module) -> None:
+        self._running.append(name)
+        self._start(id(module))
+
     def _node_done(self, name: str, module: nn.Module) -> None:
-        key = (name, self._phase())
-        self._spent[key] = self._spent.get(key, 0.0) + self._stop(id(module))
+        key, spent = (name, self._phase()), self._stop(id(module))
+        self._spent[key] = self._spent.get(key, 0.0) + spent
+        self._running.pop()
+        if self._running:  # a node inside another (a MoE layer's experts): not the outer one's time
+            outer = (self._running[-1], key[1])
+            self._spent[outer] = self._spent.get(outer, 0.0) - spent
 
     def __exit__(self, *exc_info: object) -> None:
         for handle in self._handles:

@@ -59,6 +59,7 @@ from layerplan.planner.model.measure import (
     input_tensors,
     measure_node_memory,
 )
+from layerplan.planner.model.experts import split_experts
 from layerplan.planner.model.quantization import Quantization, is_expert_module, quantized_bytes, unquantized_experts
 from layerplan.planner.model.inputs import feed_for, is_vision_language, unchecked
 from layerplan.planner.model.replicate import NodeMap, NotReplicable, plan_replication, reduced_model
@@ -362,7 +363,7 @@ def trace_model(
         quantization=quantization.describe() if quantization is not None else "",
         quantization_method=quantization.method if quantization is not None else "",
     )
-    return _with_tied_groups(graph)
+    return split_experts(_with_tied_groups(graph), model, *sizes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,12 +50,9 @@ def to_device_map(graph: LayerGraph, problem: PlacementProblem, solution: Soluti
         execution device comes first, as accelerate's ``dispatch_model`` takes the first
         accelerator it meets as ``main_device``); ``{"": device}`` when everything shares one device.
     """
-    raw = {
-        node.name: _accelerate_key(problem.devices[d].name)
-        for node, d in zip(graph.nodes, solution.assignment, strict=True)
-    }
+    raw = _node_map(graph, [_accelerate_key(problem.devices[d].name) for d in solution.assignment])
     cleaned = collapse(raw)
-    ordered = sorted(cleaned, key=first_positions(node.name for node in graph.nodes).__getitem__)
+    ordered = sorted(cleaned, key=first_positions(raw).__getitem__)
     # accelerate's dispatch_model runs offloaded modules on the first accelerator of the map; the
     # solver assumed the problem's execution device: list one of its entries first when it differs.
     execution = _accelerate_key(problem.devices[problem.execution_device].name)
@@ -65,6 +62,25 @@ def to_device_map(graph: LayerGraph, problem: PlacementProblem, solution: Soluti
         first = next(k for k in ordered if cleaned[k] == execution)
         ordered = [first] + [k for k in ordered if k != first]
     return {k: cleaned[k] for k in ordered}
+
+
+def _node_map(graph: LayerGraph, devices: list[int | str]) -> dict[str, int | str]:
+    """``{key: device}`` per node, in execution order. A MoE layer whose experts node
+    (:mod:`layerplan.planner.model.experts`) shares its device is one key; one whose experts are
+    placed apart is named by its :attr:`~layerplan.planner.graph.GraphNode.parts` and the experts'
+    key, as accelerate cannot take a nested map (``tests/test_moe_inline_loading.py``)."""
+    raw: dict[str, int | str] = {}
+    nodes = graph.nodes
+    for i, (node, device) in enumerate(zip(nodes, devices, strict=True)):
+        if node.parts and i + 1 < len(nodes) and nodes[i + 1].name.startswith(node.name + "."):
+            if devices[i + 1] == device:
+                raw[node.name] = device  # its experts (next) are under this key
+            else:
+                raw |= dict.fromkeys(node.parts, device)
+        elif not (i and nodes[i - 1].parts and node.name.startswith(nodes[i - 1].name + ".")
+                  and devices[i - 1] == device):
+            raw[node.name] = device
+    return raw
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

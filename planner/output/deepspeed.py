@@ -77,7 +77,8 @@ def deepspeed(plan: Any) -> DeepSpeedExport:
     graph = plan.graph
     device, layers, stages = layer_stages(plan, "deepspeed")
     tied = {name for group in graph.tied_groups for name in group}  # a tied head is a TiedLayerSpec there
-    kept = lambda n: n.weight_bytes > 0 or n.name in tied  # noqa: E731 - not buffer-only modules (rotary)
+    # not buffer-only modules (rotary), nor MoE experts nodes (inside their layer's LayerSpec)
+    kept = lambda n: (n.weight_bytes > 0 or n.name in tied) and n.kind != "experts"  # noqa: E731
     before = [n.name for n in graph.nodes[: layers[0]] if kept(n)]
     after = [n.name for n in graph.nodes[layers[-1] + 1:] if kept(n)]
     layer_list = (*before, *(graph.nodes[i].name for i in layers), *after)

@@ -12,7 +12,10 @@ llama.cpp names a Llama-style GGUF's tensors ``token_embd.weight``, ``blk.{i}.at
   share exceeds ``i / n_layer``, which is where its KV cache lives;
 * each ``-ot PATTERN=BUFFER`` is tried in order and the first whose regex is *found* in a tensor's
   name (``std::regex_search``) decides its buffer (``CUDA0`` ..., ``CPU``);
-* the input embedding is always on the CPU (llama.cpp's input device).
+* the input embedding is always on the CPU (llama.cpp's input device);
+* a MoE layer's experts placed apart from the layer (:mod:`layerplan.planner.model.experts`) get
+  their own ``-ot`` ahead of the layers' (``blk\.(3|4)\.ffn_[a-z_]*_exps\.=CPU``: the
+  ``ffn_{gate,up,down}_exps`` tensors, what users write as ``-ot exps=CPU``).
 
 The GPUs are listed in stage order in ``CUDA_VISIBLE_DEVICES``, so ``CUDA{k}`` is stage ``k``.
 """
@@ -72,7 +75,8 @@ def llamacpp(plan: Any, layers: list[int]) -> LlamaCppExport:
     """
     graph, problem, assignment = plan.graph, plan.problem, plan.solution.assignment
     device = [problem.devices[d].name if problem.devices[d].is_accelerator else "CPU" for d in assignment]
-    gpus = list(dict.fromkeys(device[i] for i in layers if device[i] != "CPU"))
+    held = [*layers, *(i + 1 for i in layers if i + 1 < len(device) and graph.nodes[i + 1].kind == "experts")]
+    gpus = list(dict.fromkeys(device[i] for i in held if device[i] != "CPU"))
     if not gpus:
         raise InvalidSpecError("no decoder layer is on a GPU: run llama.cpp with -ngl 0")
     buffer = {gpu: f"CUDA{k}" for k, gpu in enumerate(gpus)} | {"CPU": "CPU"}
@@ -83,7 +87,10 @@ def llamacpp(plan: Any, layers: list[int]) -> LlamaCppExport:
             owner = gpus.index(device[i])
         split[owner] += 1
         by_buffer.setdefault(buffer[device[i]], []).append(int(graph.nodes[i].name.rsplit(".", 1)[1]))  # blk.{i}
-    overrides = [(rf"^blk\.({'|'.join(map(str, idx))})\.", buf) for buf, idx in by_buffer.items()]
+    # experts placed apart from their layer go first: the first pattern found decides
+    overrides = [(rf"^blk\.({'|'.join(map(str, idx))})\.ffn_[a-z_]*_exps\.", buf)
+                 for buf, idx in _experts_apart(graph, device, buffer).items()]
+    overrides += [(rf"^blk\.({'|'.join(map(str, idx))})\.", buf) for buf, idx in by_buffer.items()]
     names = {n.name: k for k, n in enumerate(graph.nodes)}
     for hf, gguf in (("model.norm", "output_norm"), ("lm_head", "output")):
         if hf in names and graph.nodes[names[hf]].size_bytes:
@@ -95,13 +102,26 @@ def llamacpp(plan: Any, layers: list[int]) -> LlamaCppExport:
                           tensor_split=tuple(split), notes=tuple(_notes(plan, device, names)))
 
 
+def _experts_apart(graph: Any, device: list[str], buffer: dict[str, str]) -> dict[str, list[int]]:
+    """``{buffer: [layer index]}`` of the MoE layers whose experts node (the node after the layer,
+    :mod:`layerplan.planner.model.experts`) is on another device than the layer: llama.cpp's
+    ``blk.{i}.ffn_{gate,up,down}_exps`` tensors, overridden to the experts' buffer."""
+    out: dict[str, list[int]] = {}
+    for i in range(1, len(graph.nodes)):
+        layer, experts = graph.nodes[i - 1], graph.nodes[i]
+        if experts.kind == "experts" and experts.name.startswith(layer.name + ".") and device[i] != device[i - 1]:
+            out.setdefault(buffer[device[i]], []).append(int(layer.name.rsplit(".", 1)[1]))
+    return out
+
+
 def _notes(plan: Any, device: list[str], names: dict[str, int]) -> list[str]:
     notes = []
     embed = names.get("model.embed_tokens")
     if embed is not None and device[embed] != "CPU":
         size = plan.graph.nodes[embed].size_bytes
         notes.append(f"llama.cpp keeps token_embd ({format_bytes(size)}) in host RAM, not on GPU {device[embed]}")
-    if any(re.fullmatch(r"model\.layers\.\d+", n.name) and device[k] == "CPU" for k, n in enumerate(plan.graph.nodes)):
+    if any(re.fullmatch(r"model\.layers\.\d+(\.mlp\.experts)?", n.name) and device[k] == "CPU"
+           for k, n in enumerate(plan.graph.nodes)):
         notes.append("offloaded layers' weights stay in host RAM (-ot ...=CPU) and llama.cpp computes them on the "
                      "CPU, where accelerate would stream them to the execution device")
     return notes

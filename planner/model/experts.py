@@ -1,0 +1,138 @@
+"""A MoE layer's experts as a node of their own, placed inside their layer's block.
+
+transformers 5 packs a layer's routed experts into one module (``MixtralExperts``: one 3-D
+parameter per projection for all experts; older checkpoints hold an ``experts`` module list), and
+they are most of the layer's bytes (Mixtral-8x7B: 96 % of each decoder layer). llama.cpp users keep
+attention on the GPU and the experts in host RAM (``-ot exps=CPU``); accelerate does the same for
+any module mapped to ``"cpu"``/``"disk"`` inside a GPU-mapped module, streaming it to the map's
+first accelerator (``big_modeling.dispatch_model``), but ``infer_auto_device_map`` never proposes
+it. :func:`split_experts` makes such a layer two nodes, so the solver may:
+
+* the layer node keeps everything but the experts (attention, norms, router, shared experts), its
+  KV cache, working sets and FLOPs; its :attr:`GraphNode.parts` list the ``device_map`` keys that
+  cover it when its experts are placed elsewhere (its children and parameters off the path to the
+  experts: accelerate cannot take a nested map, see ``tests/test_moe_inline_loading.py``);
+* the experts node (kind ``"experts"``, named by the expert module, right after its layer) holds
+  the experts' weights; it reads the layer's hidden states and hands the layer's outputs on (the
+  layer's outgoing edges leave from it), and it is passed to the solver as
+  :attr:`layerplan.solver.Node.offload_inline` (rule ``host``: it computes where its layer does).
+
+Costs: the experts node is charged the layer's working sets (it runs inside the layer's forward,
+at the same peak: a device's activation peak is a max over its nodes, so this adds nothing) and no
+FLOPs (they stay with the layer). The roofline of a split layer is then the sum of its parts'
+(:func:`layerplan.solver.cost.node_time_ns`): the experts' weight reads are counted beside the
+layer's compute in prefill, where the whole layer took the larger of the two; at Mixtral-8x7B's
+bytes and an H100's bandwidth that is under 1 ms a layer against ~100 ms of prefill compute at
+32k tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph
+from layerplan.planner.model.quantization import is_expert_module
+
+__all__ = ["EXPERTS_KIND", "split_experts"]
+
+#: :attr:`GraphNode.kind` of an experts node.
+EXPERTS_KIND = "experts"
+
+
+def split_experts(graph: LayerGraph, model: nn.Module, sizes: dict[str, int], buffer_sizes: dict[str, int]) -> LayerGraph:
+    """``graph`` with each block node that holds exactly one expert module
+    (:func:`~layerplan.planner.model.quantization.is_expert_module`) split into the layer and its
+    experts (module docstring); other nodes and graphs without experts are returned unchanged.
+
+    Args:
+        graph: the traced graph of ``model``.
+        model: the (meta) model it was traced from.
+        sizes: module or tensor name -> stored bytes, buffers included (what the tracer sized
+            the nodes with); buffer_sizes: the buffer bytes alone.
+    """
+    modules = dict(model.named_modules())
+    nodes: list[GraphNode] = []
+    moved: dict[str, str] = {}  # layer -> its experts node, the new producer of its outgoing edges
+    added: list[GraphEdge] = []
+    for node in graph.nodes:
+        path = _experts_path(node, modules.get(node.name)) if node.kind == "block" else None
+        if path is None:
+            nodes.append(node)
+            continue
+        layer, experts = _split_node(node, modules[node.name], path, sizes, buffer_sizes)
+        nodes += [layer, experts]
+        moved[node.name] = experts.name
+        added.append(_hand_over(graph, node.name, experts.name))
+    if not moved:
+        return graph
+    edges = [dataclasses.replace(e, producer=moved.get(e.producer, e.producer)) for e in graph.edges]
+    position = {n.name: i for i, n in enumerate(nodes)}
+    edges = sorted([*edges, *added], key=lambda e: (position[e.producer], [position[c] for c in e.consumers]))
+    return dataclasses.replace(graph, nodes=tuple(nodes), edges=tuple(edges))
+
+
+def _experts_path(node: GraphNode, module: nn.Module | None) -> str | None:
+    """The relative name of the one outermost expert module inside ``module`` (``"mlp.experts"``),
+    or None when it holds none, several, or they hold no weights."""
+    if module is None:
+        return None
+    found: list[str] = []
+    for name, sub in module.named_modules():
+        if is_expert_module(name, sub) and not any(name.startswith(f + ".") for f in found):
+            found.append(name)
+    if len(found) != 1 or not _holds_tensors(module.get_submodule(found[0])):
+        return None
+    return found[0]
+
+
+def _holds_tensors(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None or next(module.buffers(), None) is not None
+
+
+def _split_node(node: GraphNode, module: nn.Module, path: str, sizes: dict[str, int],
+                buffer_sizes: dict[str, int]) -> tuple[GraphNode, GraphNode]:
+    name = f"{node.name}.{path}"
+    total, buffers = sizes.get(name, 0), buffer_sizes.get(name, 0)
+    weights = total - buffers
+    experts = GraphNode(
+        name=name, kind=EXPERTS_KIND, module_class=type(module.get_submodule(path)).__name__,
+        weight_bytes=weights, buffer_bytes=buffers,
+        prefill_work_bytes=node.prefill_work_bytes, decode_work_bytes=node.decode_work_bytes,
+        prefill_live_bytes=node.prefill_live_bytes, decode_live_bytes=node.decode_live_bytes,
+        executed=node.executed, estimated=node.estimated, expert_bytes=min(total, node.expert_bytes),
+        before_kv_cache=node.before_kv_cache,
+    )
+    layer = dataclasses.replace(
+        node, weight_bytes=node.weight_bytes - weights, buffer_bytes=node.buffer_bytes - buffers,
+        expert_bytes=node.expert_bytes - experts.expert_bytes, parts=_parts(node.name, module, path),
+    )
+    return layer, experts
+
+
+def _parts(prefix: str, module: nn.Module, path: str) -> tuple[str, ...]:
+    """The names that cover ``module`` (named ``prefix``) but its submodule ``path``: along the
+    path, each module's own parameters and buffers and its children off the path that hold any."""
+    parts: list[str] = []
+    step, rest = path.partition(".")[::2]
+    for tensor, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+        parts.append(f"{prefix}.{tensor}")
+    for child_name, child in module.named_children():
+        full = f"{prefix}.{child_name}"
+        if child_name == step:
+            parts += _parts(full, child, rest) if rest else []
+        elif _holds_tensors(child):
+            parts.append(full)
+    return tuple(parts)
+
+
+def _hand_over(graph: LayerGraph, layer: str, experts: str) -> GraphEdge:
+    """The layer -> experts edge: the hidden states the router hands the experts, sized as the
+    largest tensor the layer receives (its input hidden states)."""
+    received = [e for e in graph.edges if layer in e.consumers]
+    if not received:
+        return GraphEdge(producer=layer, consumers=(experts,), shape=(), dtype=graph.dtype, size_bytes=0,
+                         decode_size_bytes=0)
+    largest = max(received, key=lambda e: (e.size_bytes, e.decode_size_bytes))
+    return dataclasses.replace(largest, producer=layer, consumers=(experts,))
