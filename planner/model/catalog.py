@@ -329,14 +329,18 @@ _GEMMA3_27B: dict[str, Any] = {  # google/gemma-3-27b-it config.json
                       "patch_size": 14, "vision_use_head": False},
 }
 
-_LLAVA_NEXT_MISTRAL_7B: dict[str, Any] = {  # llava-hf/llava-v1.6-mistral-7b-hf config.json
+# llava-hf/llava-v1.6-mistral-7b-hf config.json (transformers_version 4.39.0.dev0), checked field by field
+# against the copy in NVIDIA/TensorRT-LLM tests/unittest/_torch/modeling/test_modeling_llava_next.py
+# (LLAVA_NEXT_7B_CONFIG, quoted whole but for vision_config.num_hidden_layers, cut there to 2 for the test:
+# "24 layers for full model", as here).
+_LLAVA_NEXT_MISTRAL_7B: dict[str, Any] = {
     "model_type": "llava_next",
     "architectures": ["LlavaNextForConditionalGeneration"],
     "ignore_index": -100,
     "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
     "image_token_index": 32000,
     "projector_hidden_act": "gelu",
-    "tie_word_embeddings": False,
+    "tie_word_embeddings": False,  # not in the file: LlavaNextConfig's default
     "dtype": "float16",
     "use_image_newline_parameter": True,
     "vision_feature_layer": -2,
@@ -353,7 +357,10 @@ _LLAVA_NEXT_MISTRAL_7B: dict[str, Any] = {  # llava-hf/llava-v1.6-mistral-7b-hf 
 }
 
 # A flat file (text fields at the top, as Qwen2-7B's): transformers 5 moves them into text_config.
-_QWEN2_VL_7B: dict[str, Any] = {  # Qwen/Qwen2-VL-7B-Instruct config.json
+# Qwen/Qwen2-VL-7B-Instruct config.json (transformers_version 4.41.2), checked field by field against the
+# copy quoted whole in mindspore-lab/mindone mindone/transformers/models/qwen2_vl/modeling_qwen2_vl.py
+# (its __main__ block, "Qwen2-VL-7B-Instruct config.json"); initializer_range and use_cache left out.
+_QWEN2_VL_7B: dict[str, Any] = {
     "model_type": "qwen2_vl",
     "architectures": ["Qwen2VLForConditionalGeneration"],
     "attention_dropout": 0.0,
@@ -589,9 +596,19 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
         name="llava-v1.6-mistral-7b",
         hub_id="llava-hf/llava-v1.6-mistral-7b-hf",
         config=_LLAVA_NEXT_MISTRAL_7B,
+        # unverified: no stored copy of the llava-hf/llava-v1.6-mistral-7b-hf model page (nor of its
+        # safetensors index total_size) was found, so the exact count is not confirmed. What was found agrees
+        # with 7.57B: the Hub pages of same-shape fine-tunes of LLaVA-v1.6-Mistral-7B (e.g.
+        # https://huggingface.co/rbojja/llava-v1.6-mistral-med, FP16) say 7.57B params; the repo's file listing
+        # at commit f71b5f1 (https://huggingface.co/llava-hf/llava-v1.6-mistral-7b-hf/tree/f71b5f1, as stored)
+        # has shards of 4.92 + 4.92 + 4.92 + 0.38 GB = 15.14 GB, i.e. 7.57B x 2 B (float16); its collection
+        # page (https://huggingface.co/collections/llava-hf/llava-next) rounds it to 8B.
         published_params=7_570_000_000,
         params_rounding=10_000_000,
-        params_source="Hub safetensors parameter count of llava-hf/llava-v1.6-mistral-7b-hf: 7.57B",
+        params_source=(
+            "Hub safetensors parameter count: 7.57B (unverified for this repo's own page; shown for same-shape "
+            "fine-tunes, and its float16 shards total 15.14 GB)"
+        ),
         aliases=("llava-next-mistral-7b",),
         notes=("LLaVA-NeXT: each image is the 336 px base and its best-fit anyres grid of 336 px tiles; a 672 x 672 "
                "image (the default) is 2928 prompt tokens (576 base + 48 x 48 unpadded + 48 newlines)."),
@@ -600,9 +617,14 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
         name="qwen2-vl-7b",
         hub_id="Qwen/Qwen2-VL-7B-Instruct",
         config=_QWEN2_VL_7B,
-        published_params=8_290_000_000,
-        params_rounding=10_000_000,
-        params_source="Hub safetensors parameter count of Qwen/Qwen2-VL-7B-Instruct: 8.29B (ViT included)",
+        # Sources: a public PaddlePaddle script that re-saves the Qwen2-VL-7B-Instruct shards with qkv fused
+        # copies the index's metadata as {"total_size": "16582751232"} (= 8,291,375,616 x 2 B, bfloat16); a
+        # public survey note quotes "8,291,375,616 parameters per its HF safetensors metadata" for
+        # Qwen2-VL-7B-Instruct (both found with the code-search tool; neither names its repository there).
+        published_params=8_291_375_616,
+        params_source=(
+            "safetensors index total_size 16,582,751,232 B / 2 B (bfloat16), ViT included; Hub label: 8.29B"
+        ),
         notes=("An image is one token per 28 x 28 pixels after smart_resize (14 px patches merged 2 x 2): 576 tokens "
                "at 672 x 672 (the default); M-RoPE positions over (time, height, width)."),
     ),
