@@ -14,12 +14,15 @@ import re
 import pytest
 import torch
 from accelerate.utils import check_device_map
+from rich.console import Console
 from transformers import AutoModelForCausalLM, MixtralConfig, MixtralForCausalLM
 
 import layerplan
 from layerplan import planner
 from layerplan.planner.model import trace as trace_module
+from layerplan.planner.model.experts import merge_experts
 from layerplan.planner.model.meta import build_meta_model
+from layerplan.planner.output.report import render_plan
 
 LAYERS = 3
 
@@ -112,12 +115,16 @@ def _mixtral_plans(monkeypatch) -> tuple:
 def test_experts_apart_make_the_catalog_mixtral_on_one_24gib_gpu_faster(monkeypatch) -> None:
     split, whole = _mixtral_plans(monkeypatch)
     assert not any(n.kind == "experts" for n in whole.graph.nodes)
+    assert merge_experts(split.graph) == whole.graph and merge_experts(whole.graph) is whole.graph
     assert split.status == whole.status == "optimal"
     # every placement of the whole layers is one of the split graph's, at the same cost
     assert split.timing.total_ns < whole.timing.total_ns
     apart = [n.name for n, d, prev in zip(split.graph.nodes[1:], split.solution.assignment[1:],
                                           split.solution.assignment) if n.kind == "experts" and d != prev]
     assert apart  # the gain comes from a layer split from its experts
+    console = Console(record=True, width=200)
+    render_plan(split, console)
+    assert f"MoE experts placed apart from their layer in {len(apart)} layer(s)" in console.export_text()
 
     out = split.export("llama.cpp")
     readable = {f"CUDA{k}": int(g) for k, g in enumerate(out.env["CUDA_VISIBLE_DEVICES"].split(","))} | {"CPU": "cpu"}

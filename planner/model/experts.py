@@ -35,7 +35,7 @@ from torch import nn
 from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph
 from layerplan.planner.model.quantization import is_expert_module
 
-__all__ = ["EXPERTS_KIND", "split_experts"]
+__all__ = ["EXPERTS_KIND", "merge_experts", "split_experts"]
 
 #: :attr:`GraphNode.kind` of an experts node.
 EXPERTS_KIND = "experts"
@@ -70,7 +70,18 @@ def split_experts(graph: LayerGraph, model: nn.Module, sizes: dict[str, int], bu
     edges = [dataclasses.replace(e, producer=moved.get(e.producer, e.producer)) for e in graph.edges]
     position = {n.name: i for i, n in enumerate(nodes)}
     edges = sorted([*edges, *added], key=lambda e: (position[e.producer], [position[c] for c in e.consumers]))
-    return dataclasses.replace(graph, nodes=tuple(nodes), edges=tuple(edges))
+    return dataclasses.replace(graph, nodes=tuple(nodes), edges=tuple(edges),
+                               notes=(*graph.notes, _note(nodes, len(moved))))
+
+
+def _note(nodes: list[GraphNode], layers: int) -> str:
+    classes = sorted({n.module_class for n in nodes if n.kind == EXPERTS_KIND})
+    packed = all(c.endswith("Experts") for c in classes)
+    how = ("packed by transformers into one module (one parameter per projection for all experts)" if packed
+           else "a module list of per-expert MLPs")
+    return (f"MoE experts: the experts of {layers} layers ({', '.join(classes)}, {how}) are a node of their own "
+            "each, placed as one unit; they may be offloaded to cpu/disk while their layer stays on the "
+            "execution device (planner/model/experts.py)")
 
 
 def _experts_path(node: GraphNode, module: nn.Module | None) -> str | None:
@@ -136,3 +147,30 @@ def _hand_over(graph: LayerGraph, layer: str, experts: str) -> GraphEdge:
                          decode_size_bytes=0)
     largest = max(received, key=lambda e: (e.size_bytes, e.decode_size_bytes))
     return dataclasses.replace(largest, producer=layer, consumers=(experts,))
+
+
+def merge_experts(graph: LayerGraph) -> LayerGraph:
+    """The inverse of :func:`split_experts`: each experts node folded back into its layer (bytes
+    summed, the layer's ``parts`` cleared, its outgoing edges leaving from the layer again), as
+    graphs were before experts were nodes; a graph without experts nodes is returned unchanged.
+    For comparisons (``benchmarks/experts_offload.py``) and for engines that place whole layers."""
+    nodes = list(graph.nodes)
+    into: dict[str, str] = {}  # experts node -> its layer
+    merged: list[GraphNode] = []
+    for i, node in enumerate(nodes):
+        if node.kind == EXPERTS_KIND and merged and node.name.startswith(merged[-1].name + "."):
+            layer = merged[-1]
+            merged[-1] = dataclasses.replace(
+                layer, weight_bytes=layer.weight_bytes + node.weight_bytes,
+                buffer_bytes=layer.buffer_bytes + node.buffer_bytes,
+                expert_bytes=layer.expert_bytes + node.expert_bytes, parts=(),
+            )
+            into[node.name] = layer.name
+        else:
+            merged.append(node)
+    if not into:
+        return graph
+    edges = [dataclasses.replace(e, producer=into.get(e.producer, e.producer)) for e in graph.edges
+             if not set(e.consumers) & set(into)]
+    notes = tuple(n for n in graph.notes if not n.startswith("MoE experts: the experts of "))
+    return dataclasses.replace(graph, nodes=tuple(merged), edges=tuple(edges), notes=notes)

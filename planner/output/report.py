@@ -46,6 +46,10 @@ def render_plan(plan: Plan, console: Console) -> None:
         where = (str(u.device), hosts[u.device]) if hosts else (str(u.device),)
         placement.add_row(*where, _runs(g, u.nodes), str(len(u.nodes)))
     console.print(placement)
+    if apart := _experts_apart(plan):
+        shown = ", ".join(f"{layer} ({a} / experts {b})" for layer, a, b in apart[:3])
+        console.print(f"MoE experts placed apart from their layer in {len(apart)} layer(s): {shown}"
+                      + (", ..." if len(apart) > 3 else "") + " (the device_map names the layers' parts)")
     # One column per device (usually 2-6), one row per kind of bytes: fits an 80-column terminal.
     memory = Table(title="Memory per device at peak", title_justify="left")
     memory.add_column("bytes")
@@ -131,6 +135,15 @@ def _value(name: str, value: int) -> str:
     if name == "transfer_bytes":
         return format_bytes(value)
     return str(value)
+
+
+def _experts_apart(plan: Plan) -> list[tuple[str, str, str]]:
+    """``(layer, its device, its experts' device)`` for each MoE layer whose experts node
+    (:mod:`layerplan.planner.model.experts`) is placed on another device."""
+    nodes, devices = plan.graph.nodes, [plan.problem.devices[d].name for d in plan.solution.assignment]
+    return [(nodes[i - 1].name, devices[i - 1], devices[i]) for i in range(1, len(nodes))
+            if nodes[i].kind == "experts" and nodes[i].name.startswith(nodes[i - 1].name + ".")
+            and devices[i] != devices[i - 1]]
 
 
 def _runs(graph, names: tuple[str, ...]) -> str:  # noqa: ANN001
