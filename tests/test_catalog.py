@@ -289,3 +289,14 @@ def test_every_entry_names_its_hub_repo_and_count_source():
         assert entry.hub_id.count("/") == 1, entry.hub_id
         assert entry.params_source
         assert lookup(entry.hub_id) is entry
+
+
+def test_deepseek_v3_reads_its_published_yarn_scaling():
+    # config.json: {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "beta_fast": 32,
+    # "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}, rope_theta 10000; 40 x 4096 = 163,840 positions
+    config = CATALOG["deepseek-v3"].to_config()
+    rope = config.rope_parameters
+    assert (rope["rope_type"], rope["factor"], rope["rope_theta"]) == ("yarn", 40, 10000)
+    assert (rope["original_max_position_embeddings"], rope["beta_fast"], rope["beta_slow"]) == (4096, 32, 1)
+    assert (rope["mscale"], rope["mscale_all_dim"]) == (1.0, 1.0)
+    assert config.max_position_embeddings == 40 * 4096

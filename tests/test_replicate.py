@@ -208,3 +208,40 @@ def test_short_stacks_are_traced_whole():
     model = build_meta_model(_tiny_config("llama-2-70b", num_hidden_layers=4))
     specs = trace._find_nodes(model, trace.no_split_classes(model))
     assert plan_replication(model, {s.name for s in specs if s.kind == "block"}) is None
+
+
+def _tiny_qwen2_5_vl() -> PretrainedConfig:
+    """Qwen2.5-VL shrunk: 6 text layers, 8 vision blocks with full attention in blocks 3 and 7 (the
+    published 32 have it in 7, 15, 23 and 31, transformers' default ``fullatt_block_indexes``), 112 px
+    patches merged 2 x 2 and 448 px windows, so the default 672 x 672 image is 6 x 6 = 36 patches (9
+    tokens) in windows of 2 x 2 merged tokens over the 3 x 3 grid: 16, 8, 8 and 4 patches."""
+    return AutoConfig.for_model(
+        "qwen2_5_vl", architectures=["Qwen2_5_VLForConditionalGeneration"], image_token_id=255,
+        video_token_id=254, vision_start_token_id=253, vision_end_token_id=252,
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "num_hidden_layers": 6, "max_window_layers": 6, "vocab_size": 256, "pad_token_id": 0,
+                     "bos_token_id": 0, "eos_token_id": 0,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 1, 1]}},
+        vision_config={"depth": 8, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "out_hidden_size": 32,
+                       "patch_size": 112, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 448,
+                       "fullatt_block_indexes": [3, 7]},
+    )
+
+
+def test_blocks_named_in_an_index_list_get_their_own_representatives(monkeypatch):
+    # Qwen2.5-VL's vision blocks differ only in the tower's forward: `if layer_num in
+    # self.fullatt_block_indexes` hands a block the whole image's bounds (cu_seqlens), else the windows'
+    # (transformers modeling_qwen2_5_vl.py, Qwen2_5_VisionTransformerPretrainedModel.forward)
+    model = build_meta_model(_tiny_qwen2_5_vl())
+    replication, replicated = _replicated_trace(model, torch.float32, monkeypatch)
+    assert replicated.to_dict() == _full_trace(model, torch.float32).to_dict()
+    vision, text = replication.stacks
+    assert (vision.path, vision.representative) == ("model.visual.blocks", (0, 1, 1, 3, 1, 1, 6, 7))
+    assert text.representative == (0, 1, 1, 1, 4, 5)
+    assert model.model.visual.fullatt_block_indexes == [3, 7]  # renumbered on the reduced copy only
+    # full attention over 36 patches against windows of 16, 8, 8 and 4: the scores (Q K^T) and their
+    # product with V, 2 FLOPs per multiply-add over hidden size 32, per query-key pair
+    flops = {n.name: n.prefill_flops for n in replicated.nodes}
+    extra = 2 * 2 * 32 * (36**2 - (16**2 + 8**2 + 8**2 + 4**2))  # = 114,688
+    assert flops["model.visual.blocks.3"] - flops["model.visual.blocks.2"] == extra
+    assert flops["model.visual.blocks.7"] - flops["model.visual.blocks.6"] == extra

@@ -415,7 +415,11 @@ _WHISPER_LARGE_V3: dict[str, Any] = {  # openai/whisper-large-v3 config.json
     "vocab_size": 51866,
 }
 
-_DEEPSEEK_V3: dict[str, Any] = {  # deepseek-ai/DeepSeek-V3 config.json (the MTP layer is not built)
+# deepseek-ai/DeepSeek-V3 config.json (the MTP layer is not built). rope_scaling checked against the copy in
+# NVIDIA-NeMo/Megatron-Bridge tests/unit_tests/models/deepseek/test_deepseek_bridges.py (fixture ds_v3_config:
+# transformers_version 4.33.1, DeepSeek-V3's; V3-0324's file says 4.46.3), which agrees with every other field
+# here; published as ``"type": "yarn"``, which transformers 5 reads as ``rope_parameters["rope_type"]``.
+_DEEPSEEK_V3: dict[str, Any] = {
     "model_type": "deepseek_v3",
     "architectures": ["DeepseekV3ForCausalLM"],
     "bos_token_id": 0,
@@ -439,6 +443,8 @@ _DEEPSEEK_V3: dict[str, Any] = {  # deepseek-ai/DeepSeek-V3 config.json (the MTP
     "qk_rope_head_dim": 64,
     "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
                             "weight_block_size": [128, 128]},
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                     "original_max_position_embeddings": 4096, "type": "yarn"},
     "rope_theta": 10000,
     "routed_scaling_factor": 2.5,
     "tie_word_embeddings": False,

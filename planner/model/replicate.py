@@ -14,19 +14,26 @@ one a full trace gives; when the reduced trace does not have the structure this 
   submodule's class and scalar attributes (index attributes such as ``layer_idx`` left out); and its
   entry in each per-layer list of the config (``layer_types``: Gemma-2's sliding and global layers
   differ in nothing else). The first layer and the last two are always their own (code such as
-  ``if layer_idx == 0``; and see :meth:`NodeMap.flows`). Layers of equal signature take the
-  measurements of the first of them, their *representative*.
+  ``if layer_idx == 0``; and see :meth:`NodeMap.flows`), and so is every layer named in an *index
+  list* of the stack's owner or of a module above it, or of their configs: a list of positions that
+  the owner's forward tests each layer's position against (Qwen2.5-VL's vision tower: ``if layer_num
+  in self.fullatt_block_indexes`` gives those blocks full attention over the whole image, the others
+  windowed attention; Qwen3-VL's ``deepstack_visual_indexes``, read with ``.index(layer_num)``).
+  Layers of equal signature take the measurements of the first of them, their *representative*.
 * **Reduced model**: shallow copies of the modules from the root down to each stack's parent, the
   stack replaced by a copy holding only the representatives under their own keys (``"0"``, ``"1"``,
   ``"78"``, ``"79"``), so node names are those of the full model. The representatives are the
   original modules (their ``layer_idx`` indexes the cache as in the full model), per-layer config
   lists are cut to the representatives' positions (model code reads ``config.layer_types[i]`` with
-  ``i`` counting the layers it runs), and nothing of the user's model is changed.
+  ``i`` counting the layers it runs), index lists renumbered to them (on the copied modules and
+  configs: ``[3, 7]`` with representatives ``0, 1, 3, 6, 7`` becomes ``[2, 4]``), and nothing of
+  the user's model is changed.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import types
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,6 +52,11 @@ MIN_LAYERS = 5
 # Attributes left out of a signature: the mode, and the numbers that name a layer rather than shape
 # its computation (the cache is indexed by them, and each layer keeps its own).
 _NOT_SIGNATURE = frozenset({"training", "layer_idx", "layer_id", "layer_index", "layer_number", "idx"})
+
+# Names of index lists (module docstring): Qwen2.5-VL ``fullatt_block_indexes``, Qwen3-VL
+# ``deepstack_visual_indexes``, Mllama ``cross_attention_layers``, SegGPT
+# ``intermediate_hidden_state_indices``. A list of ints by any other name (``mrope_section``) is not one.
+_INDEX_LIST_NAME = re.compile(r"layer|block|ind(?:ex|ic)es$")
 
 _T = TypeVar("_T")
 
@@ -105,26 +117,39 @@ def plan_replication(model: nn.Module, block_names: Collection[str]) -> Replicat
     Returns:
         The stacks with at least one layer that shares a representative; None when no stack has
         one, or when replicating could go wrong unseen (a heterogeneous config, a list outside the
-        blocks as long as a stack).
+        blocks as long as a stack, an index list that two stacks would read: which one it indexes
+        is unknown).
     """
     modules = dict(model.named_modules())
     if any(getattr(_config(m), "is_heterogeneous", False) for m in modules.values()):
         return None  # per-layer config overrides: model code may read per_layer_config[i]
     stack_paths = [path for path, module in modules.items() if _is_stack(path, module, block_names)]
-    stacks = []
+    stacks, listed = [], []
     for path in stack_paths:
         module = modules[path]
         keys = tuple(module._modules)
-        lists = _per_layer_lists(_path_configs(model, path), len(keys))
-        signatures = [_signature(layer, [(n, v[i]) for n, v in lists]) for i, layer in enumerate(module)]
-        signatures[0], signatures[-2], signatures[-1] = ("first",), ("second to last",), ("last",)
-        first: dict[tuple, int] = {}
-        representative = tuple(first.setdefault(sig, i) for i, sig in enumerate(signatures))
+        indexes = _index_lists(_path_owners(model, path), len(keys))
+        listed.append({id(value) for _, value in indexes})
+        representative = _representatives(module, _per_layer_lists(_path_configs(model, path), len(keys)), indexes)
         if len(set(representative)) < len(keys):
             stacks.append(LayerStack(path=path, keys=keys, representative=representative))
-    if not stacks or _parallel_lists(modules, block_names, stack_paths):
+    shared = sum(map(len, listed)) > len(set().union(*listed))
+    if not stacks or shared or _parallel_lists(modules, block_names, stack_paths):
         return None
     return Replication(stacks=tuple(stacks))
+
+
+def _representatives(stack: nn.ModuleList, lists: list[tuple[str, Sequence]],
+                     indexes: list[tuple[str, Sequence[int]]]) -> tuple[int, ...]:
+    """Per position of ``stack``, the first position of equal signature: the layer, its entries in
+    the per-layer ``lists``, and its place in each of the index lists ``indexes`` that name it (a
+    place, not only membership: Qwen3-VL's tower picks a merger by
+    ``deepstack_visual_indexes.index(layer_num)``). The first and the last two are their own."""
+    signatures = [_signature(layer, [(n, v[i]) for n, v in lists] + [(n, v.index(i)) for n, v in indexes if i in v])
+                  for i, layer in enumerate(stack)]
+    signatures[0], signatures[-2], signatures[-1] = ("first",), ("second to last",), ("last",)
+    first: dict[tuple, int] = {}
+    return tuple(first.setdefault(sig, i) for i, sig in enumerate(signatures))
 
 
 def _is_stack(path: str, module: nn.Module, block_names: Collection[str]) -> bool:
@@ -154,10 +179,12 @@ def reduced_model(model: nn.Module, replication: Replication) -> nn.Module:
     """A model that runs only the representatives (see the module docstring); ``model`` is unchanged.
 
     Raises:
-        NotReplicable: one config object would have to be cut for two stacks in different ways.
+        NotReplicable: one config object would have to be cut, or one module's index list
+            renumbered, for two stacks in different ways.
     """
     copies: dict[str, nn.Module] = {"": _shallow(model)}
     cuts: dict[int, tuple[object, int, tuple[int, ...]]] = {}  # id(config) -> (config, layers, kept)
+    renumbered: dict[tuple[int, str], object] = {}  # (id(module copy), attribute) -> renumbered list
     decoder = _decoder_config(model)
     for stack in replication.stacks:
         parent_path, _, attr = stack.path.rpartition(".")
@@ -166,6 +193,8 @@ def reduced_model(model: nn.Module, replication: Replication) -> nn.Module:
         kept = _shallow(layers)
         kept._modules = {stack.keys[i]: layers._modules[stack.keys[i]] for i in stack.traced}
         parent._modules[attr] = kept
+        clones = [copies[p] for p in _prefixes(parent_path)]
+        _renumber_owners(list(zip(_path_modules(model, stack.path), clones)), stack, renumbered)
         for config in _path_configs(model, stack.path):
             cut = (config, len(stack.keys), stack.traced)
             if _needs_cut(config, len(stack.keys), decoder) and cuts.setdefault(id(config), cut) != cut:
@@ -337,22 +366,77 @@ def _config(module: nn.Module) -> object | None:
     return config if config is not None and hasattr(config, "to_dict") else None
 
 
+def _prefixes(path: str) -> list[str]:
+    """``""`` and every dotted prefix of ``path``, ``path`` included: ``"", "a", "a.b"``."""
+    parts = path.split(".") if path else []
+    return ["", *(".".join(parts[:i]) for i in range(1, len(parts) + 1))]
+
+
+def _path_modules(model: nn.Module, path: str) -> list[nn.Module]:
+    """The modules from the root down to ``path``'s parent (``path``'s owner)."""
+    modules = [model]
+    for part in path.split(".")[:-1]:
+        modules.append(modules[-1]._modules[part])
+    return modules
+
+
 def _path_configs(model: nn.Module, path: str) -> list[object]:
     """Configs held by the modules from the root down to ``path``'s parent (each once)."""
     found: dict[int, object] = {}
-    module, parts = model, path.split(".")[:-1]
-    for part in ["", *parts]:
-        module = module if not part else module._modules[part]
+    for module in _path_modules(model, path):
         config = _config(module)
         if config is not None:
             found.setdefault(id(config), config)
     return list(found.values())
 
 
+def _path_owners(model: nn.Module, path: str) -> list[object]:
+    """The modules from the root down to ``path``'s parent, then the configs they hold."""
+    return [*_path_modules(model, path), *_path_configs(model, path)]
+
+
 def _per_layer_lists(configs: list[object], num_layers: int) -> list[tuple[str, list]]:
     """``(name, list)`` of every config attribute holding one entry per layer (``layer_types``)."""
     return [(name, value) for config in configs for name, value in vars(config).items()
             if "layer" in name and isinstance(value, list | tuple) and len(value) == num_layers]
+
+
+def _index_lists(owners: list[object], num_layers: int) -> list[tuple[str, Sequence[int]]]:
+    """``(name, list)`` of every index list among the owners' attributes (module docstring): a
+    non-empty list or tuple of positions ``0 <= i < num_layers`` under an index list's name
+    (:data:`_INDEX_LIST_NAME`), not a per-layer list (one entry per layer, see
+    :func:`_per_layer_lists`)."""
+    return [(name, value) for owner in owners for name, value in vars(owner).items()
+            if _is_index_list(name, value, num_layers)]
+
+
+def _is_index_list(name: str, value: object, num_layers: int) -> bool:
+    return (isinstance(value, list | tuple) and len(value) > 0 and _INDEX_LIST_NAME.search(name) is not None
+            and all(type(v) is int and 0 <= v < num_layers for v in value)
+            and not ("layer" in name and len(value) == num_layers))
+
+
+def _renumbered(value: Sequence[int], kept: tuple[int, ...]) -> Sequence[int]:
+    """An index list over the full stack as positions in the reduced one (``kept``: the positions
+    it keeps, ascending), same order and type. Every listed layer is a representative of its own."""
+    return type(value)(kept.index(i) for i in value)
+
+
+def _renumber_owners(owners: list[tuple[nn.Module, nn.Module]], stack: LayerStack,
+                     done: dict[tuple[int, str], object]) -> None:
+    """Renumber the index lists that ``stack``'s signatures read from the modules above it, on their
+    copies: ``owners`` are ``(original, copy)`` from the root down to the stack's owner; ``done``
+    records what was set across stacks.
+
+    Raises:
+        NotReplicable: a module's list was renumbered for another stack to other positions.
+    """
+    for original, clone in owners:
+        for name, value in _index_lists([original], len(stack.keys)):
+            new = _renumbered(value, stack.traced)
+            if done.setdefault((id(clone), name), new) != new:
+                raise NotReplicable(f"{type(original).__name__}.{name} would be renumbered for two stacks")
+            vars(clone)[name] = new
 
 
 def _decoder_config(model: nn.Module) -> object | None:
@@ -362,14 +446,17 @@ def _decoder_config(model: nn.Module) -> object | None:
 
 
 def _needs_cut(config: object, num_layers: int, decoder: object | None) -> bool:
-    """Whether ``config`` must be cut with its stack: it has per-layer lists, or it is a tower's
-    (not the text decoder's) config that counts the stack's layers in ``num_hidden_layers``."""
+    """Whether ``config`` must be cut with its stack: it has per-layer lists or index lists, or it
+    is a tower's (not the text decoder's) config that counts the stack's layers in
+    ``num_hidden_layers``."""
     deep = config is not decoder and getattr(config, "num_hidden_layers", None) == num_layers
-    return bool(_per_layer_lists([config], num_layers)) or deep
+    lists = _per_layer_lists([config], num_layers) or _index_lists([config], num_layers)
+    return bool(lists) or deep
 
 
 def _cut_config(config: object, num_layers: int, kept: tuple[int, ...], *, depth: bool = False) -> object:
-    """A shallow copy of ``config`` whose per-layer lists hold only the entries at ``kept``.
+    """A shallow copy of ``config`` whose per-layer lists hold only the entries at ``kept``, and
+    whose index lists are renumbered to positions among them (:func:`_renumbered`).
 
     The text decoder's ``num_hidden_layers`` stays (model code slices ``layers[:num_hidden_layers]``,
     harmless, and some compares ``layer_idx`` with it, which the representatives keep). With
@@ -380,6 +467,8 @@ def _cut_config(config: object, num_layers: int, kept: tuple[int, ...], *, depth
     cut = copy.copy(config)
     for name, value in _per_layer_lists([config], num_layers):
         vars(cut)[name] = type(value)(value[i] for i in kept)
+    for name, value in _index_lists([config], num_layers):
+        vars(cut)[name] = _renumbered(value, kept)
     if depth and getattr(config, "num_hidden_layers", None) == num_layers:
         cut.num_hidden_layers = len(kept)
     return cut
