@@ -3,7 +3,8 @@ accelerate's ``device_map="auto"``, on GPUs too small for the model, under one a
 
 For each catalog MoE model and setup (one GPU + host RAM), three device_maps are measured by
 :func:`layerplan.evaluate_map` (KV cache, activations, streaming, reserve; the cost model's time per
-decode step, :mod:`layerplan.solver.cost`):
+decode step and of the prefill, :mod:`layerplan.solver.cost`; ``fits``: under every cap with
+the KV cache and activations counted, which accelerate's map does not check):
 
 * ``accelerate auto``: ``from_pretrained(device_map="auto", max_memory=...)``'s greedy map
   (:mod:`layerplan.planner.baselines.accelerate`);
@@ -44,12 +45,15 @@ GPUS = ("24GiB", "48GiB")
 
 def _row(plan) -> list[str]:  # noqa: ANN001
     if plan is None:
-        return ["-", "-", "-", "-"]
+        return ["-", "-", "-", "-", "-", "-"]
     gpu = sum(u.weights_bytes for u in plan.usage if u.device not in ("cpu", "disk"))
     apart = sum(1 for i, n in enumerate(plan.graph.nodes)
                 if n.kind == "experts" and plan.solution.assignment[i] != plan.solution.assignment[i - 1])
-    ms = plan.timing.decode_ns / max(plan.timing.decode_steps, 1) / 1e6 if plan.timing else float("nan")
-    return [f"{ms:,.1f}", format_bytes(gpu), format_bytes(plan.offloaded_bytes), str(apart)]
+    fits = "yes" if plan.fits and not plan.violations else "no"
+    decode_ms = plan.timing.decode_ns / 1e6 if plan.timing else float("nan")  # one decode step
+    prefill_s = plan.timing.prefill_ns / 1e9 if plan.timing else float("nan")
+    return [fits, f"{prefill_s:,.2f}", f"{decode_ms:,.0f}", format_bytes(gpu), format_bytes(plan.offloaded_bytes),
+            str(apart)]
 
 
 def main() -> None:
@@ -64,8 +68,9 @@ def main() -> None:
     console = Console(width=160)
     table = Table(title=f"Experts offloaded inside their layers, batch {args.batch_size}, seq_len {args.seq_len}, "
                         f"one {args.gpu_type} + cpu", title_justify="left")
-    for col in ("model", "GPU cap", "device_map", "status", "ms/step", "GPU weights", "offloaded", "layers split"):
-        table.add_column(col, justify="left" if col in ("model", "device_map", "status") else "right")
+    for col in ("model", "GPU cap", "device_map", "status", "fits", "prefill s", "ms/decode step", "GPU weights",
+                "offloaded", "layers split"):
+        table.add_column(col, justify="left" if col in ("model", "device_map", "status", "fits") else "right")
     for model in args.models:
         for cap in args.gpus:
             spec = layerplan.PlanSpec.from_dict({

@@ -9,6 +9,7 @@ graph with the experts left inside their layers (its every placement is one of t
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -141,3 +142,35 @@ def test_experts_apart_make_the_catalog_mixtral_on_one_24gib_gpu_faster(monkeypa
             assert readable[buffer] == planned, name
     with pytest.raises(layerplan.InvalidSpecError, match="experts placed apart|offloaded"):
         split.export("vllm")
+
+
+def test_the_experts_flops_are_what_the_flop_counter_counts_inside_the_expert_module(tiny_mixtral) -> None:
+    """Counted on the real model's CPU forward by torch's FlopCounterMode, with the formula for the
+    grouped matmul of transformers' MoE kernels and the CPU SDPA kernel that torch's registry lacks, and by
+    the textbook count: each of the 2 x 8 tokens through top_k = 2 experts' three
+    hidden x intermediate projections, 2 FLOPs per multiply-add."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    graph, _ = planner.trace(tiny_mixtral, dtype="float32", batch_size=2, prompt_len=8, max_new_tokens=2)
+    model = AutoModelForCausalLM.from_pretrained(tiny_mixtral).eval()
+    def grouped_mm(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:  # (rows, K) x (experts, K, N)
+        return 2 * math.prod(a_shape[:-1]) * a_shape[-1] * b_shape[-1]
+
+    ops = [torch.ops.aten._grouped_mm, *([torch.ops.transformers.grouped_mm_fallback]
+                                         if hasattr(torch.ops.transformers, "grouped_mm_fallback") else [])]
+    mapping = dict.fromkeys(ops, grouped_mm)
+    def sdpa(q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:  # Q K^T and A V, per query head
+        batch, heads, queries, dim = q_shape
+        return 2 * 2 * batch * heads * queries * k_shape[-2] * dim
+
+    mapping[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = sdpa
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model(input_ids=torch.randint(0, 128, (2, 8)), use_cache=False)
+    root = type(model).__name__
+    counted = {name.removeprefix(root).removeprefix("."): sum(ops.values())
+               for name, ops in counter.get_flop_counts().items()}
+    for i in range(LAYERS):
+        layer, experts = graph.nodes[graph.index(f"model.layers.{i}")], graph.nodes[graph.index(f"model.layers.{i}.mlp.experts")]
+        assert experts.prefill_flops == counted[experts.name] == 2 * (2 * 8) * 2 * (3 * 32 * 64)
+        assert layer.prefill_flops + experts.prefill_flops == counted[layer.name]
+        assert 0 < experts.decode_flops < experts.prefill_flops

@@ -18,12 +18,14 @@ it. :func:`split_experts` makes such a layer two nodes, so the solver may:
   :attr:`layerplan.solver.Node.offload_inline` (rule ``host``: it computes where its layer does).
 
 Costs: the experts node is charged the layer's working sets (it runs inside the layer's forward,
-at the same peak: a device's activation peak is a max over its nodes, so this adds nothing) and no
-FLOPs (they stay with the layer). The roofline of a split layer is then the sum of its parts'
-(:func:`layerplan.solver.cost.node_time_ns`): the experts' weight reads are counted beside the
-layer's compute in prefill, where the whole layer took the larger of the two; at Mixtral-8x7B's
-bytes and an H100's bandwidth that is under 1 ms a layer against ~100 ms of prefill compute at
-32k tokens.
+at the same peak: a device's activation peak is a max over its nodes, so this adds nothing) and the
+routed experts' FLOPs, ``2 * tokens * top_k * (matmul parameters of one expert)`` per pass (each
+token's hidden state goes through ``top_k`` experts' projections: what the tracer's FLOP counter
+counts for ``_grouped_mm`` over the routed rows, :mod:`layerplan.planner.model.measure`, and what
+``torch.utils.flop_counter`` counts for transformers' per-expert loop on the CPU); the layer keeps
+the rest. The roofline of a split layer is then the sum of its parts'
+(:func:`layerplan.solver.cost.node_time_ns`), as the GPU runs the attention kernels, then the
+experts'.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import dataclasses
 
 from torch import nn
 
-from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph
+from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, TracedWorkload
 from layerplan.planner.model.quantization import is_expert_module
 
 __all__ = ["EXPERTS_KIND", "merge_experts", "split_experts"]
@@ -61,7 +63,8 @@ def split_experts(graph: LayerGraph, model: nn.Module, sizes: dict[str, int], bu
         if path is None:
             nodes.append(node)
             continue
-        layer, experts = _split_node(node, modules[node.name], path, sizes, buffer_sizes)
+        layer, experts = _split_node(node, modules[node.name], path, sizes, buffer_sizes,
+                                     config=getattr(model, "config", None), workload=graph.workload)
         nodes += [layer, experts]
         moved[node.name] = experts.name
         added.append(_hand_over(graph, node.name, experts.name))
@@ -102,24 +105,51 @@ def _holds_tensors(module: nn.Module) -> bool:
     return next(module.parameters(), None) is not None or next(module.buffers(), None) is not None
 
 
-def _split_node(node: GraphNode, module: nn.Module, path: str, sizes: dict[str, int],
-                buffer_sizes: dict[str, int]) -> tuple[GraphNode, GraphNode]:
+def _split_node(node: GraphNode, module: nn.Module, path: str, sizes: dict[str, int], buffer_sizes: dict[str, int],
+                *, config: object, workload: TracedWorkload) -> tuple[GraphNode, GraphNode]:
     name = f"{node.name}.{path}"
     total, buffers = sizes.get(name, 0), buffer_sizes.get(name, 0)
     weights = total - buffers
+    per_token = 2 * _top_k(module, config) * _expert_matmul_params(module.get_submodule(path))
+    prefill_flops = min(node.prefill_flops, per_token * workload.batch_size * workload.prompt_len)
+    decode_flops = min(node.decode_flops, per_token * workload.batch_size)
     experts = GraphNode(
         name=name, kind=EXPERTS_KIND, module_class=type(module.get_submodule(path)).__name__,
         weight_bytes=weights, buffer_bytes=buffers,
         prefill_work_bytes=node.prefill_work_bytes, decode_work_bytes=node.decode_work_bytes,
         prefill_live_bytes=node.prefill_live_bytes, decode_live_bytes=node.decode_live_bytes,
+        prefill_flops=prefill_flops, decode_flops=decode_flops,
         executed=node.executed, estimated=node.estimated, expert_bytes=min(total, node.expert_bytes),
         before_kv_cache=node.before_kv_cache,
     )
     layer = dataclasses.replace(
         node, weight_bytes=node.weight_bytes - weights, buffer_bytes=node.buffer_bytes - buffers,
         expert_bytes=node.expert_bytes - experts.expert_bytes, parts=_parts(node.name, module, path),
+        prefill_flops=node.prefill_flops - prefill_flops, decode_flops=node.decode_flops - decode_flops,
     )
     return layer, experts
+
+
+def _top_k(layer: nn.Module, config: object) -> int:
+    """Experts per token: the ``top_k`` of the layer's router or MoE block (transformers 5:
+    ``MixtralTopKRouter.top_k``), else the config's ``num_experts_per_tok``; 0 when neither says."""
+    for sub in layer.modules():
+        if isinstance(getattr(sub, "top_k", None), int):
+            return sub.top_k
+    text = getattr(config, "get_text_config", lambda: config)()
+    value = getattr(text, "num_experts_per_tok", 0)
+    return value if isinstance(value, int) else 0
+
+
+def _expert_matmul_params(experts: nn.Module) -> int:
+    """Matmul parameters of one expert: the packed 3-D projections (``[experts, rows, cols]``) over
+    their first dimension, or one member of an ``experts`` module list (its 2-D weights)."""
+    packed = [p for p in experts.parameters(recurse=False) if p.dim() == 3]
+    if packed:
+        return sum(p.numel() // p.shape[0] for p in packed)
+    if isinstance(experts, nn.ModuleList) and len(experts):
+        return sum(p.numel() for p in experts[0].parameters() if p.dim() == 2)
+    return 0
 
 
 def _parts(prefix: str, module: nn.Module, path: str) -> tuple[str, ...]:
@@ -151,7 +181,7 @@ def _hand_over(graph: LayerGraph, layer: str, experts: str) -> GraphEdge:
 
 def merge_experts(graph: LayerGraph) -> LayerGraph:
     """The inverse of :func:`split_experts`: each experts node folded back into its layer (bytes
-    summed, the layer's ``parts`` cleared, its outgoing edges leaving from the layer again), as
+    and FLOPs summed, the layer's ``parts`` cleared, its outgoing edges leaving from the layer again), as
     graphs were before experts were nodes; a graph without experts nodes is returned unchanged.
     For comparisons (``benchmarks/experts_offload.py``) and for engines that place whole layers."""
     nodes = list(graph.nodes)
@@ -164,6 +194,8 @@ def merge_experts(graph: LayerGraph) -> LayerGraph:
                 layer, weight_bytes=layer.weight_bytes + node.weight_bytes,
                 buffer_bytes=layer.buffer_bytes + node.buffer_bytes,
                 expert_bytes=layer.expert_bytes + node.expert_bytes, parts=(),
+                prefill_flops=layer.prefill_flops + node.prefill_flops,
+                decode_flops=layer.decode_flops + node.decode_flops,
             )
             into[node.name] = layer.name
         else:
