@@ -114,9 +114,11 @@ def test_mixtral_counts_the_routed_experts_only():
     # per token: q,o 32x32; k,v 32x16; router 32x4; 2 of the 4 experts, each gate/up/down 32x48
     active = 2 * 32 * 32 + 2 * 32 * 16 + 32 * 4 + 2 * 3 * 32 * 48
     layer = graph.nodes[graph.index("model.layers.0")]
-    assert layer.prefill_flops == 2 * active * 2 * 8 + 2 * 2 * 2 * 4 * 8 * 8 * 8
-    assert layer.decode_flops == 2 * active * 2 + 2 * 2 * 2 * 4 * 8 * 1 * 12
-    assert not graph.notes
+    experts = graph.nodes[graph.index("model.layers.0.mlp.experts")]  # its own node (planner/model/experts.py)
+    assert layer.prefill_flops + experts.prefill_flops == 2 * active * 2 * 8 + 2 * 2 * 2 * 4 * 8 * 8 * 8
+    assert layer.decode_flops + experts.decode_flops == 2 * active * 2 + 2 * 2 * 2 * 4 * 8 * 1 * 12
+    assert experts.prefill_flops == 2 * (2 * 3 * 32 * 48) * 2 * 8
+    assert [n.split(":")[0] for n in graph.notes] == ["MoE experts"]
 
 
 def test_hidden_state_edge_carries_one_token_in_decode(tiny_llama_dir):
