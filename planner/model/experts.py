@@ -17,10 +17,13 @@ it. :func:`split_experts` makes such a layer two nodes, so the solver may:
   layer's outgoing edges leave from it), and it is passed to the solver as
   :attr:`layerplan.solver.Node.offload_inline` (rule ``host``: it computes where its layer does).
 
-Costs: the experts node is charged the layer's working sets (it runs inside the layer's forward,
-at the same peak: a device's activation peak is a max over its nodes, so this adds nothing) and the
-routed experts' FLOPs, ``2 * tokens * top_k * (matmul parameters of one expert)`` per pass (each
-token's hidden state goes through ``top_k`` experts' projections: what the tracer's FLOP counter
+Costs: the experts node has no working set of its own: it runs inside the layer's forward, whose
+measured working set and live bytes hold the experts' activations, and it always computes where its
+layer does (rule ``host``), so the layer's charge on that device covers it
+(:mod:`layerplan.solver.accounting` takes the largest working set per device); counting it twice
+would double the activation traffic of the roofline. It carries the routed experts' FLOPs,
+``2 * tokens * top_k * (matmul parameters of one expert)`` per pass (each token's hidden state
+goes through ``top_k`` experts' projections: what the tracer's FLOP counter
 counts for ``_grouped_mm`` over the routed rows, :mod:`layerplan.planner.model.measure`, and what
 ``torch.utils.flop_counter`` counts for transformers' per-expert loop on the CPU); the layer keeps
 the rest. The roofline of a split layer is then the sum of its parts'
@@ -115,10 +118,7 @@ def _split_node(node: GraphNode, module: nn.Module, path: str, sizes: dict[str, 
     decode_flops = min(node.decode_flops, per_token * workload.batch_size)
     experts = GraphNode(
         name=name, kind=EXPERTS_KIND, module_class=type(module.get_submodule(path)).__name__,
-        weight_bytes=weights, buffer_bytes=buffers,
-        prefill_work_bytes=node.prefill_work_bytes, decode_work_bytes=node.decode_work_bytes,
-        prefill_live_bytes=node.prefill_live_bytes, decode_live_bytes=node.decode_live_bytes,
-        prefill_flops=prefill_flops, decode_flops=decode_flops,
+        weight_bytes=weights, buffer_bytes=buffers, prefill_flops=prefill_flops, decode_flops=decode_flops,
         executed=node.executed, estimated=node.estimated, expert_bytes=min(total, node.expert_bytes),
         before_kv_cache=node.before_kv_cache,
     )
