@@ -218,6 +218,7 @@ class _Data:
     consumes: list[list[tuple[int, int, int, list[int]]]]  # [node] (bit, prev, bytes, ns per device)
     produces: list[list[int]]  # [node] bits of the non-chain edges it produces
     last_use: list[int]  # [bit] last consumer
+    dead_bits: list[tuple[int, ...]]  # [position] label slots of the bits whose last consumer comes before it
     thresholds: list[list[int]]  # [position] sorted producers/consumers a block start is compared with
     remaining: list[int]  # [position] weight bytes of nodes i..n-1
     min_time_after: list[int]  # [position] sum of each later node's fastest compute time
@@ -355,6 +356,7 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
         hosted=[problem.host_of(i) is not None for i in range(n)],
         caps=[d.cap_bytes for d in devices], reserve=[d.reserve_bytes for d in devices],
         t_on=t_on, cut=cut, cut_t=cut_t, consumes=consumes, produces=produces, last_use=last_use,
+        dead_bits=[tuple(USED + len(offs) + b for b, last in enumerate(last_use) if last < i) for i in range(n + 1)],
         thresholds=thresholds, remaining=remaining, min_time_after=best, least_cut_after=least_cut, pins=dict(problem.pins),
         offload_cost=[d.offload_cost for d in devices],
         remaining_free=remaining_free, remaining_footprint=footprint,
@@ -870,19 +872,24 @@ def _settle(
 ) -> list[_Label]:
     """A state's labels at position ``i``: normalised, deduplicated, bounded (``bound`` on the
     objective, ``limits`` on earlier measures), Pareto-filtered and (quick pass) truncated."""
+    normal = _normaliser(data, i, kept_measures, state)
     unique: dict[tuple[int, ...], _Label] = {}
     for label in labels:
-        unique.setdefault(_normal(data, label.vec, i, kept_measures, state), label)
+        unique.setdefault(normal(label.vec), label)
     wanted = (objective, *limits)
-    caps = (bound, *limits.values())
+    checks = [(at, cap) for at, cap in enumerate((bound, *limits.values())) if cap is not None]
     lower = _completion_bounds(data, i, state, wanted)
     keyed = []
     for vec, label in unique.items():
         values = lower(vec)
-        if values is None or any(cap is not None and value > cap for value, cap in zip(values, caps)):
+        if values is None:
             continue
-        keyed.append((values[0], vec, label))
-    keyed.sort(key=lambda entry: (entry[0], entry[1]))
+        for at, cap in checks:
+            if values[at] > cap:
+                break
+        else:
+            keyed.append((values[0], vec, label))
+    keyed.sort(key=_by_bound)
     kept = _front([entry[1] for entry in keyed])
     out = [_Label(keyed[r][1], keyed[r][2].parent, keyed[r][2].device) for r in kept]
     if max_labels is not None:
@@ -890,6 +897,17 @@ def _settle(
     if len(out) > MAX_LABELS:
         raise OutOfLabels
     return out
+
+
+def _by_bound(entry: tuple[int, tuple[int, ...], _Label]) -> tuple[int, tuple[int, ...]]:
+    """The order of a state's labels: least objective bound first, then by vector."""
+    return entry[0], entry[1]
+
+
+#: The measures as :func:`_completion_bounds` tells them apart (ints compare faster than enum members).
+_TIME, _OFFLOAD, _TRANSFER, _BOTTLENECK, _UTILISATION = range(5)
+_BOUND_CODES = {Measure.TIME_NS: _TIME, Measure.OFFLOAD_COST: _OFFLOAD, Measure.TRANSFER_BYTES: _TRANSFER,
+                Measure.BOTTLENECK_NS: _BOTTLENECK, Measure.MAX_UTILISATION: _UTILISATION}
 
 
 def _completion_bounds(
@@ -930,90 +948,120 @@ def _completion_bounds(
     offs, used = data.offs, [USED + s for s in range(len(data.offs))]
     rate = data.min_stream_ns_per_byte
     scale = UTILISATION_SCALE
+    runtime = data.runtime
+    cheapest = [(USED + s, data.caps[offs[s]], data.offload_cost[offs[s]]) for s in data.by_offload_cost]
+    free_room = sum(data.caps[o] for o in offs)
+    no_offs = not offs
+    codes = tuple(_BOUND_CODES[measure] for measure in wanted)
 
     def lower(v: Sequence[int]) -> tuple[int, ...] | None:
         idle = reserve_x if v[XIDLE] else 0
-        x_free = max(0, cap_x - (_x_load(v) + idle))
+        x_kv = v[XKV] + v[XWORK]
+        x_load = v[XADD] + (v[XPRE] if v[XPRE] > x_kv else x_kv) + v[XSTREAM]  # _x_load
+        x_free = cap_x - x_load - idle
+        if x_free < 0:
+            x_free = 0
         # room for weights + KV: a load without the before-cache working set grows by both
-        x_kv_free = max(0, cap_x - (v[XADD] + v[XKV] + v[XWORK] + v[XSTREAM] + idle))
+        x_kv_free = cap_x - (v[XADD] + x_kv + v[XSTREAM] + idle)
+        if x_kv_free < 0:
+            x_kv_free = 0
         room = x_free if x_room else 0
         kv_room = x_kv_free if x_room else 0
         if open_device is not None:
-            room += max(0, cap_b - _b_load(data, v, open_device))
-            kv_room += max(0, cap_b - (v[BADD] + v[BKV] + v[BWORK] + reserve_b))
+            b_kv = v[BKV] + v[BWORK]
+            b_load = v[BADD] + (v[BPRE] if v[BPRE] > b_kv else b_kv) + reserve_b  # _b_load
+            if cap_b > b_load:
+                room += cap_b - b_load
+            if cap_b > v[BADD] + b_kv + reserve_b:
+                kv_room += cap_b - (v[BADD] + b_kv + reserve_b)
         overflow = base_overflow - room
         if footprint is not None:  # the execution device takes the offloaded nodes' KV cache
-            overflow = max(overflow, footprint - kv_room - (0 if x_room else x_kv_free))
+            kv_overflow = footprint - kv_room - (0 if x_room else x_kv_free)
+            if kv_overflow > overflow:
+                overflow = kv_overflow
         stream = offload = blocks = 0
-        placed_room = kv_room if data.runtime else room
-        if not offs and block_room and to_place > placed_room:
+        placed_room = kv_room if runtime else room
+        if no_offs and block_room and to_place > placed_room:
             blocks = -(-(to_place - placed_room) // block_room)
         if overflow > 0:
-            free = [data.caps[o] - v[u] for o, u in zip(offs, used)]
-            if sum(free) < overflow:
+            if free_room - sum(v[u] for u in used) < overflow:
                 return None
             left = overflow
-            for s in data.by_offload_cost:
-                take = min(left, free[s])
-                offload += take * data.offload_cost[offs[s]]
+            for slot, cap, per_byte in cheapest:
+                take = cap - v[slot]
+                if take > left:
+                    take = left
+                offload += take * per_byte
                 left -= take
             stream = int(overflow * rate)
         out = []
-        for measure in wanted:
-            if measure is Measure.TIME_NS:
+        for code in codes:
+            if code == _TIME:
                 out.append(v[TIME] + time_after + stream + blocks * cut_ns)
-            elif measure is Measure.OFFLOAD_COST:
+            elif code == _OFFLOAD:
                 out.append(v[OFF] + offload)
-            elif measure is Measure.TRANSFER_BYTES:
+            elif code == _TRANSFER:
                 out.append(v[TR] + blocks * cut_bytes)
-            elif measure is Measure.BOTTLENECK_NS:
+            elif code == _BOTTLENECK:
                 out.append(max(v[MSTAGE], v[XSTAGE] + stream, v[BSTAGE]))
             else:  # MAX_UTILISATION
-                util = max(v[MUTIL], -(-scale * _x_load(v) // cap_x) if cap_x else 0)
+                util = max(v[MUTIL], -(-scale * x_load // cap_x) if cap_x else 0)
                 if cap_b:
-                    util = max(util, -(-scale * _b_load(data, v, open_device) // cap_b))
+                    util = max(util, -(-scale * b_load // cap_b))
                 out.append(util)
         return tuple(out)
 
     return lower
 
 
-def _normal(data: _Data, vec: tuple[int, ...], i: int, measures: frozenset[Measure], state: _State) -> tuple[int, ...]:
-    """``vec`` with the entries that no longer matter at position ``i`` set to a canonical value:
-    measures the goal does not minimise; the execution device's load once its block is closed and
-    no offload device exists (nothing can compute there any more: its utilisation and stage are
-    final); an offload device with room for every node still to come needs no exact fill; the bit
-    of a tensor no later node reads is moot; a before-cache working set no larger than the KV
-    cache and working set beside it is moot (both only grow); and a block's first node only
-    matters through the producers and consumers it comes after (``_Data.thresholds``)."""
-    v = list(vec)
-    if state[1] == 2 and not data.offs and not data.anchors and (v[XADD] or v[XKV] or v[XPRE] or v[XSTAGE]):
-        if Measure.MAX_UTILISATION in measures:
-            v[MUTIL] = max(v[MUTIL], _x_util(data, v))
-        v[MSTAGE] = max(v[MSTAGE], v[XSTAGE])
-        v[XADD] = v[XWORK] = v[XSTREAM] = v[XSTAGE] = v[XKV] = v[XPRE] = 0
-        v[USED + len(data.offs):] = [0] * len(data.last_use)
-    # A before-cache working set no larger than the KV cache and working set beside it stays so.
-    if v[XPRE] <= v[XKV] + v[XWORK]:
-        v[XPRE] = 0
-    if v[BPRE] <= v[BKV] + v[BWORK]:
-        v[BPRE] = 0
-    for measure, slots in _MEASURE_SLOTS:
-        if measure not in measures:
-            for slot in slots:
-                v[slot] = 0
+def _normaliser(
+    data: _Data, i: int, measures: frozenset[Measure], state: _State
+) -> Callable[[tuple[int, ...]], tuple[int, ...]]:
+    """A function of a label's vector at position ``i`` in ``state``: the vector with the entries
+    that no longer matter set to a canonical value: measures the goal does not minimise; the
+    execution device's load once its block is closed and no offload device exists (nothing can
+    compute there any more: its utilisation and stage are final); an offload device with room for
+    every node still to come needs no exact fill; the bit of a tensor no later node reads is moot;
+    a before-cache working set no larger than the KV cache and working set beside it is moot (both
+    only grow); and a block's first node only matters through the producers and consumers it comes
+    after (``_Data.thresholds``). What does not depend on the label is worked out once per state."""
+    closed_x = state[1] == 2 and not data.offs and not data.anchors
+    utilisation = Measure.MAX_UTILISATION in measures
+    zeroed = tuple(slot for measure, slots in _MEASURE_SLOTS if measure not in measures for slot in slots)
     left = data.remaining[i]
-    for s, o in enumerate(data.offs):
-        v[USED + s] = max(v[USED + s], data.caps[o] - left)
-    base = USED + len(data.offs)
-    for bit, last in enumerate(data.last_use):
-        if last < i:
-            v[base + bit] = 0
-    if v[BSTART]:
-        marks = data.thresholds[i]
-        at = bisect.bisect_left(marks, v[BSTART])  # marks[at - 1] < BSTART <= marks[at]
-        v[BSTART] = marks[at - 1] + 1 if at else 0
-    return tuple(v)
+    # Fills below ``cap - left`` are equivalent: the device has room for every node still to come
+    # (a fill is never negative, so a floor of 0 or less changes nothing).
+    floors = tuple((USED + s, data.caps[o] - left) for s, o in enumerate(data.offs) if data.caps[o] > left)
+    dead = data.dead_bits[i]
+    bits = range(USED + len(data.offs), USED + len(data.offs) + len(data.last_use))
+    marks = data.thresholds[i]
+
+    def normal(vec: tuple[int, ...]) -> tuple[int, ...]:
+        v = list(vec)
+        if closed_x and (v[XADD] or v[XKV] or v[XPRE] or v[XSTAGE]):
+            if utilisation:
+                v[MUTIL] = max(v[MUTIL], _x_util(data, v))
+            v[MSTAGE] = max(v[MSTAGE], v[XSTAGE])
+            v[XADD] = v[XWORK] = v[XSTREAM] = v[XSTAGE] = v[XKV] = v[XPRE] = 0
+            for slot in bits:
+                v[slot] = 0
+        if v[XPRE] and v[XPRE] <= v[XKV] + v[XWORK]:
+            v[XPRE] = 0
+        if v[BPRE] and v[BPRE] <= v[BKV] + v[BWORK]:
+            v[BPRE] = 0
+        for slot in zeroed:
+            v[slot] = 0
+        for slot, floor in floors:
+            if v[slot] < floor:
+                v[slot] = floor
+        for slot in dead:
+            v[slot] = 0
+        if v[BSTART]:
+            at = bisect.bisect_left(marks, v[BSTART])  # marks[at - 1] < BSTART <= marks[at]
+            v[BSTART] = marks[at - 1] + 1 if at else 0
+        return tuple(v)
+
+    return normal
 
 
 def _front(vecs: list[tuple[int, ...]]) -> list[int]:
