@@ -235,7 +235,8 @@ class _Data:
     followers_of: dict[int, tuple[int, ...]]  # anchor -> its followers
     anchors: tuple[int, ...]  # [group] its anchor
     inputs: dict[int, list[tuple[int, int, list[int]]]]  # follower -> (producer, bytes, ns per device)
-    room_cache: dict = dataclasses.field(default_factory=dict)  # _room_left's values (reset with the caps)
+    memo: dict = dataclasses.field(default_factory=dict)  # _room_left's values (reset with the caps)
+    steps: dict = dataclasses.field(default_factory=dict)  # transitions and normalisers (kept with new caps)
 
 
 def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
@@ -397,61 +398,103 @@ def _receive_inputs(data: _Data, v: list[int], f: int, device: int, *, before: i
 def _on_x(data: _Data, i: int, v: list[int], stored: int, chain_charge: bool) -> bool:
     """Node ``i`` computes on the execution device, stored on ``stored`` (``x`` or an offload
     device); updates ``v`` in place. False when the execution device overflows."""
+    return _x_step(data, i, stored, chain_charge)(v) <= data.caps[data.x]
+
+
+def _x_step(data: _Data, i: int, stored: int, chain_charge: bool) -> Callable[[list[int]], int]:
+    """:func:`_on_x` for node ``i``, ``stored`` and ``chain_charge`` as a function of the label
+    alone, returning the execution device's load (:func:`_x_load`) for the caller to compare with
+    its cap: what depends only on the node is read once for all the labels it extends."""
     x = data.x
     runtime = data.runtime
-    if stored != x:
-        v[OFF] += data.w[i] * data.offload_cost[stored]
-        v[OFFANY] = 1
+    offloaded = stored != x
+    w = data.w[i]
+    offload_cost = w * data.offload_cost[stored]
+    kv_slot, kv = (XKV if data.split else XADD), data.kv[i]
+    work_slot, work = (XPRE if data.before[i] else XWORK), data.work[i]
+    reserve = data.reserve[x]
+    own_ns = data.t_on[i][stored]
+    chain = data.cut[i] if chain_charge else 0  # the chain edge into i, received from another device
+    chain_ns = data.cut_t[i][x]
+    bits = USED + len(data.offs)
+    consumes = tuple((bits + bit, size, ns[x]) for bit, _prev, size, ns in data.consumes[i])
+    produces = tuple(bits + bit for bit in data.produces[i])
+
+    def step(v: list[int]) -> int:
+        if offloaded:
+            v[OFF] += offload_cost
+            v[OFFANY] = 1
+            if runtime and v[XSTREAM] < w:
+                v[XSTREAM] = w
+        else:
+            v[XADD] += w
+            v[NOXB] = 0
         if runtime:
-            v[XSTREAM] = max(v[XSTREAM], data.w[i])
-    else:
-        v[XADD] += data.w[i]
-        v[NOXB] = 0
-    if runtime:
-        v[XKV if data.split else XADD] += data.kv[i]
-        work = XPRE if data.before[i] else XWORK
-        v[work] = max(v[work], data.work[i])
-        if v[XIDLE]:
-            v[XADD] += data.reserve[x]
-    v[XIDLE] = 0
-    t = data.t_on[i][stored]
-    if chain_charge and data.cut[i]:
-        t += _receive(data, v, XADD, data.cut[i], data.cut_t[i][x])
-    for bit, _prev, size, ns in data.consumes[i]:
-        if v[USED + len(data.offs) + bit]:
-            v[USED + len(data.offs) + bit] = 0
-            t += _receive(data, v, XADD, size, ns[x])
-    for bit in data.produces[i]:
-        v[USED + len(data.offs) + bit] = 0
-    v[TIME] += t
-    v[XSTAGE] += t
-    return _x_load(v) <= data.caps[x]
+            v[kv_slot] += kv
+            if v[work_slot] < work:
+                v[work_slot] = work
+            if v[XIDLE]:
+                v[XADD] += reserve
+        v[XIDLE] = 0
+        t = own_ns
+        if chain:
+            t += _receive(data, v, XADD, chain, chain_ns)
+        for slot, size, ns in consumes:  # a tensor x does not have yet: received once
+            if v[slot]:
+                v[slot] = 0
+                t += _receive(data, v, XADD, size, ns)
+        for slot in produces:
+            v[slot] = 0
+        v[TIME] += t
+        v[XSTAGE] += t
+        return _x_load(v)
+
+    return step
 
 
 def _on_block(data: _Data, i: int, v: list[int], device: int, start: bool) -> bool:
     """Node ``i`` joins (``start``: opens) the block on accelerator ``device`` (not the execution
     device); updates ``v`` in place. False when the block overflows."""
+    return _block_step(data, i, device, start)(v) <= data.caps[device]
+
+
+def _block_step(data: _Data, i: int, device: int, start: bool) -> Callable[[list[int]], int]:
+    """:func:`_on_block` for node ``i``, ``device`` and ``start`` as a function of the label alone,
+    returning the block's load (:func:`_b_load`) for the caller to compare with its cap."""
     runtime = data.runtime
-    if start:
-        v[BADD], v[BWORK], v[BSTAGE], v[BSTART], v[BKV], v[BPRE] = 0, 0, 0, i, 0, 0
-    v[BADD] += data.w[i]
-    t = data.t_on[i][device]
-    if start and data.cut[i]:
-        t += _receive(data, v, BADD, data.cut[i], data.cut_t[i][device])
-    for _bit, prev, size, ns in data.consumes[i]:
-        if prev < v[BSTART]:
-            t += _receive(data, v, BADD, size, ns[device])
-    for node in (i, *data.followers_of.get(i, ())):  # tied copies sit here too; their inputs come later
-        if node != i:
-            v[BADD] += data.w[node]
-            t += data.t_on[node][device]
-        if runtime:
-            v[BKV if data.split else BADD] += data.kv[node]
-            work = BPRE if data.before[node] else BWORK
-            v[work] = max(v[work], data.work[node])
-    v[TIME] += t
-    v[BSTAGE] += t
-    return _b_load(data, v, device) <= data.caps[device]
+    members = (i, *data.followers_of.get(i, ()))  # tied copies sit here too; their inputs come later
+    weight = sum(data.w[node] for node in members)
+    own_ns = sum(data.t_on[node][device] for node in members)
+    kv_slot = BKV if data.split else BADD
+    kv = sum(data.kv[node] for node in members) if runtime else 0
+    pre = max((data.work[node] for node in members if data.before[node]), default=0) if runtime else 0
+    work = max((data.work[node] for node in members if not data.before[node]), default=0) if runtime else 0
+    chain = data.cut[i] if start else 0
+    chain_ns = data.cut_t[i][device]
+    consumes = tuple((prev, size, ns[device]) for _bit, prev, size, ns in data.consumes[i])
+    reserve = data.reserve[device] if runtime else 0
+
+    def step(v: list[int]) -> int:
+        if start:
+            v[BADD], v[BWORK], v[BSTAGE], v[BSTART], v[BKV], v[BPRE] = 0, 0, 0, i, 0, 0
+        v[BADD] += weight
+        t = own_ns
+        if chain:
+            t += _receive(data, v, BADD, chain, chain_ns)
+        for prev, size, ns in consumes:  # an edge reaches the block once, at its first consumer there
+            if prev < v[BSTART]:
+                t += _receive(data, v, BADD, size, ns)
+        v[kv_slot] += kv
+        if v[BPRE] < pre:
+            v[BPRE] = pre
+        if v[BWORK] < work:
+            v[BWORK] = work
+        v[TIME] += t
+        v[BSTAGE] += t
+        b_kv = v[BKV] + v[BWORK]
+        return v[BADD] + (v[BPRE] if v[BPRE] > b_kv else b_kv) + reserve
+
+    return step
 
 
 def _close(data: _Data, v: list[int], device: int, i: int, anchors: tuple[int, ...]) -> bool:
@@ -550,7 +593,7 @@ def _room_left(data: _Data, key: object, i: int, *, with_kv: bool = False) -> tu
     ``with_kv``, the weight and KV-cache bytes they can take: a ``before_kv_cache`` node's working
     set then counts 0 (it needs no room beside the KV cache)."""
     less = (data.least_kv_work_after if with_kv else data.least_work_after)[i] if data.runtime else 0
-    cached = data.room_cache.get((key, less))
+    cached = data.memo.get((key, less))
     if cached is not None:
         return cached
     unused = (data.others[key + 1:] if not data.free
@@ -559,7 +602,7 @@ def _room_left(data: _Data, key: object, i: int, *, with_kv: bool = False) -> tu
         rooms = [data.caps[d] for d in unused]
     else:
         rooms = [max(0, data.caps[d] - data.reserve[d] - less) for d in unused]
-    data.room_cache[(key, less)] = found = (sum(rooms), max(rooms, default=0))
+    data.memo[(key, less)] = found = (sum(rooms), max(rooms, default=0))
     return found
 
 
@@ -689,7 +732,7 @@ def _capped(data: _Data, utilisation: int) -> _Data:
     caps = list(data.caps)
     for d in (data.x, *data.others):
         caps[d] = min(caps[d], utilisation * caps[d] // UTILISATION_SCALE)
-    return dataclasses.replace(data, caps=caps, room_cache={})
+    return dataclasses.replace(data, caps=caps, memo={})
 
 
 def _run(
@@ -701,13 +744,13 @@ def _run(
     start[XIDLE] = start[NOXB] = 1
     for b in range(len(data.last_use)):
         start[USED + len(data.offs) + b] = 1
-    kept_measures = frozenset({objective, *limits})
+    run = _Pass.of(objective, limits, max_labels=max_labels, bound=bound)
     states: dict[_State, list[_Label]] = {(_initial_key(data), 0, None, (-1,) * len(data.anchors)): [_Label(tuple(start), None, -1)]}
     for i in range(data.n + 1):
         if deadline is not None and time.perf_counter() > deadline:
             raise OutOfTime
         states = {state: kept for state, labels in states.items()
-                  if (kept := _settle(data, objective, limits, kept_measures, labels, i, state, max_labels, bound))}
+                  if (kept := _settle(data, run, labels, i, state))}
         if len(states) > 1:
             states = _across_used(data, states)
         if i < data.n:
@@ -746,6 +789,19 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
     pin = data.pins.get(i)
     group = data.groups.get(i)  # i anchors a tied group: the state records where it goes
     out: dict[_State, list[_Label]] = {}
+    memo = data.steps  # node i's transitions, built when first used, for every pass
+
+    def x_step(stored: int, charge: bool) -> Callable[[list[int]], int]:
+        found = memo.get(("x", i, stored, charge))
+        if found is None:
+            memo["x", i, stored, charge] = found = _x_step(data, i, stored, charge)
+        return found
+
+    def block_step(device: int, start: bool) -> Callable[[list[int]], int]:
+        found = memo.get(("block", i, device, start))
+        if found is None:
+            memo["block", i, device, start] = found = _block_step(data, i, device, start)
+        return found
 
     def put(state: _State, vec: list[int], parent: _Label, device: int) -> None:
         if group is not None:
@@ -764,15 +820,17 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
         charge = on == "o"  # node i-1 computes on another accelerator than the execution device
         # Extend the open block.
         if on == "x" and pin in (None, x):
+            step, cap = x_step(x, False), data.caps[x]
             for label in labels:
                 v = list(label.vec)
-                if _on_x(data, i, v, x, False):
+                if step(v) <= cap:
                     put((last, 1, "x", anchors), v, label, x)
         if on == "o" and pin in (None, _open_device(data, last)):
             device = _open_device(data, last)
+            step, cap = block_step(device, False), data.caps[device]
             for label in labels:
                 v = list(label.vec)
-                if _on_block(data, i, v, device, False):
+                if step(v) <= cap:
                     put((last, xs, "o", anchors), v, label, device)
         # Offload: an inline-offloadable node keeps the execution device's open block open (it
         # computes there, between the block's nodes); any other closes it.
@@ -781,26 +839,29 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
         for slot, o in enumerate(data.offs):
             if pin not in (None, o) or (hosted and on == "o"):
                 continue
+            step, room = x_step(o, charge), data.caps[o] - data.w[i]
             for label in closed:
-                if label.vec[USED + slot] + data.w[i] > data.caps[o]:
+                if label.vec[USED + slot] > room:
                     continue
                 v = list(label.vec)
                 v[USED + slot] += data.w[i]
-                if _on_x(data, i, v, o, charge):
+                if step(v) <= data.caps[x]:
                     put(offloaded, v, label, o)
         # Start the execution device's block: first of all (ordered) or anywhere (free order).
         if xs == 0 and (data.free or last == -1) and pin in (None, x) and not (hosted and on == "o"):
+            step, cap = x_step(x, charge), data.caps[x]
             for label in closed:
                 v = list(label.vec)
-                if _on_x(data, i, v, x, charge):
+                if step(v) <= cap:
                     put((after[0], 1, "x", anchors), v, label, x)
         # Start a block on another accelerator: any later one (ordered) or the next (free order).
         for key, device in ([] if hosted else _starts(data, last, xs)):
             if pin not in (None, device):
                 continue
+            step, cap = block_step(device, True), data.caps[device]
             for label in closed:
                 v = list(label.vec)
-                if _on_block(data, i, v, device, True):
+                if step(v) <= cap:
                     put((key, after[1], "o", anchors), v, label, device)
     return out
 
@@ -866,19 +927,32 @@ def _follow(data: _Data, f: int, states: dict[_State, list[_Label]]) -> dict[_St
     return out
 
 
-def _settle(
-    data: _Data, objective: Measure, limits: dict[Measure, int], kept_measures: frozenset[Measure],
-    labels: list[_Label], i: int, state: _State, max_labels: int | None, bound: int | None,
-) -> list[_Label]:
-    """A state's labels at position ``i``: normalised, deduplicated, bounded (``bound`` on the
-    objective, ``limits`` on earlier measures), Pareto-filtered and (quick pass) truncated."""
-    normal = _normaliser(data, i, kept_measures, state)
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """What one DP pass minimises and keeps, as :func:`_settle` reads it."""
+
+    measures: frozenset[Measure]  # the objective and the bounded earlier measures (kept in the labels)
+    codes: tuple[int, ...]  # the objective, then the limited measures (``_BOUND_CODES``)
+    checks: tuple[tuple[int, int], ...]  # (index in ``codes``, most allowed): the bound and the limits
+    max_labels: int | None  # labels kept per state (quick pass); None: exact
+
+    @classmethod
+    def of(cls, objective: Measure, limits: dict[Measure, int], *, max_labels: int | None, bound: int | None) -> _Pass:
+        caps = (bound, *limits.values())
+        return cls(measures=frozenset({objective, *limits}),
+                   codes=tuple(_BOUND_CODES[m] for m in (objective, *limits)),
+                   checks=tuple((at, cap) for at, cap in enumerate(caps) if cap is not None), max_labels=max_labels)
+
+
+def _settle(data: _Data, run: _Pass, labels: list[_Label], i: int, state: _State) -> list[_Label]:
+    """A state's labels at position ``i``: normalised, deduplicated, bounded (the pass's bound on
+    the objective and limits on earlier measures), Pareto-filtered and (quick pass) truncated."""
+    normal = _normaliser(data, i, run.measures, state)
     unique: dict[tuple[int, ...], _Label] = {}
     for label in labels:
         unique.setdefault(normal(label.vec), label)
-    wanted = (objective, *limits)
-    checks = [(at, cap) for at, cap in enumerate((bound, *limits.values())) if cap is not None]
-    lower = _completion_bounds(data, i, state, wanted)
+    checks = run.checks
+    lower = _completion_bounds(data, i, state, run.codes)
     keyed = []
     for vec, label in unique.items():
         values = lower(vec)
@@ -892,8 +966,8 @@ def _settle(
     keyed.sort(key=_by_bound)
     kept = _front([entry[1] for entry in keyed])
     out = [_Label(keyed[r][1], keyed[r][2].parent, keyed[r][2].device) for r in kept]
-    if max_labels is not None:
-        return out[:max_labels]
+    if run.max_labels is not None:
+        return out[:run.max_labels]
     if len(out) > MAX_LABELS:
         raise OutOfLabels
     return out
@@ -904,6 +978,20 @@ def _by_bound(entry: tuple[int, tuple[int, ...], _Label]) -> tuple[int, tuple[in
     return entry[0], entry[1]
 
 
+def _offload_room(data: _Data) -> tuple[tuple[int, ...], tuple[tuple[int, int, int], ...], int]:
+    """The offload devices' fill slots, ``(slot, cap, cost per byte)`` cheapest first, and their
+    caps together (offload caps are never cut by :func:`_capped`: kept with the steps)."""
+    found = data.steps.get("offload")
+    if found is None:
+        offs = data.offs
+        data.steps["offload"] = found = (
+            tuple(USED + s for s in range(len(offs))),
+            tuple((USED + s, data.caps[offs[s]], data.offload_cost[offs[s]]) for s in data.by_offload_cost),
+            sum(data.caps[o] for o in offs),
+        )
+    return found
+
+
 #: The measures as :func:`_completion_bounds` tells them apart (ints compare faster than enum members).
 _TIME, _OFFLOAD, _TRANSFER, _BOTTLENECK, _UTILISATION = range(5)
 _BOUND_CODES = {Measure.TIME_NS: _TIME, Measure.OFFLOAD_COST: _OFFLOAD, Measure.TRANSFER_BYTES: _TRANSFER,
@@ -911,10 +999,11 @@ _BOUND_CODES = {Measure.TIME_NS: _TIME, Measure.OFFLOAD_COST: _OFFLOAD, Measure.
 
 
 def _completion_bounds(
-    data: _Data, i: int, state: _State, wanted: Sequence[Measure]
+    data: _Data, i: int, state: _State, codes: tuple[int, ...]
 ) -> Callable[[Sequence[int]], tuple[int, ...] | None]:
-    """A function of a label at position ``i`` in ``state``: lower bounds on the ``wanted``
-    measures of any completion of it, or None when no completion fits.
+    """A function of a label at position ``i`` in ``state``: lower bounds on the measures of any
+    completion of it (``codes``: which, as :data:`_BOUND_CODES` numbers them), or None when no
+    completion fits.
 
     The weight bytes still to place beyond what the accelerators can still take must be offloaded
     (fractional knapsack: the cheapest offload room first for the offload cost, the fastest for
@@ -945,14 +1034,11 @@ def _completion_bounds(
     base_overflow = data.remaining_free[i] - room_left
     footprint = data.remaining_footprint[i] - kv_room_left if data.runtime and data.offs else None
     time_after = data.min_time_after[i]
-    offs, used = data.offs, [USED + s for s in range(len(data.offs))]
     rate = data.min_stream_ns_per_byte
     scale = UTILISATION_SCALE
     runtime = data.runtime
-    cheapest = [(USED + s, data.caps[offs[s]], data.offload_cost[offs[s]]) for s in data.by_offload_cost]
-    free_room = sum(data.caps[o] for o in offs)
-    no_offs = not offs
-    codes = tuple(_BOUND_CODES[measure] for measure in wanted)
+    used, cheapest, free_room = _offload_room(data)
+    no_offs = not data.offs
 
     def lower(v: Sequence[int]) -> tuple[int, ...] | None:
         idle = reserve_x if v[XIDLE] else 0
@@ -1017,6 +1103,19 @@ def _completion_bounds(
 def _normaliser(
     data: _Data, i: int, measures: frozenset[Measure], state: _State
 ) -> Callable[[tuple[int, ...]], tuple[int, ...]]:
+    """:func:`_normalise` for position ``i`` and ``state``, built once (it reads no accelerator's
+    cap but the execution device's, where it folds that device's utilisation in: then per cap)."""
+    closed_x = state[1] == 2 and not data.offs and not data.anchors
+    key = ("normal", i, measures, closed_x, data.caps[data.x] if closed_x else None)
+    found = data.steps.get(key)
+    if found is None:
+        data.steps[key] = found = _normalise(data, i, measures, closed_x=closed_x)
+    return found
+
+
+def _normalise(
+    data: _Data, i: int, measures: frozenset[Measure], *, closed_x: bool
+) -> Callable[[tuple[int, ...]], tuple[int, ...]]:
     """A function of a label's vector at position ``i`` in ``state``: the vector with the entries
     that no longer matter set to a canonical value: measures the goal does not minimise; the
     execution device's load once its block is closed and no offload device exists (nothing can
@@ -1024,8 +1123,8 @@ def _normaliser(
     every node still to come needs no exact fill; the bit of a tensor no later node reads is moot;
     a before-cache working set no larger than the KV cache and working set beside it is moot (both
     only grow); and a block's first node only matters through the producers and consumers it comes
-    after (``_Data.thresholds``). What does not depend on the label is worked out once per state."""
-    closed_x = state[1] == 2 and not data.offs and not data.anchors
+    after (``_Data.thresholds``). ``closed_x``: the execution device's block is closed and no
+    offload device or tied group exists. What does not depend on the label is worked out once."""
     utilisation = Measure.MAX_UTILISATION in measures
     zeroed = tuple(slot for measure, slots in _MEASURE_SLOTS if measure not in measures for slot in slots)
     left = data.remaining[i]
