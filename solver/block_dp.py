@@ -679,12 +679,29 @@ def _phase(
     its limit, or None: a quick pass keeps a few labels per state for an incumbent, whose value
     (or ``incumbent``, the value of a placement known to keep the limits, if smaller) bounds the
     exact pass."""
-    quick = _run(data, objective, limits, max_labels=QUICK_MAX_LABELS, deadline=deadline, bound=None)
+    dropped: list[int] = []
+    quick = _run(data, objective, limits, max_labels=QUICK_MAX_LABELS, deadline=deadline, bound=None, dropped=dropped)
+    if _quick_is_exact(quick, dropped):
+        return quick
     bounds = [v for v in (incumbent, None if quick is None else quick[1]) if v is not None]
     found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=min(bounds, default=None))
     if found is None and bounds and quick is None:  # ``incumbent`` was too optimistic for the DP's
         found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=None)  # accounting
     return found
+
+
+def _quick_is_exact(quick: tuple[tuple[int, ...], int] | None, dropped: list[int]) -> bool:
+    """Whether the quick pass's result is the exact pass's: it dropped no label to its
+    truncation (it was then the exact pass without a bound), or every label it dropped had a lower
+    bound on the objective above the value it found, so that no completion of one does better.
+
+    The second holds as the exact pass's own pruning does: following an optimal placement along
+    the pass, its label is kept, or dominated by a kept or dropped label (one as good), or dropped
+    with a lower bound at most the optimum; so the optimum is at least ``min(found, dropped)``.
+    """
+    if not dropped:
+        return True
+    return quick is not None and quick[1] < min(dropped)
 
 
 def _least_utilisation(
@@ -737,14 +754,15 @@ def _capped(data: _Data, utilisation: int) -> _Data:
 
 def _run(
     data: _Data, objective: Measure, limits: dict[Measure, int], *, max_labels: int | None,
-    deadline: float | None, bound: int | None,
+    deadline: float | None, bound: int | None, dropped: list[int] | None = None,
 ) -> tuple[tuple[int, ...], int] | None:
-    """One pass of the DP (``max_labels``: truncated, for an incumbent; None: exact)."""
+    """One pass of the DP (``max_labels``: truncated, for an incumbent; None: exact). With
+    ``dropped``, the truncation appends there the least objective bound of the labels it drops."""
     start = [0] * (USED + len(data.offs) + len(data.last_use))
     start[XIDLE] = start[NOXB] = 1
     for b in range(len(data.last_use)):
         start[USED + len(data.offs) + b] = 1
-    run = _Pass.of(objective, limits, max_labels=max_labels, bound=bound)
+    run = _Pass.of(objective, limits, max_labels=max_labels, bound=bound, dropped=dropped)
     states: dict[_State, list[_Label]] = {(_initial_key(data), 0, None, (-1,) * len(data.anchors)): [_Label(tuple(start), None, -1)]}
     for i in range(data.n + 1):
         if deadline is not None and time.perf_counter() > deadline:
@@ -935,13 +953,18 @@ class _Pass:
     codes: tuple[int, ...]  # the objective, then the limited measures (``_BOUND_CODES``)
     checks: tuple[tuple[int, int], ...]  # (index in ``codes``, most allowed): the bound and the limits
     max_labels: int | None  # labels kept per state (quick pass); None: exact
+    dropped: list[int] | None  # where the truncation notes the least bound it drops (:func:`_quick_is_exact`)
 
     @classmethod
-    def of(cls, objective: Measure, limits: dict[Measure, int], *, max_labels: int | None, bound: int | None) -> _Pass:
+    def of(
+        cls, objective: Measure, limits: dict[Measure, int], *, max_labels: int | None, bound: int | None,
+        dropped: list[int] | None = None,
+    ) -> _Pass:
         caps = (bound, *limits.values())
         return cls(measures=frozenset({objective, *limits}),
                    codes=tuple(_BOUND_CODES[m] for m in (objective, *limits)),
-                   checks=tuple((at, cap) for at, cap in enumerate(caps) if cap is not None), max_labels=max_labels)
+                   checks=tuple((at, cap) for at, cap in enumerate(caps) if cap is not None), max_labels=max_labels,
+                   dropped=dropped)
 
 
 def _settle(data: _Data, run: _Pass, labels: list[_Label], i: int, state: _State) -> list[_Label]:
@@ -967,6 +990,8 @@ def _settle(data: _Data, run: _Pass, labels: list[_Label], i: int, state: _State
     kept = _front([entry[1] for entry in keyed])
     out = [_Label(keyed[r][1], keyed[r][2].parent, keyed[r][2].device) for r in kept]
     if run.max_labels is not None:
+        if len(out) > run.max_labels and run.dropped is not None:  # the least bound it drops comes first
+            run.dropped.append(keyed[kept[run.max_labels]][0])
         return out[:run.max_labels]
     if len(out) > MAX_LABELS:
         raise OutOfLabels
@@ -1039,6 +1064,8 @@ def _completion_bounds(
     runtime = data.runtime
     used, cheapest, free_room = _offload_room(data)
     no_offs = not data.offs
+    one_off = len(used) == 1
+    time_only = codes == (_TIME,)
 
     def lower(v: Sequence[int]) -> tuple[int, ...] | None:
         idle = reserve_x if v[XIDLE] else 0
@@ -1070,7 +1097,7 @@ def _completion_bounds(
         if no_offs and block_room and to_place > placed_room:
             blocks = -(-(to_place - placed_room) // block_room)
         if overflow > 0:
-            if free_room - sum(v[u] for u in used) < overflow:
+            if free_room - (v[used[0]] if one_off else sum(v[u] for u in used)) < overflow:
                 return None
             left = overflow
             for slot, cap, per_byte in cheapest:
@@ -1080,6 +1107,8 @@ def _completion_bounds(
                 offload += take * per_byte
                 left -= take
             stream = int(overflow * rate)
+        if time_only:
+            return (v[TIME] + time_after + stream + blocks * cut_ns,)
         out = []
         for code in codes:
             if code == _TIME:
@@ -1168,7 +1197,7 @@ def _front(vecs: list[tuple[int, ...]]) -> list[int]:
     dominating vector comes first, and without duplicates), in their order."""
     if len(vecs) <= 1:
         return list(range(len(vecs)))
-    columns = [c for c in zip(*vecs) if min(c) != max(c)]  # the entries that vary
+    columns = [c for c in zip(*vecs) if c.count(c[0]) != len(c)]  # the entries that vary
     if len(columns) == 1:  # the least comes first and dominates the rest
         return [0]
     if len(columns) == 2:  # a sweep in order of the first entry keeps the strict minima of the second
