@@ -831,10 +831,24 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
             memo["block", i, device, start] = found = _block_step(data, i, device, start)
         return found
 
-    def put(state: _State, vec: list[int], parent: _Label, device: int) -> None:
+    def put(state: _State, labels: list[_Label], step: Callable[[list[int]], int], cap: int, device: int,
+            slot: int | None = None) -> None:
+        """Each of ``labels`` with node ``i`` on ``device`` (stored on offload ``slot``, if any)
+        that fits ``cap``, into ``state`` (made when its first label comes, as states are ordered)."""
         if group is not None:
             state = (*state[:3], (*state[3][:group], device, *state[3][group + 1:]))
-        out.setdefault(state, []).append(_Label(tuple(vec), parent, device))
+        bucket = None
+        w, room = data.w[i], (data.caps[device] - data.w[i] if slot is not None else 0)
+        for label in labels:
+            if slot is not None and label.vec[USED + slot] > room:
+                continue
+            v = list(label.vec)
+            if slot is not None:
+                v[USED + slot] += w
+            if step(v) <= cap:
+                if bucket is None:
+                    bucket = out.setdefault(state, [])
+                bucket.append(_Label(tuple(v), label, device))
 
     for (last, xs, on, anchors), labels in states.items():
         closed = labels
@@ -848,18 +862,10 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
         charge = on == "o"  # node i-1 computes on another accelerator than the execution device
         # Extend the open block.
         if on == "x" and pin in (None, x):
-            step, cap = x_step(x, False), data.caps[x]
-            for label in labels:
-                v = list(label.vec)
-                if step(v) <= cap:
-                    put((last, 1, "x", anchors), v, label, x)
+            put((last, 1, "x", anchors), labels, x_step(x, False), data.caps[x], x)
         if on == "o" and pin in (None, _open_device(data, last)):
             device = _open_device(data, last)
-            step, cap = block_step(device, False), data.caps[device]
-            for label in labels:
-                v = list(label.vec)
-                if step(v) <= cap:
-                    put((last, xs, "o", anchors), v, label, device)
+            put((last, xs, "o", anchors), labels, block_step(device, False), data.caps[device], device)
         # Offload: an inline-offloadable node keeps the execution device's open block open (it
         # computes there, between the block's nodes); any other closes it.
         offloaded = (last, 1, "x", anchors) if on == "x" and data.inline[i] else after
@@ -867,30 +873,15 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
         for slot, o in enumerate(data.offs):
             if pin not in (None, o) or (hosted and on == "o"):
                 continue
-            step, room = x_step(o, charge), data.caps[o] - data.w[i]
-            for label in closed:
-                if label.vec[USED + slot] > room:
-                    continue
-                v = list(label.vec)
-                v[USED + slot] += data.w[i]
-                if step(v) <= data.caps[x]:
-                    put(offloaded, v, label, o)
+            put(offloaded, closed, x_step(o, charge), data.caps[x], o, slot)
         # Start the execution device's block: first of all (ordered) or anywhere (free order).
         if xs == 0 and (data.free or last == -1) and pin in (None, x) and not (hosted and on == "o"):
-            step, cap = x_step(x, charge), data.caps[x]
-            for label in closed:
-                v = list(label.vec)
-                if step(v) <= cap:
-                    put((after[0], 1, "x", anchors), v, label, x)
+            put((after[0], 1, "x", anchors), closed, x_step(x, charge), data.caps[x], x)
         # Start a block on another accelerator: any later one (ordered) or the next (free order).
         for key, device in ([] if hosted else _starts(data, last, xs)):
             if pin not in (None, device):
                 continue
-            step, cap = block_step(device, True), data.caps[device]
-            for label in closed:
-                v = list(label.vec)
-                if step(v) <= cap:
-                    put((key, after[1], "o", anchors), v, label, device)
+            put((key, after[1], "o", anchors), closed, block_step(device, True), data.caps[device], device)
     return out
 
 
@@ -996,9 +987,13 @@ def _settle(data: _Data, run: _Pass, labels: list[_Label], i: int, state: _State
                 break
         else:
             keyed.append((values[0], vec, label))
-    keyed.sort(key=_by_bound)
+    keyed.sort()  # least objective bound first, then by vector (unique here: labels are never compared)
     kept = _front([entry[1] for entry in keyed])
-    out = [_Label(keyed[r][1], keyed[r][2].parent, keyed[r][2].device) for r in kept]
+    out = []
+    for r in kept:  # a candidate label is its own object (made by _advance or _follow): it takes its normal form
+        _, vec, label = keyed[r]
+        label.vec = vec
+        out.append(label)
     if run.max_labels is not None:
         if len(out) > run.max_labels and run.dropped is not None:  # the least bound it drops comes first
             run.dropped.append(keyed[kept[run.max_labels]][0])
@@ -1006,11 +1001,6 @@ def _settle(data: _Data, run: _Pass, labels: list[_Label], i: int, state: _State
     if len(out) > MAX_LABELS:
         raise OutOfLabels
     return out
-
-
-def _by_bound(entry: tuple[int, tuple[int, ...], _Label]) -> tuple[int, tuple[int, ...]]:
-    """The order of a state's labels: least objective bound first, then by vector."""
-    return entry[0], entry[1]
 
 
 def _offload_room(data: _Data) -> tuple[tuple[int, ...], tuple[tuple[int, int, int], ...], int]:
