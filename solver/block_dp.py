@@ -440,17 +440,24 @@ def _x_step(data: _Data, i: int, stored: int, chain_charge: bool) -> Callable[[l
                 v[XADD] += reserve
         v[XIDLE] = 0
         t = own_ns
-        if chain:
-            t += _receive(data, v, XADD, chain, chain_ns)
+        if chain:  # _receive, written out: charged to the transfers and (runtime memory) to x's load
+            v[TR] += chain
+            if runtime:
+                v[XADD] += chain
+            t += chain_ns
         for slot, size, ns in consumes:  # a tensor x does not have yet: received once
             if v[slot]:
                 v[slot] = 0
-                t += _receive(data, v, XADD, size, ns)
+                v[TR] += size
+                if runtime:
+                    v[XADD] += size
+                t += ns
         for slot in produces:
             v[slot] = 0
         v[TIME] += t
         v[XSTAGE] += t
-        return _x_load(v)
+        x_kv = v[XKV] + v[XWORK]
+        return v[XADD] + (v[XPRE] if v[XPRE] > x_kv else x_kv) + v[XSTREAM]  # noqa: FURB136 (_x_load)
 
     return step
 
@@ -1120,9 +1127,11 @@ def _completion_bounds(
             elif code == _BOTTLENECK:
                 out.append(max(v[MSTAGE], v[XSTAGE] + stream, v[BSTAGE]))
             else:  # MAX_UTILISATION
-                util = max(v[MUTIL], -(-scale * x_load // cap_x) if cap_x else 0)
-                if cap_b:
-                    util = max(util, -(-scale * b_load // cap_b))
+                util = v[MUTIL]
+                if cap_x and -(-scale * x_load // cap_x) > util:
+                    util = -(-scale * x_load // cap_x)
+                if cap_b and -(-scale * b_load // cap_b) > util:
+                    util = -(-scale * b_load // cap_b)
                 out.append(util)
         return tuple(out)
 
