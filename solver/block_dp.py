@@ -649,7 +649,12 @@ def solve_blocks(
     limits: dict[Measure, int] = {}
     best: tuple[tuple[int, ...], int] | None = None
     previous = None
-    for measure in goal.measures:
+    for at, measure in enumerate(goal.measures):
+        if measure in limits:  # minimised with the phase before (``then``)
+            continue
+        then = goal.measures[at + 1] if at + 1 < len(goal.measures) else None
+        if then is not Measure.MAX_UTILISATION or _bisect_utilisation(data):
+            then = None
         try:
             if measure is Measure.MAX_UTILISATION and _bisect_utilisation(data):
                 assert best is not None and previous is not None  # no goal starts with it
@@ -658,14 +663,17 @@ def solve_blocks(
             # The optimum of the earlier measures is a placement within their limits: its value
             # bounds this phase (the quick pass may still find a better one).
             incumbent = score(problem, best[0], measure, cost) if best is not None else None
-            best = _phase(data, measure, limits, deadline, incumbent)
+            found = _phase(data, measure, limits, deadline, incumbent, then=then)
         except OutOfTime as exc:
             placement = exc.placement or (best[0] if best is not None else None)
             raise OutOfTime(placement, limits.get(goal.headline)) from None
-        if best is None:
+        if found is None:
             return None
+        best, previous = found[:2], measure
         limits[measure] = best[1]
-        previous = measure
+        if len(found) == 3:  # ``then`` was minimised too, among the optima of ``measure``
+            limits[then] = found[2]
+            previous = then
     assert best is not None
     return best[0]
 
@@ -683,15 +691,23 @@ def _bisect_utilisation(data: _Data) -> bool:
 
 def _phase(
     data: _Data, objective: Measure, limits: dict[Measure, int], deadline: float | None,
-    incumbent: int | None = None,
-) -> tuple[tuple[int, ...], int] | None:
+    incumbent: int | None = None, then: Measure | None = None,
+) -> tuple[tuple[int, ...], int] | tuple[tuple[int, ...], int, int] | None:
     """``(assignment, value)`` minimising ``objective`` with each measure in ``limits`` at most
     its limit, or None. ``incumbent``, the value of a placement known to keep the limits (the
     earlier phases' optimum), bounds the exact pass; without one (the first phase), a quick pass
     keeping a few labels per state finds one, and is the answer when proven exact
     (:func:`_quick_is_exact`). Measured on the catalog models (``benchmarks/plan_time.py``), a
     quick pass under the limits of later phases rarely improves on their incumbent: it costs
-    more than the tighter bound saves (about 10 % over every goal and device set)."""
+    more than the tighter bound saves (about 10 % over every goal and device set).
+
+    With ``then`` (the next measure: the utilisation, when it is a label entry), the exact pass
+    keeps its entries too and returns ``(assignment, value, then's value)``: the next phase's
+    answer, as that phase would find it (its labels keep the same entries, and an optimal
+    placement's label is kept or dominated by one as good in both), for about the cost of this
+    phase alone (measured: the utilisation entry adds few labels; its own pass cost as much again).
+    A quick pass proven exact comes back alone, and the next phase runs as usual; so does this
+    one where the extra entries cost it its label limit (:class:`OutOfLabels`)."""
     quick = None
     bound = incumbent
     if incumbent is None:
@@ -701,9 +717,23 @@ def _phase(
         if _quick_is_exact(quick, dropped):
             return quick
         bound = None if quick is None else quick[1]
-    found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=bound)
-    if found is None and bound is not None and quick is None:  # ``incumbent`` was too optimistic for the
-        found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=None)  # DP's accounting
+    if then is not None:
+        try:
+            return _exact(data, objective, limits, deadline, bound, retry=quick is None, then=then)
+        except OutOfLabels:
+            pass
+    return _exact(data, objective, limits, deadline, bound, retry=quick is None)
+
+
+def _exact(
+    data: _Data, objective: Measure, limits: dict[Measure, int], deadline: float | None, bound: int | None, *,
+    retry: bool, then: Measure | None = None,
+) -> tuple[tuple[int, ...], int] | tuple[tuple[int, ...], int, int] | None:
+    """The exact pass of :func:`_phase` from ``bound``, run again without it when it finds nothing
+    and ``retry`` (the bound was an incumbent's, which can be too optimistic for the DP's accounting)."""
+    found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=bound, then=then)
+    if found is None and bound is not None and retry:
+        found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=None, then=then)
     return found
 
 
@@ -771,15 +801,17 @@ def _capped(data: _Data, utilisation: int) -> _Data:
 
 def _run(
     data: _Data, objective: Measure, limits: dict[Measure, int], *, max_labels: int | None,
-    deadline: float | None, bound: int | None, dropped: list[int] | None = None,
+    deadline: float | None, bound: int | None, dropped: list[int] | None = None, then: Measure | None = None,
 ) -> tuple[tuple[int, ...], int] | None:
     """One pass of the DP (``max_labels``: truncated, for an incumbent; None: exact). With
-    ``dropped``, the truncation appends there the least objective bound of the labels it drops."""
+    ``dropped``, the truncation appends there the least objective bound of the labels it drops.
+    With ``then``, the labels keep that measure too, and of the optimal placements the pass
+    returns one with the least ``then``, as ``(assignment, value, then's value)``."""
     start = [0] * (USED + len(data.offs) + len(data.last_use))
     start[XIDLE] = start[NOXB] = 1
     for b in range(len(data.last_use)):
         start[USED + len(data.offs) + b] = 1
-    run = _Pass.of(objective, limits, max_labels=max_labels, bound=bound, dropped=dropped)
+    run = _Pass.of(objective, limits, max_labels=max_labels, bound=bound, dropped=dropped, then=then)
     states: dict[_State, list[_Label]] = {(_initial_key(data), 0, None, (-1,) * len(data.anchors)): [_Label(tuple(start), None, -1)]}
     for i in range(data.n + 1):
         if deadline is not None and time.perf_counter() > deadline:
@@ -798,13 +830,15 @@ def _run(
                 continue
             if v[OFFANY] and v[NOXB]:  # offloaded nodes would run elsewhere (problem.py: execution device)
                 continue
-            finals.append((_measures(data, v, None)[objective], label))
+            measures = _measures(data, v, None)
+            finals.append(((measures[objective], measures[then] if then is not None else 0), label))
     if not finals:
         return None
     best = min(key for key, _ in finals)
     # Of the optimal placements found, the one that fills the lower device indices first, as
     # accelerate fills GPU 0 first.
-    return min(_assignment(data.n, label) for key, label in finals if key == best), best
+    assignment = min(_assignment(data.n, label) for key, label in finals if key == best)
+    return (assignment, best[0]) if then is None else (assignment, best[0], best[1])
 
 
 def _assignment(n: int, label: _Label) -> tuple[int, ...]:
@@ -966,10 +1000,10 @@ class _Pass:
     @classmethod
     def of(
         cls, objective: Measure, limits: dict[Measure, int], *, max_labels: int | None, bound: int | None,
-        dropped: list[int] | None = None,
+        dropped: list[int] | None = None, then: Measure | None = None,
     ) -> _Pass:
         caps = (bound, *limits.values())
-        return cls(measures=frozenset({objective, *limits}),
+        return cls(measures=frozenset({objective, *limits, *([then] if then is not None else [])}),
                    codes=tuple(_BOUND_CODES[m] for m in (objective, *limits)),
                    checks=tuple((at, cap) for at, cap in enumerate(caps) if cap is not None), max_labels=max_labels,
                    dropped=dropped)

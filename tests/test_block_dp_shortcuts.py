@@ -2,6 +2,8 @@
 
 * :func:`layerplan.solver.block_dp._quick_is_exact`: a phase whose quick pass provably lost
   nothing skips its exact pass. Oracle: the same DP with the exact pass always run.
+* ``then`` (:func:`layerplan.solver.block_dp._phase`): the utilisation found with the phase
+  before it. Oracle: the utilisation phase run on its own.
 * :func:`layerplan.solver.goals.scores`: every measure of a placement at once. Oracle:
   :func:`~layerplan.solver.goals.score`, one measure at a time.
 * :func:`layerplan.planner.quiet.quiet` and :func:`layerplan.planner.provenance.library_versions`,
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from unittest import mock
 
@@ -19,7 +22,7 @@ from layerplan.planner.provenance import library_versions
 from layerplan.planner.quiet import quiet
 from layerplan.solver import Goal, Measure, block_dp, score
 from layerplan.solver.goals import scores
-from test_block_dp import dp_problems
+from test_block_dp import _llama_like, dp_problems
 from test_goals import costed_problems
 
 
@@ -41,6 +44,44 @@ def test_skipping_a_proven_exact_pass_changes_no_placement(goal: Goal, data) -> 
     with mock.patch.object(block_dp, "_quick_is_exact", lambda quick, dropped: False):
         every_pass = _solve_or_reason(problem, goal, cost)
     assert shortcut == every_pass
+
+
+@pytest.mark.parametrize("goal", [Goal.LATENCY, Goal.BALANCED])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=dp_problems())
+def test_the_utilisation_found_with_the_phase_before_is_its_own_phases(goal: Goal, data) -> None:
+    problem, cost = data
+    if block_dp.applies(problem, cost) is not None:
+        return
+    joint = _solve_or_reason(problem, goal, cost)
+    exact = block_dp._exact
+
+    def alone(*args, then=None, **kwargs):
+        return exact(*args, **kwargs)
+
+    with mock.patch.object(block_dp, "_exact", alone):
+        apart = _solve_or_reason(problem, goal, cost)
+    assert joint == apart
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize(("layers", "gpu"), [(12, 500), (20, 700), (20, 900)])
+def test_the_utilisation_found_with_the_phase_before_on_a_llama_shaped_graph(layers: int, gpu: int, ordered: bool) -> None:
+    """Layers that must partly go to the cpu: the quick pass truncates, so the offload cost's
+    exact pass also finds the utilisation (the drawn problems above rarely get that far)."""
+    problem = dataclasses.replace(_llama_like(layers, kv=4, work=30, cpu=4000, gpu=gpu), ordered=ordered)
+    run, joint_passes = block_dp._run, []
+
+    def counted(*args, **kwargs):
+        joint_passes.append(kwargs.get("then"))
+        return run(*args, **kwargs)
+
+    with mock.patch.object(block_dp, "_run", counted):
+        joint = block_dp.solve_blocks(problem, Goal.BALANCED, None)
+    assert Measure.MAX_UTILISATION in joint_passes
+    exact = block_dp._exact
+    with mock.patch.object(block_dp, "_exact", lambda *args, then=None, **kwargs: exact(*args, **kwargs)):
+        assert block_dp.solve_blocks(problem, Goal.BALANCED, None) == joint
 
 
 @pytest.mark.parametrize(
