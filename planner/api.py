@@ -63,12 +63,12 @@ from layerplan.solver import (
     Status,
     evaluate,
     format_bytes,
-    score,
     solve,
     timing,
     violations,
 )
 from layerplan.solver.cost import least_total_ns
+from layerplan.solver.goals import scores
 
 __all__ = [
     "as_spec", "evaluate_map", "least_ms_per_token", "load_graph", "model_context", "plan", "plan_graph",
@@ -560,7 +560,7 @@ def evaluate_map(
     problem = graph.to_problem(devices=[d.to_solver() for d in devices], ordered=False)
     assignment = tuple(keys.index(placed[n.name]) for n in graph.nodes)
     cost = cost_model(graph, problem, hardware)
-    values = {m.value: score(problem, assignment, m, cost) for m in Measure}
+    values = {m.value: value for m, value in scores(problem, assignment, Measure, cost).items()}
     solution = Solution(
         assignment=assignment, status=Status.GIVEN, objective=evaluate(problem, assignment),
         bound=0, wall_time_s=0.0, solver=solver_name, goal=Goal.LATENCY.value, values=values,

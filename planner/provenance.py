@@ -16,14 +16,20 @@ DISTRIBUTIONS = ("layerplan", "torch", "transformers", "accelerate")
 
 
 def library_versions() -> dict[str, str]:
-    """Distribution name -> installed version (``"none"`` when not installed)."""
-    out = {}
+    """Distribution name -> installed version (``"none"`` when not installed), read once per
+    process as :func:`planner_digest` reads them (reading a distribution's metadata costs ~2 ms)."""
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    out = []
     for name in DISTRIBUTIONS:
         try:
-            out[name] = metadata.version(name)
+            out.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
-            out[name] = "none"
-    return out
+            out.append((name, "none"))
+    return tuple(out)
 
 
 @functools.cache

@@ -35,11 +35,18 @@ def quiet() -> Iterator[None]:
             warnings.simplefilter("ignore", category)
         warnings.filterwarnings("ignore", category=UserWarning, module=_LIBRARIES)
         for logger in loggers:
-            logger.setLevel(max(logger.level, logging.ERROR))
+            _set_level(logger, max(logger.level, logging.ERROR))
         for logger in caught:
-            logger.setLevel(logging.CRITICAL)
+            _set_level(logger, logging.CRITICAL)
         try:
             yield
         finally:
             for logger, level in zip(loggers + caught, levels):
-                logger.setLevel(level)
+                _set_level(logger, level)
+
+
+def _set_level(logger: logging.Logger, level: int) -> None:
+    """``logger.setLevel(level)`` unless it is at that level already (a nested :func:`quiet`):
+    each call clears the cached levels of every logger, ~0.5 ms with torch's and transformers'."""
+    if logger.level != level:
+        logger.setLevel(level)

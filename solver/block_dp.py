@@ -53,8 +53,9 @@ moot, and normalised to 0.
 Labels are normalised before comparison (measures the phase does not use are dropped, a device
 with room for every node still to come needs no exact fill, a bit of a tensor nobody reads any
 more is moot, ``s`` only matters through the producers it lies after). The goal's measures are
-minimised in phases, as CP-SAT's are (:func:`solve_blocks`); in each, a quick pass that keeps a
-few labels per state gives an incumbent, and the exact pass drops labels whose lower bound on the
+minimised in phases, as CP-SAT's are (:func:`solve_blocks`); in the first, a quick pass that keeps
+a few labels per state gives an incumbent (and is the answer when it provably lost nothing), in
+later ones the earlier optimum is one, and the exact pass drops labels whose lower bound on the
 measure exceeds it (branch and bound, as in :mod:`layerplan.solver.dp`).
 """
 
@@ -218,6 +219,7 @@ class _Data:
     consumes: list[list[tuple[int, int, int, list[int]]]]  # [node] (bit, prev, bytes, ns per device)
     produces: list[list[int]]  # [node] bits of the non-chain edges it produces
     last_use: list[int]  # [bit] last consumer
+    dead_bits: list[tuple[int, ...]]  # [position] label slots of the bits whose last consumer comes before it
     thresholds: list[list[int]]  # [position] sorted producers/consumers a block start is compared with
     remaining: list[int]  # [position] weight bytes of nodes i..n-1
     min_time_after: list[int]  # [position] sum of each later node's fastest compute time
@@ -234,7 +236,8 @@ class _Data:
     followers_of: dict[int, tuple[int, ...]]  # anchor -> its followers
     anchors: tuple[int, ...]  # [group] its anchor
     inputs: dict[int, list[tuple[int, int, list[int]]]]  # follower -> (producer, bytes, ns per device)
-    room_cache: dict = dataclasses.field(default_factory=dict)  # _room_left's values (reset with the caps)
+    memo: dict = dataclasses.field(default_factory=dict)  # _room_left's values (reset with the caps)
+    steps: dict = dataclasses.field(default_factory=dict)  # transitions and normalisers (kept with new caps)
 
 
 def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
@@ -355,6 +358,7 @@ def _data(problem: PlacementProblem, cost: CostModel | None) -> _Data:
         hosted=[problem.host_of(i) is not None for i in range(n)],
         caps=[d.cap_bytes for d in devices], reserve=[d.reserve_bytes for d in devices],
         t_on=t_on, cut=cut, cut_t=cut_t, consumes=consumes, produces=produces, last_use=last_use,
+        dead_bits=[tuple(USED + len(offs) + b for b, last in enumerate(last_use) if last < i) for i in range(n + 1)],
         thresholds=thresholds, remaining=remaining, min_time_after=best, least_cut_after=least_cut, pins=dict(problem.pins),
         offload_cost=[d.offload_cost for d in devices],
         remaining_free=remaining_free, remaining_footprint=footprint,
@@ -372,6 +376,8 @@ def _allowed(problem: PlacementProblem) -> list[tuple[int, ...]]:
 
 
 # -- transitions -----------------------------------------------------------------------------------
+# The per-label code below writes its comparisons out (``if a < b: a = b``) rather than calling
+# max or min: a builtin call per label entry, measured at 12 % of a pass (noqa: PLR1730, FURB136).
 def _receive(data: _Data, v: list[int], load: int, size: int, ns: int) -> int:
     """One tensor of ``size`` bytes received by a device: charged to the transfer bytes and, with
     runtime memory, to the receiving device's load entry ``load`` (``XADD`` or ``BADD``). Returns
@@ -395,61 +401,110 @@ def _receive_inputs(data: _Data, v: list[int], f: int, device: int, *, before: i
 def _on_x(data: _Data, i: int, v: list[int], stored: int, chain_charge: bool) -> bool:
     """Node ``i`` computes on the execution device, stored on ``stored`` (``x`` or an offload
     device); updates ``v`` in place. False when the execution device overflows."""
+    return _x_step(data, i, stored, chain_charge)(v) <= data.caps[data.x]
+
+
+def _x_step(data: _Data, i: int, stored: int, chain_charge: bool) -> Callable[[list[int]], int]:
+    """:func:`_on_x` for node ``i``, ``stored`` and ``chain_charge`` as a function of the label
+    alone, returning the execution device's load (:func:`_x_load`) for the caller to compare with
+    its cap: what depends only on the node is read once for all the labels it extends."""
     x = data.x
     runtime = data.runtime
-    if stored != x:
-        v[OFF] += data.w[i] * data.offload_cost[stored]
-        v[OFFANY] = 1
+    offloaded = stored != x
+    w = data.w[i]
+    offload_cost = w * data.offload_cost[stored]
+    kv_slot, kv = (XKV if data.split else XADD), data.kv[i]
+    work_slot, work = (XPRE if data.before[i] else XWORK), data.work[i]
+    reserve = data.reserve[x]
+    own_ns = data.t_on[i][stored]
+    chain = data.cut[i] if chain_charge else 0  # the chain edge into i, received from another device
+    chain_ns = data.cut_t[i][x]
+    bits = USED + len(data.offs)
+    consumes = tuple((bits + bit, size, ns[x]) for bit, _prev, size, ns in data.consumes[i])
+    produces = tuple(bits + bit for bit in data.produces[i])
+
+    def step(v: list[int]) -> int:
+        if offloaded:
+            v[OFF] += offload_cost
+            v[OFFANY] = 1
+            if runtime and v[XSTREAM] < w:
+                v[XSTREAM] = w
+        else:
+            v[XADD] += w
+            v[NOXB] = 0
         if runtime:
-            v[XSTREAM] = max(v[XSTREAM], data.w[i])
-    else:
-        v[XADD] += data.w[i]
-        v[NOXB] = 0
-    if runtime:
-        v[XKV if data.split else XADD] += data.kv[i]
-        work = XPRE if data.before[i] else XWORK
-        v[work] = max(v[work], data.work[i])
-        if v[XIDLE]:
-            v[XADD] += data.reserve[x]
-    v[XIDLE] = 0
-    t = data.t_on[i][stored]
-    if chain_charge and data.cut[i]:
-        t += _receive(data, v, XADD, data.cut[i], data.cut_t[i][x])
-    for bit, _prev, size, ns in data.consumes[i]:
-        if v[USED + len(data.offs) + bit]:
-            v[USED + len(data.offs) + bit] = 0
-            t += _receive(data, v, XADD, size, ns[x])
-    for bit in data.produces[i]:
-        v[USED + len(data.offs) + bit] = 0
-    v[TIME] += t
-    v[XSTAGE] += t
-    return _x_load(v) <= data.caps[x]
+            v[kv_slot] += kv
+            if v[work_slot] < work:  # noqa: PLR1730
+                v[work_slot] = work
+            if v[XIDLE]:
+                v[XADD] += reserve
+        v[XIDLE] = 0
+        t = own_ns
+        if chain:  # _receive, written out: charged to the transfers and (runtime memory) to x's load
+            v[TR] += chain
+            if runtime:
+                v[XADD] += chain
+            t += chain_ns
+        for slot, size, ns in consumes:  # a tensor x does not have yet: received once
+            if v[slot]:
+                v[slot] = 0
+                v[TR] += size
+                if runtime:
+                    v[XADD] += size
+                t += ns
+        for slot in produces:
+            v[slot] = 0
+        v[TIME] += t
+        v[XSTAGE] += t
+        x_kv = v[XKV] + v[XWORK]
+        return v[XADD] + (v[XPRE] if v[XPRE] > x_kv else x_kv) + v[XSTREAM]  # noqa: FURB136 (_x_load)
+
+    return step
 
 
 def _on_block(data: _Data, i: int, v: list[int], device: int, start: bool) -> bool:
     """Node ``i`` joins (``start``: opens) the block on accelerator ``device`` (not the execution
     device); updates ``v`` in place. False when the block overflows."""
+    return _block_step(data, i, device, start)(v) <= data.caps[device]
+
+
+def _block_step(data: _Data, i: int, device: int, start: bool) -> Callable[[list[int]], int]:
+    """:func:`_on_block` for node ``i``, ``device`` and ``start`` as a function of the label alone,
+    returning the block's load (:func:`_b_load`) for the caller to compare with its cap."""
     runtime = data.runtime
-    if start:
-        v[BADD], v[BWORK], v[BSTAGE], v[BSTART], v[BKV], v[BPRE] = 0, 0, 0, i, 0, 0
-    v[BADD] += data.w[i]
-    t = data.t_on[i][device]
-    if start and data.cut[i]:
-        t += _receive(data, v, BADD, data.cut[i], data.cut_t[i][device])
-    for _bit, prev, size, ns in data.consumes[i]:
-        if prev < v[BSTART]:
-            t += _receive(data, v, BADD, size, ns[device])
-    for node in (i, *data.followers_of.get(i, ())):  # tied copies sit here too; their inputs come later
-        if node != i:
-            v[BADD] += data.w[node]
-            t += data.t_on[node][device]
-        if runtime:
-            v[BKV if data.split else BADD] += data.kv[node]
-            work = BPRE if data.before[node] else BWORK
-            v[work] = max(v[work], data.work[node])
-    v[TIME] += t
-    v[BSTAGE] += t
-    return _b_load(data, v, device) <= data.caps[device]
+    members = (i, *data.followers_of.get(i, ()))  # tied copies sit here too; their inputs come later
+    weight = sum(data.w[node] for node in members)
+    own_ns = sum(data.t_on[node][device] for node in members)
+    kv_slot = BKV if data.split else BADD
+    kv = sum(data.kv[node] for node in members) if runtime else 0
+    pre = max((data.work[node] for node in members if data.before[node]), default=0) if runtime else 0
+    work = max((data.work[node] for node in members if not data.before[node]), default=0) if runtime else 0
+    chain = data.cut[i] if start else 0
+    chain_ns = data.cut_t[i][device]
+    consumes = tuple((prev, size, ns[device]) for _bit, prev, size, ns in data.consumes[i])
+    reserve = data.reserve[device] if runtime else 0
+
+    def step(v: list[int]) -> int:
+        if start:
+            v[BADD], v[BWORK], v[BSTAGE], v[BSTART], v[BKV], v[BPRE] = 0, 0, 0, i, 0, 0
+        v[BADD] += weight
+        t = own_ns
+        if chain:
+            t += _receive(data, v, BADD, chain, chain_ns)
+        for prev, size, ns in consumes:  # an edge reaches the block once, at its first consumer there
+            if prev < v[BSTART]:
+                t += _receive(data, v, BADD, size, ns)
+        v[kv_slot] += kv
+        if v[BPRE] < pre:  # noqa: PLR1730
+            v[BPRE] = pre
+        if v[BWORK] < work:  # noqa: PLR1730
+            v[BWORK] = work
+        v[TIME] += t
+        v[BSTAGE] += t
+        b_kv = v[BKV] + v[BWORK]
+        return v[BADD] + (v[BPRE] if v[BPRE] > b_kv else b_kv) + reserve  # noqa: FURB136
+
+    return step
 
 
 def _close(data: _Data, v: list[int], device: int, i: int, anchors: tuple[int, ...]) -> bool:
@@ -548,7 +603,7 @@ def _room_left(data: _Data, key: object, i: int, *, with_kv: bool = False) -> tu
     ``with_kv``, the weight and KV-cache bytes they can take: a ``before_kv_cache`` node's working
     set then counts 0 (it needs no room beside the KV cache)."""
     less = (data.least_kv_work_after if with_kv else data.least_work_after)[i] if data.runtime else 0
-    cached = data.room_cache.get((key, less))
+    cached = data.memo.get((key, less))
     if cached is not None:
         return cached
     unused = (data.others[key + 1:] if not data.free
@@ -557,7 +612,7 @@ def _room_left(data: _Data, key: object, i: int, *, with_kv: bool = False) -> tu
         rooms = [data.caps[d] for d in unused]
     else:
         rooms = [max(0, data.caps[d] - data.reserve[d] - less) for d in unused]
-    data.room_cache[(key, less)] = found = (sum(rooms), max(rooms, default=0))
+    data.memo[(key, less)] = found = (sum(rooms), max(rooms, default=0))
     return found
 
 
@@ -594,7 +649,12 @@ def solve_blocks(
     limits: dict[Measure, int] = {}
     best: tuple[tuple[int, ...], int] | None = None
     previous = None
-    for measure in goal.measures:
+    for at, measure in enumerate(goal.measures):
+        if measure in limits:  # minimised with the phase before (``then``)
+            continue
+        then = goal.measures[at + 1] if at + 1 < len(goal.measures) else None
+        if then is not Measure.MAX_UTILISATION or _bisect_utilisation(data):
+            then = None
         try:
             if measure is Measure.MAX_UTILISATION and _bisect_utilisation(data):
                 assert best is not None and previous is not None  # no goal starts with it
@@ -603,14 +663,17 @@ def solve_blocks(
             # The optimum of the earlier measures is a placement within their limits: its value
             # bounds this phase (the quick pass may still find a better one).
             incumbent = score(problem, best[0], measure, cost) if best is not None else None
-            best = _phase(data, measure, limits, deadline, incumbent)
+            found = _phase(data, measure, limits, deadline, incumbent, then=then)
         except OutOfTime as exc:
             placement = exc.placement or (best[0] if best is not None else None)
             raise OutOfTime(placement, limits.get(goal.headline)) from None
-        if best is None:
+        if found is None:
             return None
+        best, previous = found[:2], measure
         limits[measure] = best[1]
-        previous = measure
+        if len(found) == 3:  # ``then`` was minimised too, among the optima of ``measure``
+            limits[then] = found[2]
+            previous = then
     assert best is not None
     return best[0]
 
@@ -628,18 +691,64 @@ def _bisect_utilisation(data: _Data) -> bool:
 
 def _phase(
     data: _Data, objective: Measure, limits: dict[Measure, int], deadline: float | None,
-    incumbent: int | None = None,
-) -> tuple[tuple[int, ...], int] | None:
+    incumbent: int | None = None, then: Measure | None = None,
+) -> tuple[tuple[int, ...], int] | tuple[tuple[int, ...], int, int] | None:
     """``(assignment, value)`` minimising ``objective`` with each measure in ``limits`` at most
-    its limit, or None: a quick pass keeps a few labels per state for an incumbent, whose value
-    (or ``incumbent``, the value of a placement known to keep the limits, if smaller) bounds the
-    exact pass."""
-    quick = _run(data, objective, limits, max_labels=QUICK_MAX_LABELS, deadline=deadline, bound=None)
-    bounds = [v for v in (incumbent, None if quick is None else quick[1]) if v is not None]
-    found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=min(bounds, default=None))
-    if found is None and bounds and quick is None:  # ``incumbent`` was too optimistic for the DP's
-        found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=None)  # accounting
+    its limit, or None. ``incumbent``, the value of a placement known to keep the limits (the
+    earlier phases' optimum), bounds the exact pass; without one (the first phase), a quick pass
+    keeping a few labels per state finds one, and is the answer when proven exact
+    (:func:`_quick_is_exact`). Measured on the catalog models (``benchmarks/plan_time.py``), a
+    quick pass under the limits of later phases rarely improves on their incumbent: it costs
+    more than the tighter bound saves (about 10 % over every goal and device set).
+
+    With ``then`` (the next measure: the utilisation, when it is a label entry), the exact pass
+    keeps its entries too and returns ``(assignment, value, then's value)``: the next phase's
+    answer, as that phase would find it (its labels keep the same entries, and an optimal
+    placement's label is kept or dominated by one as good in both), for about the cost of this
+    phase alone (measured: the utilisation entry adds few labels; its own pass cost as much again).
+    A quick pass proven exact comes back alone, and the next phase runs as usual; so does this
+    one where the extra entries cost it its label limit (:class:`OutOfLabels`)."""
+    quick = None
+    bound = incumbent
+    if incumbent is None:
+        dropped: list[int] = []
+        quick = _run(data, objective, limits, max_labels=QUICK_MAX_LABELS, deadline=deadline, bound=None,
+                     dropped=dropped)
+        if _quick_is_exact(quick, dropped):
+            return quick
+        bound = None if quick is None else quick[1]
+    if then is not None:
+        try:
+            return _exact(data, objective, limits, deadline, bound, retry=quick is None, then=then)
+        except OutOfLabels:
+            pass
+    return _exact(data, objective, limits, deadline, bound, retry=quick is None)
+
+
+def _exact(
+    data: _Data, objective: Measure, limits: dict[Measure, int], deadline: float | None, bound: int | None, *,
+    retry: bool, then: Measure | None = None,
+) -> tuple[tuple[int, ...], int] | tuple[tuple[int, ...], int, int] | None:
+    """The exact pass of :func:`_phase` from ``bound``, run again without it when it finds nothing
+    and ``retry`` (the bound was an incumbent's, which can be too optimistic for the DP's accounting)."""
+    found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=bound, then=then)
+    if found is None and bound is not None and retry:
+        found = _run(data, objective, limits, max_labels=None, deadline=deadline, bound=None, then=then)
     return found
+
+
+def _quick_is_exact(quick: tuple[tuple[int, ...], int] | None, dropped: list[int]) -> bool:
+    """Whether the quick pass's result is the exact pass's: it dropped no label to its
+    truncation (it was then the exact pass without a bound), or every label it dropped had a lower
+    bound on the objective above the value it found, so that no completion of one does better.
+
+    The second holds as the exact pass's own pruning does: following an optimal placement along
+    the pass, its label is kept, or dominated by a kept or dropped label (one as good), or dropped
+    with a lower bound at most the optimum; so the optimum is at least ``min(found, dropped)``.
+    """
+    if not dropped:
+        return True
+    return quick is not None and quick[1] < min(dropped)
 
 
 def _least_utilisation(
@@ -687,25 +796,28 @@ def _capped(data: _Data, utilisation: int) -> _Data:
     caps = list(data.caps)
     for d in (data.x, *data.others):
         caps[d] = min(caps[d], utilisation * caps[d] // UTILISATION_SCALE)
-    return dataclasses.replace(data, caps=caps, room_cache={})
+    return dataclasses.replace(data, caps=caps, memo={})
 
 
 def _run(
     data: _Data, objective: Measure, limits: dict[Measure, int], *, max_labels: int | None,
-    deadline: float | None, bound: int | None,
+    deadline: float | None, bound: int | None, dropped: list[int] | None = None, then: Measure | None = None,
 ) -> tuple[tuple[int, ...], int] | None:
-    """One pass of the DP (``max_labels``: truncated, for an incumbent; None: exact)."""
+    """One pass of the DP (``max_labels``: truncated, for an incumbent; None: exact). With
+    ``dropped``, the truncation appends there the least objective bound of the labels it drops.
+    With ``then``, the labels keep that measure too, and of the optimal placements the pass
+    returns one with the least ``then``, as ``(assignment, value, then's value)``."""
     start = [0] * (USED + len(data.offs) + len(data.last_use))
     start[XIDLE] = start[NOXB] = 1
     for b in range(len(data.last_use)):
         start[USED + len(data.offs) + b] = 1
-    kept_measures = frozenset({objective, *limits})
+    run = _Pass.of(objective, limits, max_labels=max_labels, bound=bound, dropped=dropped, then=then)
     states: dict[_State, list[_Label]] = {(_initial_key(data), 0, None, (-1,) * len(data.anchors)): [_Label(tuple(start), None, -1)]}
     for i in range(data.n + 1):
         if deadline is not None and time.perf_counter() > deadline:
             raise OutOfTime
         states = {state: kept for state, labels in states.items()
-                  if (kept := _settle(data, objective, limits, kept_measures, labels, i, state, max_labels, bound))}
+                  if (kept := _settle(data, run, labels, i, state))}
         if len(states) > 1:
             states = _across_used(data, states)
         if i < data.n:
@@ -718,13 +830,15 @@ def _run(
                 continue
             if v[OFFANY] and v[NOXB]:  # offloaded nodes would run elsewhere (problem.py: execution device)
                 continue
-            finals.append((_measures(data, v, None)[objective], label))
+            measures = _measures(data, v, None)
+            finals.append(((measures[objective], measures[then] if then is not None else 0), label))
     if not finals:
         return None
     best = min(key for key, _ in finals)
     # Of the optimal placements found, the one that fills the lower device indices first, as
     # accelerate fills GPU 0 first.
-    return min(_assignment(data.n, label) for key, label in finals if key == best), best
+    assignment = min(_assignment(data.n, label) for key, label in finals if key == best)
+    return (assignment, best[0]) if then is None else (assignment, best[0], best[1])
 
 
 def _assignment(n: int, label: _Label) -> tuple[int, ...]:
@@ -744,11 +858,38 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
     pin = data.pins.get(i)
     group = data.groups.get(i)  # i anchors a tied group: the state records where it goes
     out: dict[_State, list[_Label]] = {}
+    memo = data.steps  # node i's transitions, built when first used, for every pass
 
-    def put(state: _State, vec: list[int], parent: _Label, device: int) -> None:
+    def x_step(stored: int, charge: bool) -> Callable[[list[int]], int]:
+        found = memo.get(("x", i, stored, charge))
+        if found is None:
+            memo["x", i, stored, charge] = found = _x_step(data, i, stored, charge)
+        return found
+
+    def block_step(device: int, start: bool) -> Callable[[list[int]], int]:
+        found = memo.get(("block", i, device, start))
+        if found is None:
+            memo["block", i, device, start] = found = _block_step(data, i, device, start)
+        return found
+
+    def put(state: _State, labels: list[_Label], step: Callable[[list[int]], int], cap: int, device: int,
+            slot: int | None = None) -> None:
+        """Each of ``labels`` with node ``i`` on ``device`` (stored on offload ``slot``, if any)
+        that fits ``cap``, into ``state`` (made when its first label comes, as states are ordered)."""
         if group is not None:
             state = (*state[:3], (*state[3][:group], device, *state[3][group + 1:]))
-        out.setdefault(state, []).append(_Label(tuple(vec), parent, device))
+        bucket = None
+        w, room = data.w[i], (data.caps[device] - data.w[i] if slot is not None else 0)
+        for label in labels:
+            if slot is not None and label.vec[USED + slot] > room:
+                continue
+            v = list(label.vec)
+            if slot is not None:
+                v[USED + slot] += w
+            if step(v) <= cap:
+                if bucket is None:
+                    bucket = out.setdefault(state, [])
+                bucket.append(_Label(tuple(v), label, device))
 
     for (last, xs, on, anchors), labels in states.items():
         closed = labels
@@ -762,16 +903,10 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
         charge = on == "o"  # node i-1 computes on another accelerator than the execution device
         # Extend the open block.
         if on == "x" and pin in (None, x):
-            for label in labels:
-                v = list(label.vec)
-                if _on_x(data, i, v, x, False):
-                    put((last, 1, "x", anchors), v, label, x)
+            put((last, 1, "x", anchors), labels, x_step(x, False), data.caps[x], x)
         if on == "o" and pin in (None, _open_device(data, last)):
             device = _open_device(data, last)
-            for label in labels:
-                v = list(label.vec)
-                if _on_block(data, i, v, device, False):
-                    put((last, xs, "o", anchors), v, label, device)
+            put((last, xs, "o", anchors), labels, block_step(device, False), data.caps[device], device)
         # Offload: an inline-offloadable node keeps the execution device's open block open (it
         # computes there, between the block's nodes); any other closes it.
         offloaded = (last, 1, "x", anchors) if on == "x" and data.inline[i] else after
@@ -779,27 +914,15 @@ def _advance(data: _Data, i: int, states: dict[_State, list[_Label]]) -> dict[_S
         for slot, o in enumerate(data.offs):
             if pin not in (None, o) or (hosted and on == "o"):
                 continue
-            for label in closed:
-                if label.vec[USED + slot] + data.w[i] > data.caps[o]:
-                    continue
-                v = list(label.vec)
-                v[USED + slot] += data.w[i]
-                if _on_x(data, i, v, o, charge):
-                    put(offloaded, v, label, o)
+            put(offloaded, closed, x_step(o, charge), data.caps[x], o, slot)
         # Start the execution device's block: first of all (ordered) or anywhere (free order).
         if xs == 0 and (data.free or last == -1) and pin in (None, x) and not (hosted and on == "o"):
-            for label in closed:
-                v = list(label.vec)
-                if _on_x(data, i, v, x, charge):
-                    put((after[0], 1, "x", anchors), v, label, x)
+            put((after[0], 1, "x", anchors), closed, x_step(x, charge), data.caps[x], x)
         # Start a block on another accelerator: any later one (ordered) or the next (free order).
         for key, device in ([] if hosted else _starts(data, last, xs)):
             if pin not in (None, device):
                 continue
-            for label in closed:
-                v = list(label.vec)
-                if _on_block(data, i, v, device, True):
-                    put((key, after[1], "o", anchors), v, label, device)
+            put((key, after[1], "o", anchors), closed, block_step(device, True), data.caps[device], device)
     return out
 
 
@@ -864,39 +987,89 @@ def _follow(data: _Data, f: int, states: dict[_State, list[_Label]]) -> dict[_St
     return out
 
 
-def _settle(
-    data: _Data, objective: Measure, limits: dict[Measure, int], kept_measures: frozenset[Measure],
-    labels: list[_Label], i: int, state: _State, max_labels: int | None, bound: int | None,
-) -> list[_Label]:
-    """A state's labels at position ``i``: normalised, deduplicated, bounded (``bound`` on the
-    objective, ``limits`` on earlier measures), Pareto-filtered and (quick pass) truncated."""
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """What one DP pass minimises and keeps, as :func:`_settle` reads it."""
+
+    measures: frozenset[Measure]  # the objective and the bounded earlier measures (kept in the labels)
+    codes: tuple[int, ...]  # the objective, then the limited measures (``_BOUND_CODES``)
+    checks: tuple[tuple[int, int], ...]  # (index in ``codes``, most allowed): the bound and the limits
+    max_labels: int | None  # labels kept per state (quick pass); None: exact
+    dropped: list[int] | None  # where the truncation notes the least bound it drops (:func:`_quick_is_exact`)
+
+    @classmethod
+    def of(
+        cls, objective: Measure, limits: dict[Measure, int], *, max_labels: int | None, bound: int | None,
+        dropped: list[int] | None = None, then: Measure | None = None,
+    ) -> _Pass:
+        caps = (bound, *limits.values())
+        return cls(measures=frozenset({objective, *limits, *([then] if then is not None else [])}),
+                   codes=tuple(_BOUND_CODES[m] for m in (objective, *limits)),
+                   checks=tuple((at, cap) for at, cap in enumerate(caps) if cap is not None), max_labels=max_labels,
+                   dropped=dropped)
+
+
+def _settle(data: _Data, run: _Pass, labels: list[_Label], i: int, state: _State) -> list[_Label]:
+    """A state's labels at position ``i``: normalised, deduplicated, bounded (the pass's bound on
+    the objective and limits on earlier measures), Pareto-filtered and (quick pass) truncated."""
+    normal = _normaliser(data, i, run.measures, state)
     unique: dict[tuple[int, ...], _Label] = {}
     for label in labels:
-        unique.setdefault(_normal(data, label.vec, i, kept_measures, state), label)
-    wanted = (objective, *limits)
-    caps = (bound, *limits.values())
-    lower = _completion_bounds(data, i, state, wanted)
+        unique.setdefault(normal(label.vec), label)
+    checks = run.checks
+    lower = _completion_bounds(data, i, state, run.codes)
     keyed = []
     for vec, label in unique.items():
         values = lower(vec)
-        if values is None or any(cap is not None and value > cap for value, cap in zip(values, caps)):
+        if values is None:
             continue
-        keyed.append((values[0], vec, label))
-    keyed.sort(key=lambda entry: (entry[0], entry[1]))
+        for at, cap in checks:
+            if values[at] > cap:
+                break
+        else:
+            keyed.append((values[0], vec, label))
+    keyed.sort()  # least objective bound first, then by vector (unique here: labels are never compared)
     kept = _front([entry[1] for entry in keyed])
-    out = [_Label(keyed[r][1], keyed[r][2].parent, keyed[r][2].device) for r in kept]
-    if max_labels is not None:
-        return out[:max_labels]
+    out = []
+    for r in kept:  # a candidate label is its own object (made by _advance or _follow): it takes its normal form
+        _, vec, label = keyed[r]
+        label.vec = vec
+        out.append(label)
+    if run.max_labels is not None:
+        if len(out) > run.max_labels and run.dropped is not None:  # the least bound it drops comes first
+            run.dropped.append(keyed[kept[run.max_labels]][0])
+        return out[:run.max_labels]
     if len(out) > MAX_LABELS:
         raise OutOfLabels
     return out
 
 
+def _offload_room(data: _Data) -> tuple[tuple[int, ...], tuple[tuple[int, int, int], ...], int]:
+    """The offload devices' fill slots, ``(slot, cap, cost per byte)`` cheapest first, and their
+    caps together (offload caps are never cut by :func:`_capped`: kept with the steps)."""
+    found = data.steps.get("offload")
+    if found is None:
+        offs = data.offs
+        data.steps["offload"] = found = (
+            tuple(USED + s for s in range(len(offs))),
+            tuple((USED + s, data.caps[offs[s]], data.offload_cost[offs[s]]) for s in data.by_offload_cost),
+            sum(data.caps[o] for o in offs),
+        )
+    return found
+
+
+#: The measures as :func:`_completion_bounds` tells them apart (ints compare faster than enum members).
+_TIME, _OFFLOAD, _TRANSFER, _BOTTLENECK, _UTILISATION = range(5)
+_BOUND_CODES = {Measure.TIME_NS: _TIME, Measure.OFFLOAD_COST: _OFFLOAD, Measure.TRANSFER_BYTES: _TRANSFER,
+                Measure.BOTTLENECK_NS: _BOTTLENECK, Measure.MAX_UTILISATION: _UTILISATION}
+
+
 def _completion_bounds(
-    data: _Data, i: int, state: _State, wanted: Sequence[Measure]
+    data: _Data, i: int, state: _State, codes: tuple[int, ...]
 ) -> Callable[[Sequence[int]], tuple[int, ...] | None]:
-    """A function of a label at position ``i`` in ``state``: lower bounds on the ``wanted``
-    measures of any completion of it, or None when no completion fits.
+    """A function of a label at position ``i`` in ``state``: lower bounds on the measures of any
+    completion of it (``codes``: which, as :data:`_BOUND_CODES` numbers them), or None when no
+    completion fits.
 
     The weight bytes still to place beyond what the accelerators can still take must be offloaded
     (fractional knapsack: the cheapest offload room first for the offload cost, the fastest for
@@ -927,93 +1100,139 @@ def _completion_bounds(
     base_overflow = data.remaining_free[i] - room_left
     footprint = data.remaining_footprint[i] - kv_room_left if data.runtime and data.offs else None
     time_after = data.min_time_after[i]
-    offs, used = data.offs, [USED + s for s in range(len(data.offs))]
     rate = data.min_stream_ns_per_byte
     scale = UTILISATION_SCALE
+    runtime = data.runtime
+    used, cheapest, free_room = _offload_room(data)
+    no_offs = not data.offs
+    one_off = len(used) == 1
+    time_only = codes == (_TIME,)
 
     def lower(v: Sequence[int]) -> tuple[int, ...] | None:
         idle = reserve_x if v[XIDLE] else 0
-        x_free = max(0, cap_x - (_x_load(v) + idle))
+        x_kv = v[XKV] + v[XWORK]
+        x_load = v[XADD] + (v[XPRE] if v[XPRE] > x_kv else x_kv) + v[XSTREAM]  # noqa: FURB136 (_x_load)
+        x_free = cap_x - x_load - idle
+        if x_free < 0:  # noqa: PLR1730
+            x_free = 0
         # room for weights + KV: a load without the before-cache working set grows by both
-        x_kv_free = max(0, cap_x - (v[XADD] + v[XKV] + v[XWORK] + v[XSTREAM] + idle))
+        x_kv_free = cap_x - (v[XADD] + x_kv + v[XSTREAM] + idle)
+        if x_kv_free < 0:  # noqa: PLR1730
+            x_kv_free = 0
         room = x_free if x_room else 0
         kv_room = x_kv_free if x_room else 0
         if open_device is not None:
-            room += max(0, cap_b - _b_load(data, v, open_device))
-            kv_room += max(0, cap_b - (v[BADD] + v[BKV] + v[BWORK] + reserve_b))
+            b_kv = v[BKV] + v[BWORK]
+            b_load = v[BADD] + (v[BPRE] if v[BPRE] > b_kv else b_kv) + reserve_b  # noqa: FURB136 (_b_load)
+            if cap_b > b_load:
+                room += cap_b - b_load
+            if cap_b > v[BADD] + b_kv + reserve_b:
+                kv_room += cap_b - (v[BADD] + b_kv + reserve_b)
         overflow = base_overflow - room
         if footprint is not None:  # the execution device takes the offloaded nodes' KV cache
-            overflow = max(overflow, footprint - kv_room - (0 if x_room else x_kv_free))
+            kv_overflow = footprint - kv_room - (0 if x_room else x_kv_free)
+            if kv_overflow > overflow:  # noqa: PLR1730
+                overflow = kv_overflow
         stream = offload = blocks = 0
-        placed_room = kv_room if data.runtime else room
-        if not offs and block_room and to_place > placed_room:
+        placed_room = kv_room if runtime else room
+        if no_offs and block_room and to_place > placed_room:
             blocks = -(-(to_place - placed_room) // block_room)
         if overflow > 0:
-            free = [data.caps[o] - v[u] for o, u in zip(offs, used)]
-            if sum(free) < overflow:
+            if free_room - (v[used[0]] if one_off else sum(v[u] for u in used)) < overflow:
                 return None
             left = overflow
-            for s in data.by_offload_cost:
-                take = min(left, free[s])
-                offload += take * data.offload_cost[offs[s]]
+            for slot, cap, per_byte in cheapest:
+                take = cap - v[slot]
+                if take > left:  # noqa: PLR1730
+                    take = left
+                offload += take * per_byte
                 left -= take
             stream = int(overflow * rate)
+        if time_only:
+            return (v[TIME] + time_after + stream + blocks * cut_ns,)
         out = []
-        for measure in wanted:
-            if measure is Measure.TIME_NS:
+        for code in codes:
+            if code == _TIME:
                 out.append(v[TIME] + time_after + stream + blocks * cut_ns)
-            elif measure is Measure.OFFLOAD_COST:
+            elif code == _OFFLOAD:
                 out.append(v[OFF] + offload)
-            elif measure is Measure.TRANSFER_BYTES:
+            elif code == _TRANSFER:
                 out.append(v[TR] + blocks * cut_bytes)
-            elif measure is Measure.BOTTLENECK_NS:
+            elif code == _BOTTLENECK:
                 out.append(max(v[MSTAGE], v[XSTAGE] + stream, v[BSTAGE]))
             else:  # MAX_UTILISATION
-                util = max(v[MUTIL], -(-scale * _x_load(v) // cap_x) if cap_x else 0)
-                if cap_b:
-                    util = max(util, -(-scale * _b_load(data, v, open_device) // cap_b))
+                util = v[MUTIL]
+                if cap_x and -(-scale * x_load // cap_x) > util:
+                    util = -(-scale * x_load // cap_x)
+                if cap_b and -(-scale * b_load // cap_b) > util:
+                    util = -(-scale * b_load // cap_b)
                 out.append(util)
         return tuple(out)
 
     return lower
 
 
-def _normal(data: _Data, vec: tuple[int, ...], i: int, measures: frozenset[Measure], state: _State) -> tuple[int, ...]:
-    """``vec`` with the entries that no longer matter at position ``i`` set to a canonical value:
-    measures the goal does not minimise; the execution device's load once its block is closed and
-    no offload device exists (nothing can compute there any more: its utilisation and stage are
-    final); an offload device with room for every node still to come needs no exact fill; the bit
-    of a tensor no later node reads is moot; a before-cache working set no larger than the KV
-    cache and working set beside it is moot (both only grow); and a block's first node only
-    matters through the producers and consumers it comes after (``_Data.thresholds``)."""
-    v = list(vec)
-    if state[1] == 2 and not data.offs and not data.anchors and (v[XADD] or v[XKV] or v[XPRE] or v[XSTAGE]):
-        if Measure.MAX_UTILISATION in measures:
-            v[MUTIL] = max(v[MUTIL], _x_util(data, v))
-        v[MSTAGE] = max(v[MSTAGE], v[XSTAGE])
-        v[XADD] = v[XWORK] = v[XSTREAM] = v[XSTAGE] = v[XKV] = v[XPRE] = 0
-        v[USED + len(data.offs):] = [0] * len(data.last_use)
-    # A before-cache working set no larger than the KV cache and working set beside it stays so.
-    if v[XPRE] <= v[XKV] + v[XWORK]:
-        v[XPRE] = 0
-    if v[BPRE] <= v[BKV] + v[BWORK]:
-        v[BPRE] = 0
-    for measure, slots in _MEASURE_SLOTS:
-        if measure not in measures:
-            for slot in slots:
-                v[slot] = 0
+def _normaliser(
+    data: _Data, i: int, measures: frozenset[Measure], state: _State
+) -> Callable[[tuple[int, ...]], tuple[int, ...]]:
+    """:func:`_normalise` for position ``i`` and ``state``, built once (it reads no accelerator's
+    cap but the execution device's, where it folds that device's utilisation in: then per cap)."""
+    closed_x = state[1] == 2 and not data.offs and not data.anchors
+    key = ("normal", i, measures, closed_x, data.caps[data.x] if closed_x else None)
+    found = data.steps.get(key)
+    if found is None:
+        data.steps[key] = found = _normalise(data, i, measures, closed_x=closed_x)
+    return found
+
+
+def _normalise(
+    data: _Data, i: int, measures: frozenset[Measure], *, closed_x: bool
+) -> Callable[[tuple[int, ...]], tuple[int, ...]]:
+    """A function of a label's vector at position ``i`` in ``state``: the vector with the entries
+    that no longer matter set to a canonical value: measures the goal does not minimise; the
+    execution device's load once its block is closed and no offload device exists (nothing can
+    compute there any more: its utilisation and stage are final); an offload device with room for
+    every node still to come needs no exact fill; the bit of a tensor no later node reads is moot;
+    a before-cache working set no larger than the KV cache and working set beside it is moot (both
+    only grow); and a block's first node only matters through the producers and consumers it comes
+    after (``_Data.thresholds``). ``closed_x``: the execution device's block is closed and no
+    offload device or tied group exists. What does not depend on the label is worked out once."""
+    utilisation = Measure.MAX_UTILISATION in measures
+    zeroed = tuple(slot for measure, slots in _MEASURE_SLOTS if measure not in measures for slot in slots)
     left = data.remaining[i]
-    for s, o in enumerate(data.offs):
-        v[USED + s] = max(v[USED + s], data.caps[o] - left)
-    base = USED + len(data.offs)
-    for bit, last in enumerate(data.last_use):
-        if last < i:
-            v[base + bit] = 0
-    if v[BSTART]:
-        marks = data.thresholds[i]
-        at = bisect.bisect_left(marks, v[BSTART])  # marks[at - 1] < BSTART <= marks[at]
-        v[BSTART] = marks[at - 1] + 1 if at else 0
-    return tuple(v)
+    # Fills below ``cap - left`` are equivalent: the device has room for every node still to come
+    # (a fill is never negative, so a floor of 0 or less changes nothing).
+    floors = tuple((USED + s, data.caps[o] - left) for s, o in enumerate(data.offs) if data.caps[o] > left)
+    dead = data.dead_bits[i]
+    bits = range(USED + len(data.offs), USED + len(data.offs) + len(data.last_use))
+    marks = data.thresholds[i]
+
+    def normal(vec: tuple[int, ...]) -> tuple[int, ...]:
+        v = list(vec)
+        if closed_x and (v[XADD] or v[XKV] or v[XPRE] or v[XSTAGE]):
+            if utilisation:
+                v[MUTIL] = max(v[MUTIL], _x_util(data, v))
+            v[MSTAGE] = max(v[MSTAGE], v[XSTAGE])
+            v[XADD] = v[XWORK] = v[XSTREAM] = v[XSTAGE] = v[XKV] = v[XPRE] = 0
+            for slot in bits:
+                v[slot] = 0
+        if v[XPRE] and v[XPRE] <= v[XKV] + v[XWORK]:
+            v[XPRE] = 0
+        if v[BPRE] and v[BPRE] <= v[BKV] + v[BWORK]:
+            v[BPRE] = 0
+        for slot in zeroed:
+            v[slot] = 0
+        for slot, floor in floors:
+            if v[slot] < floor:  # noqa: PLR1730
+                v[slot] = floor
+        for slot in dead:
+            v[slot] = 0
+        if v[BSTART]:
+            at = bisect.bisect_left(marks, v[BSTART])  # marks[at - 1] < BSTART <= marks[at]
+            v[BSTART] = marks[at - 1] + 1 if at else 0
+        return tuple(v)
+
+    return normal
 
 
 def _front(vecs: list[tuple[int, ...]]) -> list[int]:
@@ -1021,7 +1240,7 @@ def _front(vecs: list[tuple[int, ...]]) -> list[int]:
     dominating vector comes first, and without duplicates), in their order."""
     if len(vecs) <= 1:
         return list(range(len(vecs)))
-    columns = [c for c in zip(*vecs) if min(c) != max(c)]  # the entries that vary
+    columns = [c for c in zip(*vecs) if c.count(c[0]) != len(c)]  # the entries that vary
     if len(columns) == 1:  # the least comes first and dominates the rest
         return [0]
     if len(columns) == 2:  # a sweep in order of the first entry keeps the strict minima of the second

@@ -39,7 +39,7 @@ from layerplan.solver._relaxed import links_unused, relaxed_start
 from layerplan.solver._symmetry import canonical_assignment, group_runs, interchangeable_groups
 from layerplan.solver.cost import CostModel, edge_time_ns, node_time_ns, timing
 from layerplan.solver.errors import InfeasiblePlanError, InvalidSpecError, LayerplanError
-from layerplan.solver.goals import UTILISATION_SCALE, Goal, Measure, balance_devices, score
+from layerplan.solver.goals import UTILISATION_SCALE, Goal, Measure, balance_devices, score, scores
 from layerplan.solver.hint import chain_hint
 from layerplan.solver.problem import PlacementProblem, evaluate, format_bytes, violations
 from layerplan.solver.solution import Solution, Status
@@ -911,6 +911,6 @@ def _solution(
         wall_time_s=time.perf_counter() - started,
         solver=solver,
         goal=goal.value,
-        values={name.value: score(problem, assignment, name, cost) for name in measures},
+        values={name.value: value for name, value in scores(problem, assignment, measures, cost).items()},
         timing=timing(problem, cost, assignment) if cost is not None else None,
     )

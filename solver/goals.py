@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import difflib
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from layerplan.solver.accounting import device_loads
 from layerplan.solver.cost import CostModel, timing
 from layerplan.solver.errors import InvalidSpecError
 from layerplan.solver.problem import PlacementProblem, evaluate
 
-__all__ = ["Goal", "Measure", "UTILISATION_SCALE", "score", "max_utilisation"]
+__all__ = ["UTILISATION_SCALE", "Goal", "Measure", "max_utilisation", "score", "scores"]
 
 #: ``max_utilisation`` is measured in 1/10000 of a device's cap (0.01 %).
 UTILISATION_SCALE = 10_000
@@ -130,15 +130,38 @@ def score(
     Raises:
         InvalidSpecError: a timed measure without a cost model, or an unknown measure.
     """
+    measure = _parse_measure(measure)
+    return scores(problem, assignment, (measure,), cost)[measure]
+
+
+def scores(
+    problem: PlacementProblem, assignment: Sequence[int], measures: Iterable[Measure | str],
+    cost: CostModel | None = None,
+) -> dict[Measure, int]:
+    """:func:`score` of each of ``measures``, evaluating and timing ``assignment`` once at most.
+
+    Raises:
+        InvalidSpecError: see :func:`score`.
+    """
+    out: dict[Measure, int] = {}
+    objective = times = None
+    for name in measures:
+        measure = _parse_measure(name)
+        if measure in (Measure.OFFLOAD_COST, Measure.TRANSFER_BYTES):
+            objective = objective or evaluate(problem, assignment)
+            out[measure] = getattr(objective, measure.value)
+        elif measure is Measure.MAX_UTILISATION:
+            out[measure] = max_utilisation(problem, assignment)
+        elif cost is None:  # the rest are timed
+            raise InvalidSpecError(f"measure {measure.value!r} needs a cost model (device speeds and node work)")
+        else:
+            times = times or timing(problem, cost, assignment)
+            out[measure] = times.total_ns if measure is Measure.TIME_NS else times.bottleneck_ns
+    return out
+
+
+def _parse_measure(measure: Measure | str) -> Measure:
     try:
-        measure = Measure(measure)
+        return Measure(measure)
     except ValueError:
         raise InvalidSpecError(f"unknown measure {measure!r}; expected one of {', '.join(m.value for m in Measure)}") from None
-    if measure in (Measure.OFFLOAD_COST, Measure.TRANSFER_BYTES):
-        return getattr(evaluate(problem, assignment), measure.value)
-    if measure is Measure.MAX_UTILISATION:
-        return max_utilisation(problem, assignment)
-    if cost is None:  # the rest are timed
-        raise InvalidSpecError(f"measure {measure.value!r} needs a cost model (device speeds and node work)")
-    t = timing(problem, cost, assignment)
-    return t.total_ns if measure is Measure.TIME_NS else t.bottleneck_ns
