@@ -47,8 +47,8 @@ def _row(plan) -> list[str]:  # noqa: ANN001
     if plan is None:
         return ["-", "-", "-", "-", "-", "-"]
     gpu = sum(u.weights_bytes for u in plan.usage if u.device not in ("cpu", "disk"))
-    apart = sum(1 for i, n in enumerate(plan.graph.nodes)
-                if n.kind == "experts" and plan.solution.assignment[i] != plan.solution.assignment[i - 1])
+    assignment = plan.solution.assignment
+    apart = sum(assignment[experts] != assignment[layer] for experts, layer in plan.graph.experts_layers().items())
     fits = "yes" if plan.fits and not plan.violations else "no"
     decode_ms = plan.timing.decode_ns / 1e6 if plan.timing else float("nan")  # one decode step
     prefill_s = plan.timing.prefill_ns / 1e9 if plan.timing else float("nan")

@@ -63,9 +63,8 @@ def uniform_map(graph, gpus: list[int]) -> dict[str, int]:  # noqa: ANN001
     for gpu, count in zip(gpus, uniform_counts(len(blocks), len(gpus))):
         owner.update({blocks[k]: gpu for k in range(start, start + count)})
         start += count
-    for i, n in enumerate(graph.nodes):  # a MoE layer's experts node (the node after it) goes with it
-        if n.kind == "experts" and i - 1 in owner:
-            owner[i] = owner[i - 1]
+    for experts, layer in graph.experts_layers().items():  # a MoE layer's experts node goes with it
+        owner[experts] = owner[layer]
     return {n.name: owner.get(i, gpus[0] if i < blocks[0] else gpus[-1]) for i, n in enumerate(graph.nodes)}
 
 

@@ -16,7 +16,10 @@ from layerplan.planner.graph_schema import check_graph_dict
 from layerplan.planner.spec.sections import Phase
 from layerplan.solver import Device, Edge, InvalidSpecError, Node, PlacementProblem
 
-__all__ = ["GraphNode", "GraphEdge", "LayerGraph", "TracedWorkload"]
+__all__ = ["EXPERTS_KIND", "GraphNode", "GraphEdge", "LayerGraph", "TracedWorkload"]
+
+#: :attr:`GraphNode.kind` of a MoE layer's experts node (:mod:`layerplan.planner.model.experts`).
+EXPERTS_KIND = "experts"
 
 GRAPH_FORMAT_VERSION = 7
 #: Older formats :meth:`LayerGraph.from_dict` still reads. 2: no FLOPs, no decode-step edge sizes;
@@ -272,6 +275,14 @@ class LayerGraph:
         """Weight bytes of MoE experts over all nodes (0 for a dense model)."""
         return sum(n.expert_bytes for n in self.nodes)
 
+    def experts_layers(self) -> dict[int, int]:
+        """``{experts node index: its layer's index}`` for the MoE layers whose experts are a node
+        of their own (kind ``"experts"``, right after the layer it sits in:
+        :mod:`layerplan.planner.model.experts`), in execution order; empty for other graphs."""
+        nodes = self.nodes
+        return {i: i - 1 for i in range(1, len(nodes))
+                if nodes[i].kind == EXPERTS_KIND and nodes[i].name.startswith(nodes[i - 1].name + ".")}
+
     def index(self, name: str) -> int:
         """Position of node ``name`` in execution order; KeyError if absent."""
         return self._index[name]
@@ -318,7 +329,7 @@ class LayerGraph:
         return PlacementProblem(
             nodes=tuple(
                 Node(name=n.name, size_bytes=n.size_bytes, kv_bytes=n.kv_bytes, work_bytes=n.work_bytes,
-                     before_kv_cache=n.before_kv_cache, offload_inline=n.kind == "experts")
+                     before_kv_cache=n.before_kv_cache, offload_inline=n.kind == EXPERTS_KIND)
                 for n in self.nodes
             ),
             edges=tuple(

@@ -37,16 +37,18 @@ import dataclasses
 
 from torch import nn
 
-from layerplan.planner.graph import GraphEdge, GraphNode, LayerGraph, TracedWorkload
+from layerplan.planner.graph import EXPERTS_KIND, GraphEdge, GraphNode, LayerGraph, TracedWorkload
 from layerplan.planner.model.quantization import is_expert_module
 
 __all__ = ["EXPERTS_KIND", "merge_experts", "split_experts"]
 
-#: :attr:`GraphNode.kind` of an experts node.
-EXPERTS_KIND = "experts"
+#: How :func:`split_experts`'s graph note starts (:func:`merge_experts` drops it by it).
+_NOTE_START = "MoE experts: the experts of "
 
 
-def split_experts(graph: LayerGraph, model: nn.Module, sizes: dict[str, int], buffer_sizes: dict[str, int]) -> LayerGraph:
+def split_experts(
+    graph: LayerGraph, model: nn.Module, sizes: dict[str, int], buffer_sizes: dict[str, int]
+) -> LayerGraph:
     """``graph`` with each block node that holds exactly one expert module
     (:func:`~layerplan.planner.model.quantization.is_expert_module`) split into the layer and its
     experts (module docstring); other nodes and graphs without experts are returned unchanged.
@@ -62,7 +64,7 @@ def split_experts(graph: LayerGraph, model: nn.Module, sizes: dict[str, int], bu
     moved: dict[str, str] = {}  # layer -> its experts node, the new producer of its outgoing edges
     added: list[GraphEdge] = []
     for node in graph.nodes:
-        path = _experts_path(node, modules.get(node.name)) if node.kind == "block" else None
+        path = _experts_path(modules.get(node.name)) if node.kind == "block" else None
         if path is None:
             nodes.append(node)
             continue
@@ -85,12 +87,12 @@ def _note(nodes: list[GraphNode], layers: int) -> str:
     packed = all(c.endswith("Experts") for c in classes)
     how = ("packed by transformers into one module (one parameter per projection for all experts)" if packed
            else "a module list of per-expert MLPs")
-    return (f"MoE experts: the experts of {layers} layers ({', '.join(classes)}, {how}) are a node of their own "
+    return (f"{_NOTE_START}{layers} layers ({', '.join(classes)}, {how}) are a node of their own "
             "each, placed as one unit; they may be offloaded to cpu/disk while their layer stays on the "
             "execution device (planner/model/experts.py)")
 
 
-def _experts_path(node: GraphNode, module: nn.Module | None) -> str | None:
+def _experts_path(module: nn.Module | None) -> str | None:
     """The relative name of the one outermost expert module inside ``module`` (``"mlp.experts"``),
     or None when it holds none, several, or they hold no weights."""
     if module is None:
@@ -181,28 +183,23 @@ def _hand_over(graph: LayerGraph, layer: str, experts: str) -> GraphEdge:
 
 def merge_experts(graph: LayerGraph) -> LayerGraph:
     """The inverse of :func:`split_experts`: each experts node folded back into its layer (bytes
-    and FLOPs summed, the layer's ``parts`` cleared, its outgoing edges leaving from the layer again), as
-    graphs were before experts were nodes; a graph without experts nodes is returned unchanged.
+    and FLOPs summed, the layer's ``parts`` cleared, its outgoing edges leaving from the layer
+    again), as graphs were before experts were nodes; a graph without experts nodes is returned unchanged.
     For comparisons (``benchmarks/experts_offload.py``) and for engines that place whole layers."""
-    nodes = list(graph.nodes)
-    into: dict[str, str] = {}  # experts node -> its layer
-    merged: list[GraphNode] = []
-    for i, node in enumerate(nodes):
-        if node.kind == EXPERTS_KIND and merged and node.name.startswith(merged[-1].name + "."):
-            layer = merged[-1]
-            merged[-1] = dataclasses.replace(
-                layer, weight_bytes=layer.weight_bytes + node.weight_bytes,
-                buffer_bytes=layer.buffer_bytes + node.buffer_bytes,
-                expert_bytes=layer.expert_bytes + node.expert_bytes, parts=(),
-                prefill_flops=layer.prefill_flops + node.prefill_flops,
-                decode_flops=layer.decode_flops + node.decode_flops,
-            )
-            into[node.name] = layer.name
-        else:
-            merged.append(node)
-    if not into:
+    layer_of = graph.experts_layers()
+    if not layer_of:
         return graph
+    nodes = list(graph.nodes)
+    for experts, layer in layer_of.items():
+        a, b = nodes[layer], nodes[experts]
+        nodes[layer] = dataclasses.replace(
+            a, weight_bytes=a.weight_bytes + b.weight_bytes, buffer_bytes=a.buffer_bytes + b.buffer_bytes,
+            expert_bytes=a.expert_bytes + b.expert_bytes, parts=(),
+            prefill_flops=a.prefill_flops + b.prefill_flops, decode_flops=a.decode_flops + b.decode_flops,
+        )
+    merged = [n for i, n in enumerate(nodes) if i not in layer_of]
+    into = {nodes[experts].name: nodes[layer].name for experts, layer in layer_of.items()}  # experts -> layer
     edges = [dataclasses.replace(e, producer=into.get(e.producer, e.producer)) for e in graph.edges
              if not set(e.consumers) & set(into)]
-    notes = tuple(n for n in graph.notes if not n.startswith("MoE experts: the experts of "))
+    notes = tuple(n for n in graph.notes if not n.startswith(_NOTE_START))
     return dataclasses.replace(graph, nodes=tuple(merged), edges=tuple(edges), notes=notes)

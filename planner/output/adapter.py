@@ -69,16 +69,13 @@ def _node_map(graph: LayerGraph, devices: list[int | str]) -> dict[str, int | st
     (:mod:`layerplan.planner.model.experts`) shares its device is one key; one whose experts are
     placed apart is named by its :attr:`~layerplan.planner.graph.GraphNode.parts` and the experts'
     key, as accelerate cannot take a nested map (``tests/test_moe_inline_loading.py``)."""
+    layer_of = graph.experts_layers()
+    apart = {layer for experts, layer in layer_of.items() if devices[experts] != devices[layer]}
     raw: dict[str, int | str] = {}
-    nodes = graph.nodes
-    for i, (node, device) in enumerate(zip(nodes, devices, strict=True)):
-        if node.parts and i + 1 < len(nodes) and nodes[i + 1].name.startswith(node.name + "."):
-            if devices[i + 1] == device:
-                raw[node.name] = device  # its experts (next) are under this key
-            else:
-                raw |= dict.fromkeys(node.parts, device)
-        elif not (i and nodes[i - 1].parts and node.name.startswith(nodes[i - 1].name + ".")
-                  and devices[i - 1] == device):
+    for i, (node, device) in enumerate(zip(graph.nodes, devices, strict=True)):
+        if i in apart:
+            raw |= dict.fromkeys(node.parts, device)
+        elif i not in layer_of or layer_of[i] in apart:  # experts with their layer are under its key
             raw[node.name] = device
     return raw
 

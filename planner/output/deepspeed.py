@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from layerplan.planner.graph import EXPERTS_KIND
+
 __all__ = ["DeepSpeedExport", "deepspeed"]
 
 
@@ -78,7 +80,7 @@ def deepspeed(plan: Any) -> DeepSpeedExport:
     device, layers, stages = layer_stages(plan, "deepspeed")
     tied = {name for group in graph.tied_groups for name in group}  # a tied head is a TiedLayerSpec there
     # not buffer-only modules (rotary), nor MoE experts nodes (inside their layer's LayerSpec)
-    kept = lambda n: (n.weight_bytes > 0 or n.name in tied) and n.kind != "experts"  # noqa: E731
+    kept = lambda n: (n.weight_bytes > 0 or n.name in tied) and n.kind != EXPERTS_KIND  # noqa: E731
     before = [n.name for n in graph.nodes[: layers[0]] if kept(n)]
     after = [n.name for n in graph.nodes[layers[-1] + 1:] if kept(n)]
     layer_list = (*before, *(graph.nodes[i].name for i in layers), *after)

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from layerplan.planner.graph import EXPERTS_KIND
 from layerplan.planner.output.llamacpp import LlamaCppExport, llamacpp
 from layerplan.solver import InvalidSpecError, format_bytes
 
@@ -190,7 +191,8 @@ def layer_stages(plan: Any, engine: str) -> tuple[list[str], list[int], list[dic
     if off:
         raise InvalidSpecError(f"{len(off)} decoder layer(s) are offloaded to cpu/disk ({off[0]}, ...); {engine} "
                                "pipeline stages are GPUs: plan without cpu/disk (or use the accelerate device_map)")
-    apart = [node.name for node, d in _experts_of(graph, assignment).items() if d != assignment[graph.index(node.name)]]
+    apart = [graph.nodes[layer].name for experts, layer in graph.experts_layers().items()
+             if assignment[experts] != assignment[layer]]
     if apart:
         raise InvalidSpecError(f"{len(apart)} layer(s) have their MoE experts placed apart ({apart[0]}, ...); {engine} "
                                "pipeline stages hold whole layers: plan without cpu/disk (or export llama.cpp "
@@ -220,20 +222,12 @@ def _decoder_layers(graph: Any) -> list[int]:
     return next(iter(stacks.values()))
 
 
-def _experts_of(graph: Any, assignment: Any) -> dict[Any, int]:
-    """``{layer node: device index of its experts node}`` for the MoE layers whose experts are a
-    node of their own (:mod:`layerplan.planner.model.experts`: the node right after the layer)."""
-    nodes = graph.nodes
-    return {nodes[i - 1]: assignment[i] for i in range(1, len(nodes))
-            if nodes[i].kind == "experts" and nodes[i].name.startswith(nodes[i - 1].name + ".")}
-
-
 def _differences(graph: Any, device: list[str], layers: list[int], stages: list[dict], engine: str) -> list[str]:
     """Notes for the nodes outside the stack that the engine places on its first or last stage."""
     notes = []
     first, last = stages[0]["device"], stages[-1]["device"]
     for i, node in enumerate(graph.nodes):
-        if i in layers or not node.size_bytes or node.kind == "experts":  # experts: with their layer
+        if i in layers or not node.size_bytes or node.kind == EXPERTS_KIND:  # with their layer
             continue
         wanted = first if i < layers[0] else last
         if device[i] != wanted:

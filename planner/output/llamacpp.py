@@ -75,7 +75,8 @@ def llamacpp(plan: Any, layers: list[int]) -> LlamaCppExport:
     """
     graph, problem, assignment = plan.graph, plan.problem, plan.solution.assignment
     device = [problem.devices[d].name if problem.devices[d].is_accelerator else "CPU" for d in assignment]
-    held = [*layers, *(i + 1 for i in layers if i + 1 < len(device) and graph.nodes[i + 1].kind == "experts")]
+    layer_of = graph.experts_layers()
+    held = [*layers, *(experts for experts, layer in layer_of.items() if layer in layers)]
     gpus = list(dict.fromkeys(device[i] for i in held if device[i] != "CPU"))
     if not gpus:
         raise InvalidSpecError("no decoder layer is on a GPU: run llama.cpp with -ngl 0")
@@ -89,7 +90,7 @@ def llamacpp(plan: Any, layers: list[int]) -> LlamaCppExport:
         by_buffer.setdefault(buffer[device[i]], []).append(int(graph.nodes[i].name.rsplit(".", 1)[1]))  # blk.{i}
     # experts placed apart from their layer go first: the first pattern found decides
     overrides = [(rf"^blk\.({'|'.join(map(str, idx))})\.ffn_[a-z_]*_exps\.", buf)
-                 for buf, idx in _experts_apart(graph, device, buffer).items()]
+                 for buf, idx in _experts_apart(graph, layer_of, device, buffer).items()]
     overrides += [(rf"^blk\.({'|'.join(map(str, idx))})\.", buf) for buf, idx in by_buffer.items()]
     names = {n.name: k for k, n in enumerate(graph.nodes)}
     for hf, gguf in (("model.norm", "output_norm"), ("lm_head", "output")):
@@ -102,15 +103,15 @@ def llamacpp(plan: Any, layers: list[int]) -> LlamaCppExport:
                           tensor_split=tuple(split), notes=tuple(_notes(plan, device, names)))
 
 
-def _experts_apart(graph: Any, device: list[str], buffer: dict[str, str]) -> dict[str, list[int]]:
-    """``{buffer: [layer index]}`` of the MoE layers whose experts node (the node after the layer,
-    :mod:`layerplan.planner.model.experts`) is on another device than the layer: llama.cpp's
-    ``blk.{i}.ffn_{gate,up,down}_exps`` tensors, overridden to the experts' buffer."""
+def _experts_apart(graph: Any, layer_of: dict[int, int], device: list[str],
+                   buffer: dict[str, str]) -> dict[str, list[int]]:
+    """``{buffer: [layer index]}`` of the MoE layers whose experts node (``layer_of``:
+    :meth:`~layerplan.planner.graph.LayerGraph.experts_layers`) is on another device than the
+    layer: llama.cpp's ``blk.{i}.ffn_{gate,up,down}_exps`` tensors, overridden to the experts' buffer."""
     out: dict[str, list[int]] = {}
-    for i in range(1, len(graph.nodes)):
-        layer, experts = graph.nodes[i - 1], graph.nodes[i]
-        if experts.kind == "experts" and experts.name.startswith(layer.name + ".") and device[i] != device[i - 1]:
-            out.setdefault(buffer[device[i]], []).append(int(layer.name.rsplit(".", 1)[1]))
+    for experts, layer in layer_of.items():
+        if device[experts] != device[layer]:
+            out.setdefault(buffer[device[experts]], []).append(int(graph.nodes[layer].name.rsplit(".", 1)[1]))
     return out
 
 

@@ -140,10 +140,9 @@ def _value(name: str, value: int) -> str:
 def _experts_apart(plan: Plan) -> list[tuple[str, str, str]]:
     """``(layer, its device, its experts' device)`` for each MoE layer whose experts node
     (:mod:`layerplan.planner.model.experts`) is placed on another device."""
-    nodes, devices = plan.graph.nodes, [plan.problem.devices[d].name for d in plan.solution.assignment]
-    return [(nodes[i - 1].name, devices[i - 1], devices[i]) for i in range(1, len(nodes))
-            if nodes[i].kind == "experts" and nodes[i].name.startswith(nodes[i - 1].name + ".")
-            and devices[i] != devices[i - 1]]
+    devices = [plan.problem.devices[d].name for d in plan.solution.assignment]
+    return [(plan.graph.nodes[layer].name, devices[layer], devices[experts])
+            for experts, layer in plan.graph.experts_layers().items() if devices[experts] != devices[layer]]
 
 
 def _runs(graph, names: tuple[str, ...]) -> str:  # noqa: ANN001
